@@ -1,0 +1,1 @@
+"""Real instrument drivers: one module per instrument family."""

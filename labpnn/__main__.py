@@ -1,0 +1,3 @@
+from labpnn.cli import main
+
+raise SystemExit(main())

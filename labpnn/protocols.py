@@ -1,0 +1,146 @@
+"""The capabilities the engine works through, as runtime-checkable protocols.
+
+Instruments (drivers and twins alike) implement `Device` plus one capability each;
+units implement `Unit`. The engine checks these with isinstance() where it uses them
+and never imports a concrete driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Health:
+    """Result of a self-test: ok, the instrument's code (0 when healthy) and a sentence."""
+
+    ok: bool
+    code: int = 0
+    detail: str = ""
+
+
+@runtime_checkable
+class Device(Protocol):
+    """One instrument or its twin. Constructed from the bench as
+    `Cls(name=..., resource=..., **options)` without touching hardware; `connect()` opens it.
+    Every public method holds the instrument's own lock (one owner per instrument)."""
+
+    name: str
+    simulated: bool
+
+    @property
+    def connected(self) -> bool: ...
+
+    def connect(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Device: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def identity(self) -> str:
+        """The instrument's identity string (*IDN? for SCPI instruments)."""
+        ...
+
+    def reset(self) -> None: ...
+
+    def safe_state(self) -> None:
+        """Outputs off. Called on abort, error and exit; must not raise for a lost link."""
+        ...
+
+    def self_test(self) -> Health: ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able settings and identity, stored in every run file (provenance)."""
+        ...
+
+
+@runtime_checkable
+class CrossbarArray(Device, Protocol):
+    """A memristor crossbar doing analog matrix-vector products in memory."""
+
+    array_shape: tuple[int, int]
+
+    def program_weights(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Program signed weights (in_features, out_features) as differential conductance
+        pairs scaled to the conductance range, tiling as needed. Returns what was read back:
+        `weights` (effective signed weights, same shape), `g_target` and `g_read`
+        (the logical conductance map [G+ | G-], shape (in_features, 2*out_features), siemens)."""
+        ...
+
+    def read_weights(self) -> dict[str, np.ndarray]:
+        """Read back the programmed state; same keys and shapes as program_weights returns."""
+        ...
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (n, in_features) -> (n, out_features) ~ x @ weights, through the hardware
+        (inputs encoded as read voltages, outputs decoded from ADC currents), float32."""
+        ...
+
+
+@runtime_checkable
+class Projector(Device, Protocol):
+    """A fixed physical random projection: an OPU, or an SLM + scattering medium + camera."""
+
+    n_inputs: int
+    n_outputs: int
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Binary uint8 input (n, n_inputs) -> measured intensities (n, n_outputs), float32."""
+        ...
+
+
+@runtime_checkable
+class FaultInjectable(Protocol):
+    """Twins only: switch a fault on mid-run (the fault recipes use this)."""
+
+    def inject_fault(self, kind: str, **params: Any) -> None: ...
+
+    def clear_faults(self) -> None: ...
+
+
+@runtime_checkable
+class Unit(Protocol):
+    """One trainable block of the deep PNN: instruments plus their digital part.
+
+    Optimisation sees `model()` applied to `prepare(h)`; the hardware is the truth
+    through `deploy()` and `measure(h)`."""
+
+    name: str
+    in_features: int
+    out_features: int
+
+    def instruments(self) -> list[Device]: ...
+
+    def prepare(self, h: np.ndarray) -> np.ndarray:
+        """Measure the parameter-free physical stage (identity for a crossbar, the optical
+        projection for a scattering unit); the model's input during optimisation."""
+        ...
+
+    def model(self):  # -> torch.nn.Module
+        """The differentiable stand-in whose parameters PIB trains; maps prepare(h) -> z."""
+        ...
+
+    def deployed_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the arrays deploy() and read_back() return (the run log pre-allocates)."""
+        ...
+
+    def deploy(self) -> dict[str, np.ndarray]:
+        """Put the model's current parameters on the hardware; return them as read back."""
+        ...
+
+    def read_back(self) -> dict[str, np.ndarray]:
+        """Read the deployed state from the hardware without changing it."""
+        ...
+
+    def matches(self, expected: dict[str, np.ndarray]) -> bool:
+        """Whether the hardware still holds `expected` (a deploy() result) within tolerance."""
+        ...
+
+    def measure(self, h: np.ndarray) -> np.ndarray:
+        """The full physical forward (n, in_features) -> (n, out_features), float32."""
+        ...

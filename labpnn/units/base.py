@@ -1,0 +1,29 @@
+"""What every unit shares: the activation applied after the physical stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "none": lambda t: t,
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation called `name` (one of ACTIVATIONS), for tensors."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation {name!r} is not one of {sorted(ACTIVATIONS)}") from None
+
+
+def apply_activation(name: str, y: np.ndarray) -> np.ndarray:
+    """The same activation on a NumPy array (measured outputs), float32."""
+    with torch.no_grad():
+        return activation(name)(torch.as_tensor(np.asarray(y, dtype=np.float32))).numpy()
