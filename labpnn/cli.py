@@ -1,11 +1,68 @@
-"""The `labpnn` command: run, inspect, sim, gui."""
+"""labpnn: train deep physical neural networks with the Physical Information Bottleneck.
+
+  labpnn run                      the default recipe on the default bench (the twins)
+  labpnn run --recipe NAME|FILE --config instruments.yaml --out RUN.h5
+  labpnn run --resume RUN.h5      continue a killed or aborted run
+  labpnn inspect RUN.h5 [--json]  what a run file holds
+  labpnn sim crossbar|opu ...     serve a simulated instrument on its wire protocol
+  labpnn gui [RUN.h5]             the bench GUI
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+import time
+from pathlib import Path
 
 from labpnn.errors import LabpnnError
+
+DEFAULT_RECIPE = "mnist1d-memristor"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from labpnn.bench import Bench
+    from labpnn.engine import Run, State
+    from labpnn.progress import Progress
+    from labpnn.recipe import load_recipe
+    from labpnn.runlog import RunReader, format_summary
+
+    bench = Bench.load(args.config)
+    if args.resume:
+        run = Run.resume(args.resume, bench)
+    else:
+        recipe = load_recipe(args.recipe)
+        out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run = Run(recipe, bench, out)
+    print(f"labpnn: run file {run.path} (bench {bench.source}, recipe {run.recipe.name})", file=sys.stderr)
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts hard
+        run.abort(f"interrupted by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    with Progress(run.bus, disable=args.quiet):
+        try:
+            state = run.execute()
+        finally:
+            bench.close()
+    print(format_summary(RunReader(run.path).summary()))
+    if state is State.IDLE:
+        print(f"labpnn: run aborted; continue it with: labpnn run --resume {run.path}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from labpnn.runlog import RunReader, format_summary
+
+    summary = RunReader(args.run).summary()
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -16,13 +73,39 @@ def _sim(args: argparse.Namespace) -> int:
     return cli_main(args.rest)
 
 
+def _gui(args: argparse.Namespace) -> int:
+    from labpnn.gui.app import main as gui_main
+
+    return gui_main(config=args.config, run_file=args.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labpnn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="labpnn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a deep PNN on the bench (default: the twins)")
+    run.add_argument("--config", help="bench file (default: ./instruments.yaml, else the packaged twins)")
+    run.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"packaged recipe name or file (default {DEFAULT_RECIPE})")
+    run.add_argument("--out", help="run file to write (default runs/RECIPE-TIME.h5)")
+    run.add_argument("--resume", metavar="RUN.h5", help="continue this killed or aborted run")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
+
+    inspect = sub.add_parser("inspect", help="summarise a run file")
+    inspect.add_argument("run", help="RUN.h5")
+    inspect.add_argument("--json", action="store_true", help="machine-readable")
+    inspect.set_defaults(func=_inspect)
+
     sim = sub.add_parser("sim", help="serve a simulated instrument on its wire protocol")
     sim.add_argument("instrument", choices=["crossbar", "opu"])
     sim.add_argument("rest", nargs=argparse.REMAINDER, help="options of the simulator (--help)")
     sim.set_defaults(func=_sim)
+
+    gui = sub.add_parser("gui", help="the bench GUI")
+    gui.add_argument("--config", help="bench file")
+    gui.add_argument("run", nargs="?", help="a run file to open")
+    gui.set_defaults(func=_gui)
     return parser
 
 

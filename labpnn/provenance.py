@@ -1,0 +1,40 @@
+"""What every run file records about where its numbers came from."""
+
+from __future__ import annotations
+
+import getpass
+import platform
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+PACKAGES = ("labpnn", "numpy", "scipy", "torch", "h5py", "pyvisa", "pyvisa-py", "pydantic", "mnist1d")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def provenance(recipe, bench, names: list[str], dataset) -> dict[str, Any]:
+    """Versions, host, command line, seeds, data source, and whether any instrument is simulated."""
+    simulated = {name: bool(bench[name].simulated) for name in names}
+    return {
+        "versions": versions(),
+        "host": platform.node(),
+        "user": getpass.getuser(),
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bench_file": str(bench.source),
+        "seeds": {"recipe": recipe.seed, "dataset": recipe.dataset.seed},
+        "dataset": dataset.meta,
+        "simulated": simulated,
+        "data_simulated": any(simulated.values()),
+    }

@@ -1,0 +1,122 @@
+"""Recipes: what to train, on which instruments, and how (YAML, validated).
+
+Packaged recipes live in labpnn/recipes/ and are selected by name (`mnist1d-memristor`);
+any other recipe by path.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from labpnn.config_errors import read_yaml, validate
+from labpnn.errors import ConfigError
+from labpnn.pib import PIBSettings
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(Strict):
+    name: Literal["mnist1d", "digits", "mnist", "fashion-mnist"]
+    n_train: int | None = Field(None, ge=10)
+    n_test: int | None = Field(None, ge=10)
+    path: str | None = None
+    seed: int = 0
+
+
+class UnitSpec(Strict):
+    kind: Literal["crossbar", "scattering"]
+    instrument: str | list[str] = Field(description="bench name(s): one crossbar; an OPU; or [slm, camera]")
+    out: int = Field(ge=1, description="output features of the unit")
+    activation: Literal["relu", "tanh", "sigmoid", "none"] = "relu"
+    bias: bool = True
+    encoding: Literal["threshold", "bitplane"] = "threshold"
+    bits: int = Field(1, ge=1, le=8)
+    threshold: float = 0.5
+    optical_features: int | None = Field(None, ge=1, description="camera pixels used (SLM + camera)")
+    pib: dict = Field(default_factory=dict, description="per-unit overrides of the recipe's pib")
+
+    @property
+    def instruments(self) -> list[str]:
+        return [self.instrument] if isinstance(self.instrument, str) else list(self.instrument)
+
+
+class ReadoutSpec(Strict):
+    steps: int = Field(200, ge=1)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+class MeasureSpec(Strict):
+    repeats: int = Field(1, ge=1, description="measurements averaged per input")
+    batch_size: int = Field(500, ge=1, description="inputs per instrument call")
+
+
+class FaultInjection(Strict):
+    """A twin's fault switched on at a point of the run (fault recipes)."""
+    unit: int = Field(ge=0, description="inject before this unit's training")
+    instrument: str
+    kind: str
+    params: dict = Field(default_factory=dict)
+
+
+class FaultPolicy(Strict):
+    retries: int = Field(3, ge=0, description="reconnect attempts for a lost link")
+    backoff_s: float = Field(0.5, ge=0)
+    on_persistent: Literal["recover", "pause", "abort"] = "recover"
+    mask: bool = Field(False, description="zero faulty channels (True) or keep them as they are")
+    inject: list[FaultInjection] = Field(default_factory=list)
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    dataset: DatasetSpec
+    units: list[UnitSpec] = Field(min_length=1)
+    pib: PIBSettings = Field(default_factory=PIBSettings)
+    readout: ReadoutSpec = Field(default_factory=ReadoutSpec)
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    faults: FaultPolicy = Field(default_factory=FaultPolicy)
+
+    @model_validator(mode="after")
+    def _unit_pib_overrides(self):
+        for i, unit in enumerate(self.units):
+            try:
+                self.unit_pib(i)
+            except ConfigError as exc:
+                raise ValueError(f"units.{i}.pib: {exc}") from None
+        return self
+
+    def unit_pib(self, index: int) -> PIBSettings:
+        """The recipe's PIB settings with unit `index`'s overrides applied."""
+        merged = {**self.pib.model_dump(), **self.units[index].pib}
+        return validate(PIBSettings, merged, f"unit {index} pib")
+
+    def instruments(self) -> list[str]:
+        names = [n for u in self.units for n in u.instruments]
+        names += [f.instrument for f in self.faults.inject]
+        return list(dict.fromkeys(names))
+
+
+def packaged() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("labpnn.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A packaged recipe by name, or a recipe file by path."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        if str(name_or_path) not in packaged():
+            raise ConfigError(f"no recipe {str(name_or_path)!r}: not a file, and the packaged "
+                              f"recipes are: {', '.join(packaged())}")
+        path = Path(str(resources.files("labpnn.recipes") / f"{name_or_path}.yaml"))
+    return parse_recipe(read_yaml(path, "recipe"), f"recipe {path}")
+
+
+def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
+    return validate(Recipe, data, where)
