@@ -6,12 +6,18 @@ digital readout on the last unit's measured features. Pause, resume and abort ma
 requested from any thread; they are honoured at the next checkpoint (between PIB steps and
 between measurement batches). Abort and every failure leave each instrument in its safe
 state with the reason recorded in the run file.
+
+Faults: every measured batch is checked channel by channel (labpnn.health); a lost link is
+retried with back-off and a reconnect that re-identifies the instrument and verifies its
+programmed state; broken channels are recorded, and the units downstream of them are
+retrained with PIB on the corrupted (or masked) measurements as a new revision.
 """
 
 from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +27,9 @@ import torch
 
 from labpnn import data, readout
 from labpnn.bench import Bench
-from labpnn.errors import AbortRequested, ConfigError, LabpnnError
+from labpnn.errors import AbortRequested, ConfigError, DeviceError, LabpnnError, TransportError
 from labpnn.events import Event, EventBus
+from labpnn.health import ChannelMonitor
 from labpnn.pib import UnitOptimiser
 from labpnn.protocols import FaultInjectable, Unit
 from labpnn.provenance import provenance
@@ -31,6 +38,7 @@ from labpnn.runlog import RunLayout, RunLog, UnitLayout
 from labpnn.units import build_units
 
 LOGGED_KINDS = {"state", "phase", "deployed", "accuracy", "warning", "fault", "info"}
+READOUT = -1  # the unit index under which the readout is checkpointed
 
 
 class State(str, enum.Enum):
@@ -60,6 +68,10 @@ class Run:
         self._cond = threading.Condition(threading.RLock())
         self._pause = False
         self._abort: str | None = None
+        self._identities: dict[str, str] = {}
+        self._deployed: dict[int, dict[str, np.ndarray]] = {}
+        self._faulty: dict[int, dict[int, str]] = {}
+        self._readout_params: dict[str, np.ndarray] = {}
         missing = [n for n in recipe.instruments() if n not in bench.devices]
         if missing:
             raise ConfigError(f"recipe {recipe.name!r} uses instrument(s) {', '.join(missing)} that the bench "
@@ -95,23 +107,22 @@ class Run:
     def execute(self) -> State:
         """Run to the end (done), an abort (back to idle) or a failure (failed, re-raised)."""
         names = self.recipe.instruments()
-        log_sub = None
+        unsubscribe = None
         try:
             self._set_state(State.RUNNING)
-            for name in names:
-                if not self.bench[name].connected:
-                    self.bench[name].connect()
-            dataset = data.load(self.recipe.dataset.name, n_train=self.recipe.dataset.n_train,
-                                n_test=self.recipe.dataset.n_test, seed=self.recipe.dataset.seed,
-                                path=self.recipe.dataset.path)
-            units = build_units(self.recipe, self.bench, dataset.x_train.shape[1])
+            ds = data.load(self.recipe.dataset.name, n_train=self.recipe.dataset.n_train,
+                           n_test=self.recipe.dataset.n_test, seed=self.recipe.dataset.seed,
+                           path=self.recipe.dataset.path)
+            self._connect(names)
+            units = build_units(self.recipe, self.bench, ds.x_train.shape[1])
             if self._log is None:
-                self._log = RunLog.create(self.path, self._layout(units, dataset), recipe=self.recipe.model_dump(),
+                self._log = RunLog.create(self.path, self._layout(units, ds), recipe=self.recipe.model_dump(),
                                           bench=self.bench.snapshot(names),
-                                          provenance=provenance(self.recipe, self.bench, names, dataset))
-            log_sub = self.bus.subscribe(self._record)
+                                          provenance=provenance(self.recipe, self.bench, names, ds))
+            unsubscribe = self.bus.subscribe(self._record)
             self._set_state(State.RUNNING)
-            self._train(units, dataset)
+            self._train(units, ds)
+            self._safe_state(names)
             self._set_state(State.DONE)
             return State.DONE
         except AbortRequested as exc:
@@ -125,45 +136,62 @@ class Run:
             self._set_state(State.FAILED, reason)
             raise
         finally:
-            self._safe_state(names)
-            if log_sub:
-                log_sub()
+            if unsubscribe:
+                unsubscribe()
             if self._log is not None:
                 self._log.close()
+
+    def _connect(self, names: list[str]) -> None:
+        for name in names:
+            device = self.bench[name]
+            if not device.connected:
+                device.connect()
+            self._identities[name] = device.identity()
+            health = device.self_test()
+            if not health.ok:
+                self._emit("warning", f"{name} self-test reports fault {health.code}: {health.detail}")
 
     def _train(self, units: list[Unit], ds: data.Dataset) -> None:
         done = set(self._log.checkpoints())
         h_train, h_test = ds.x_train, ds.x_test
         for index, unit in enumerate(units):
-            for fault in self.recipe.faults.inject:
-                if fault.unit == index and (index, 0, "optimised") not in done:
-                    self._inject(fault)
+            if (index, 0, "measured") not in done:
+                self._inject(index)
             h_train, h_test = self._unit(index, 0, unit, h_train, h_test, ds, done)
-        self._readout(h_train, h_test, ds)
+        accuracy = self._readout(h_train, h_test, ds, 0, done)
+        if self.recipe.faults.verify:
+            self._inject("verify")
+            self._verify(units, ds, accuracy)
 
     def _unit(self, index: int, rev: int, unit: Unit, h_train: np.ndarray, h_test: np.ndarray,
-              ds: data.Dataset, done: set) -> tuple[np.ndarray, np.ndarray]:
-        """Optimise, deploy and measure one unit (each phase skipped when already checkpointed)."""
+              ds: data.Dataset, done: set, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Optimise (or, with train False, keep the previous revision's parameters), deploy and
+        measure one unit; each phase is skipped when already checkpointed."""
         log = self._log
         model = unit.model()
         if (index, rev, "optimised") in done:
             model.load_state_dict({k: torch.as_tensor(v) for k, v in log.read_params(index, rev, "trained").items()})
         else:
-            inputs = self._batched(unit.prepare, h_train, index, "prepare")
-            self._optimise(index, rev, unit, inputs, ds)
+            if rev > 0:
+                previous = log.read_params(index, rev - 1, "trained")
+                model.load_state_dict({k: torch.as_tensor(v) for k, v in previous.items()})
+            if train:
+                inputs = self._batched(unit.prepare, h_train, index, "prepare")
+                self._optimise(index, rev, unit, inputs, ds)
             log.params(index, rev, "trained", {k: v.detach().numpy() for k, v in model.state_dict().items()})
             log.checkpoint(index, rev, "optimised")
         if (index, rev, "measured") in done:
             return log.read_features(index, rev, "train"), log.read_features(index, rev, "test")
         self._deploy(index, rev, unit, done)
-        f_train = self._measure(index, rev, unit, h_train, "train")
-        f_test = self._measure(index, rev, unit, h_test, "test")
+        monitor = ChannelMonitor(unit.out_features, self._faulty.get(index))
+        f_train = self._measure(index, rev, unit, h_train, "train", monitor)
+        f_test = self._measure(index, rev, unit, h_test, "test", monitor)
         log.checkpoint(index, rev, "measured")
         acc_train, acc_test = readout.probe_accuracy(f_train, ds.y_train, f_test, ds.y_test, ds.n_classes)
         for split, value in (("train", acc_train), ("test", acc_test)):
             log.accuracy(index, rev, split, value, "probe")
             self._emit("accuracy", f"unit {index} linear probe, {split}: {100 * value:.1f} %", index,
-                       split=split, value=value, what="probe")
+                       split=split, value=value, what="probe", revision=rev)
         return f_train, f_test
 
     def _optimise(self, index: int, rev: int, unit: Unit, inputs: np.ndarray, ds: data.Dataset) -> None:
@@ -182,7 +210,8 @@ class Run:
             self._checkpoint()
             rec = opt.step(step)
             self._log.step(index, rev, step, loss=rec.loss, i_xz=rec.i_xz, i_yz=rec.i_yz, state=opt.state_bytes())
-            self._emit("step", "", index, step=step, steps=settings.steps, loss=rec.loss, I_XZ=rec.i_xz, I_YZ=rec.i_yz)
+            self._emit("step", "", index, step=step, steps=settings.steps, loss=rec.loss, I_XZ=rec.i_xz,
+                       I_YZ=rec.i_yz, revision=rev)
             self._emit("info_plane", "", index, step=step, I_XZ=rec.i_xz, I_YZ=rec.i_yz, revision=rev)
 
     def _deploy(self, index: int, rev: int, unit: Unit, done: set) -> None:
@@ -190,37 +219,54 @@ class Run:
         if (index, rev, "deployed") in done:
             expected = self._log.read_params(index, rev, "deployed")
             if unit.matches(expected):
-                self._emit("info", f"unit {index}: the hardware still holds the deployed parameters; "
-                                   "not reprogrammed", index)
+                self._deployed[index] = expected
+                self._emit("info", f"unit {index}: the hardware still holds the deployed parameters "
+                                   "(read back and compared); not reprogrammed", index)
                 return
             self._emit("warning", f"unit {index}: the hardware no longer holds the deployed parameters "
                                   "(read back and compared); reprogramming", index)
         self._emit("phase", f"unit {index}: deploying to {', '.join(d.name for d in unit.instruments())}",
                    index, phase="deploy", steps=1)
         deployed = unit.deploy()
+        self._deployed[index] = deployed
         self._log.params(index, rev, "deployed", deployed)
         self._log.checkpoint(index, rev, "deployed")
-        self._emit("deployed", f"unit {index}: deployed and read back", index, **deployed)
+        self._emit("deployed", f"unit {index}: deployed and read back", index, revision=rev, **deployed)
 
-    def _measure(self, index: int, rev: int, unit: Unit, h: np.ndarray, split: str) -> np.ndarray:
+    def _ensure_deployed(self, index: int, unit: Unit) -> None:
+        """Before measuring a unit again: reprogram it if the hardware no longer holds it."""
+        if not unit.matches(self._deployed[index]):
+            self._emit("info", f"unit {index}: reprogramming (the instrument held other parameters)", index)
+            self._deployed[index] = unit.deploy()
+
+    def _measure(self, index: int, rev: int | None, unit: Unit, h: np.ndarray, split: str,
+                 monitor: ChannelMonitor) -> np.ndarray:
+        """Measure h through the unit, checking every batch; rows are logged unless rev is None."""
         repeats = self.recipe.measure.repeats
 
         def measure(chunk: np.ndarray) -> np.ndarray:
             return np.mean([unit.measure(chunk) for _ in range(repeats)], axis=0, dtype=np.float32)
 
         out = np.empty((len(h), unit.out_features), np.float32)
-        for start, chunk in self._pipelined(measure, h, index, split):
+        size = self.recipe.measure.batch_size
+        for start, chunk in self._pipelined(measure, h, index, split, unit):
+            broken = monitor.check(chunk, unit.expected(h[start:start + size]))
+            if broken:
+                self._channel_fault(index, broken, split)
+            if self.recipe.faults.mask and monitor.faulty:
+                chunk[:, list(monitor.faulty)] = 0.0
             out[start:start + len(chunk)] = chunk
-            self._log.features(index, rev, split, start, chunk)
+            if rev is not None:
+                self._log.features(index, rev, split, start, chunk)
         return out
 
     def _batched(self, fn: Callable[[np.ndarray], np.ndarray], h: np.ndarray, index: int, split: str) -> np.ndarray:
         return np.concatenate([chunk for _, chunk in self._pipelined(fn, h, index, split)])
 
-    def _pipelined(self, fn: Callable[[np.ndarray], np.ndarray], h: np.ndarray, index: int,
-                   split: str) -> Iterator[tuple[int, np.ndarray]]:
+    def _pipelined(self, fn: Callable[[np.ndarray], np.ndarray], h: np.ndarray, index: int, split: str,
+                   unit: Unit | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """fn over h in instrument-sized batches, the next batch in flight while the caller
-        processes the previous one; a checkpoint between batches."""
+        processes the previous one; a checkpoint between batches; a lost link retried."""
         size = self.recipe.measure.batch_size
         starts = list(range(0, len(h), size))
         self._emit("phase", f"unit {index}: measuring {split} ({len(h)} inputs)", index,
@@ -228,33 +274,140 @@ class Run:
         with ThreadPoolExecutor(1, thread_name_prefix=f"measure-u{index}") as pool:
             pending = pool.submit(fn, h[:size])
             for i, start in enumerate(starts):
-                result = pending.result()
+                try:
+                    result = pending.result()
+                except TransportError as exc:
+                    result = self._retry(fn, h[start:start + size], index, unit, exc)
                 self._checkpoint()
                 if i + 1 < len(starts):
                     pending = pool.submit(fn, h[starts[i + 1]:starts[i + 1] + size])
                 self._emit("measure", "", index, split=split, done=start + len(result), total=len(h))
                 yield start, np.asarray(result, np.float32)
 
-    def _readout(self, f_train: np.ndarray, f_test: np.ndarray, ds: data.Dataset) -> None:
-        self._checkpoint()
-        self._emit("phase", "digital readout", None, phase="readout", steps=1)
-        spec = self.recipe.readout
-        params = readout.fit_readout(f_train, ds.y_train, ds.n_classes, steps=spec.steps,
-                                     weight_decay=spec.weight_decay)
-        self._log.readout(params, 0)
-        for split, f, y in (("train", f_train, ds.y_train), ("test", f_test, ds.y_test)):
-            value = readout.accuracy(params, f, y)
-            self._log.accuracy(None, 0, split, value, "readout")
-            self._emit("accuracy", f"readout accuracy, {split}: {100 * value:.2f} %", None,
-                       split=split, value=value, what="readout")
+    def _retry(self, fn, chunk: np.ndarray, index: int, unit: Unit | None, error: TransportError) -> np.ndarray:
+        """A lost link: back off, reconnect, re-identify, verify the programmed state, measure again."""
+        policy = self.recipe.faults
+        for attempt in range(policy.retries):
+            wait = policy.backoff_s * 2**attempt
+            self._emit("warning", f"unit {index}: {error}; reconnecting in {wait:.1f} s "
+                                  f"(attempt {attempt + 1} of {policy.retries})", index)
+            time.sleep(wait)
+            self._checkpoint()
+            try:
+                self._reconnect(index, unit)
+                result = fn(chunk)
+                self._emit("info", f"unit {index}: link restored; measurement continues", index)
+                return result
+            except TransportError as exc:
+                error = exc
+        raise TransportError(f"unit {index}: still failing after {policy.retries} reconnect attempts: {error}")
 
-    def _inject(self, fault) -> None:
-        device = self.bench[fault.instrument]
-        if not isinstance(device, FaultInjectable):
-            raise ConfigError(f"recipe injects a fault into {fault.instrument!r}, which is not a twin "
-                              "that can simulate faults")
-        device.inject_fault(fault.kind, **fault.params)
-        self._emit("info", f"injected simulated fault {fault.kind!r} into {fault.instrument} {fault.params}")
+    def _reconnect(self, index: int, unit: Unit | None) -> None:
+        for device in unit.instruments() if unit else []:
+            try:
+                device.close()
+            except DeviceError:
+                pass
+            device.connect()
+            identity = device.identity()
+            if identity != self._identities.get(device.name, identity):
+                raise DeviceError(f"after reconnecting, a different instrument answered: {identity!r} "
+                                  f"(was {self._identities[device.name]!r})", device.name)
+        if unit is not None and index in self._deployed:
+            self._ensure_deployed(index, unit)
+
+    def _channel_fault(self, index: int, broken: dict[int, str], split: str) -> None:
+        channels = sorted(broken)
+        known = self._faulty.setdefault(index, {})
+        known.update(broken)
+        action = {"recover": "the run keeps them " + ("masked (zero)" if self.recipe.faults.mask else "as they are")
+                             + " and retrains the downstream units on them",
+                  "pause": "the run pauses: Resume keeps going with them, Abort stops (resumable)",
+                  "abort": "the run stops (resumable with labpnn run --resume)"}[self.recipe.faults.on_persistent]
+        detail = "; ".join(f"channel {c}: {broken[c]}" for c in channels)
+        self._emit("fault", f"unit {index}: {len(channels)} broken output channel(s) while measuring {split} "
+                            f"({detail}); {action}", index, channels=channels, reasons=broken)
+        if self.recipe.faults.on_persistent == "pause":
+            self.pause()
+        elif self.recipe.faults.on_persistent == "abort":
+            raise AbortRequested(f"unit {index}: broken output channels {channels}")
+
+    def _readout(self, f_train: np.ndarray, f_test: np.ndarray, ds: data.Dataset, rev: int, done: set) -> float:
+        """Fit the digital readout on the last unit's features; returns its test accuracy."""
+        self._checkpoint()
+        spec = self.recipe.readout
+        if (READOUT, rev, "optimised") in done:
+            params = self._log.read_readout(rev)
+        else:
+            self._emit("phase", "digital readout", None, phase="readout", steps=1)
+            params = readout.fit_readout(f_train, ds.y_train, ds.n_classes, steps=spec.steps,
+                                         weight_decay=spec.weight_decay)
+            self._log.readout(params, rev)
+        accuracy = {}
+        for split, f, y in (("train", f_train, ds.y_train), ("test", f_test, ds.y_test)):
+            accuracy[split] = readout.accuracy(params, f, y)
+        if (READOUT, rev, "optimised") not in done:
+            for split, value in accuracy.items():
+                self._log.accuracy(None, rev, split, value, "readout")
+                self._emit("accuracy", f"readout accuracy, {split}: {100 * value:.2f} %", None,
+                           split=split, value=value, what="readout", revision=rev)
+            self._log.checkpoint(READOUT, rev, "optimised")
+        self._readout_params = params
+        return accuracy["test"]
+
+    def _verify(self, units: list[Unit], ds: data.Dataset, accuracy_before: float) -> None:
+        """Re-measure the deployed network on the test set, channel by channel; recover from
+        broken channels by retraining every unit downstream of the first faulty one."""
+        self._emit("phase", "verifying the deployed network on the hardware (test set)", None,
+                    phase="verify", steps=len(units))
+        h = ds.x_test
+        first = None
+        for index, unit in enumerate(units):
+            self._ensure_deployed(index, unit)
+            before = len(self._faulty.get(index, {}))
+            h = self._measure(index, None, unit, h, "verify", ChannelMonitor(unit.out_features))
+            if first is None and len(self._faulty.get(index, {})) > before:
+                first = index
+        accuracy_now = readout.accuracy(self._readout_params, h, ds.y_test)
+        self._emit("accuracy", f"verification on the hardware, test: {100 * accuracy_now:.2f} %", None,
+                   split="test", value=accuracy_now, what="verify")
+        if first is None:
+            self._emit("info", "verification: every channel healthy")
+            return
+        recovered = self._recover(units, ds, first)
+        self._log.fault({"kind": "broken_channels", "unit": first, "channels": sorted(self._faulty[first]),
+                         "accuracy_before": accuracy_before, "accuracy_after_fault": accuracy_now,
+                         "accuracy_recovered": recovered, "time": time.time(),
+                         "message": "; ".join(f"channel {c}: {r}" for c, r in sorted(self._faulty[first].items()))})
+        self._emit("info", f"recovered from the fault in unit {first}: test accuracy {100 * accuracy_before:.1f} % "
+                           f"before, {100 * accuracy_now:.1f} % after the fault, {100 * recovered:.1f} % after "
+                           "retraining the downstream units", first)
+
+    def _recover(self, units: list[Unit], ds: data.Dataset, first: int) -> float:
+        """A new revision: the faulty unit re-measured as it is now, every later unit retrained
+        with PIB on those measurements, a new readout. Returns the new test accuracy."""
+        done = set(self._log.checkpoints())
+        rev = 1 + max(r for u, r, _ in done if u == first)
+        h_train, h_test = (self._log.read_features(first - 1, self._last_rev(first - 1), s) for s in ("train", "test")) \
+            if first > 0 else (ds.x_train, ds.x_test)
+        for index in range(first, len(units)):
+            h_train, h_test = self._unit(index, rev, units[index], h_train, h_test, ds, done,
+                                         train=index > first)
+        return self._readout(h_train, h_test, ds, rev, done)
+
+    def _last_rev(self, index: int) -> int:
+        return max(r for u, r, p in self._log.checkpoints() if u == index and p == "measured")
+
+    def _inject(self, at: int | str) -> None:
+        for fault in self.recipe.faults.inject:
+            if fault.at != at:
+                continue
+            device = self.bench[fault.instrument]
+            if not isinstance(device, FaultInjectable):
+                raise ConfigError(f"recipe injects a fault into {fault.instrument!r}, which is not a twin "
+                                  "that can simulate faults")
+            device.inject_fault(fault.kind, **fault.params)
+            self._emit("info", f"injected simulated fault {fault.kind!r} into {fault.instrument} {fault.params}")
 
     # -- plumbing
     def _layout(self, units: list[Unit], ds: data.Dataset) -> RunLayout:

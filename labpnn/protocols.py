@@ -144,3 +144,8 @@ class Unit(Protocol):
     def measure(self, h: np.ndarray) -> np.ndarray:
         """The full physical forward (n, in_features) -> (n, out_features), float32."""
         ...
+
+    def expected(self, h: np.ndarray) -> np.ndarray | None:
+        """What the model predicts measure(h) to be, without touching hardware; None when the
+        physical stage must be measured to know (the health checks then use history only)."""
+        ...

@@ -57,18 +57,21 @@ class MeasureSpec(Strict):
 
 
 class FaultInjection(Strict):
-    """A twin's fault switched on at a point of the run (fault recipes)."""
-    unit: int = Field(ge=0, description="inject before this unit's training")
+    """A twin's fault switched on at a point of the run (fault recipes and tests)."""
+    at: int | Literal["verify"] = Field(description="before unit N is deployed, or before the verification pass")
     instrument: str
     kind: str
     params: dict = Field(default_factory=dict)
 
 
 class FaultPolicy(Strict):
-    retries: int = Field(3, ge=0, description="reconnect attempts for a lost link")
-    backoff_s: float = Field(0.5, ge=0)
-    on_persistent: Literal["recover", "pause", "abort"] = "recover"
-    mask: bool = Field(False, description="zero faulty channels (True) or keep them as they are")
+    retries: int = Field(3, ge=0, description="reconnect attempts after a lost link or a timeout")
+    backoff_s: float = Field(0.5, ge=0, description="first wait before reconnecting; doubles each attempt")
+    on_persistent: Literal["recover", "pause", "abort"] = Field(
+        "recover", description="broken channels: keep going and retrain downstream, ask the operator, or stop")
+    mask: bool = Field(False, description="zero broken channels (True) or keep their signals as they are")
+    verify: bool = Field(False, description="after training, re-measure the deployed network on the test set, "
+                                            "check every channel, and recover from what is found")
     inject: list[FaultInjection] = Field(default_factory=list)
 
 
