@@ -16,6 +16,7 @@ retrained with PIB on the corrupted (or masked) measurements as a new revision.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from labpnn import data, readout
 from labpnn.bench import Bench
 from labpnn.errors import AbortRequested, ConfigError, DeviceError, LabpnnError, TransportError
 from labpnn.events import Event, EventBus
-from labpnn.health import ChannelMonitor
+from labpnn.health import ChannelMonitor, describe_channels
 from labpnn.pib import UnitOptimiser
 from labpnn.protocols import FaultInjectable, Unit
 from labpnn.provenance import provenance
@@ -108,6 +109,8 @@ class Run:
         """Run to the end (done), an abort (back to idle) or a failure (failed, re-raised)."""
         names = self.recipe.instruments()
         unsubscribe = None
+        to_events = _LogToEvents(self)
+        logging.getLogger("labpnn").addHandler(to_events)
         try:
             self._set_state(State.RUNNING)
             ds = data.load(self.recipe.dataset.name, n_train=self.recipe.dataset.n_train,
@@ -136,6 +139,7 @@ class Run:
             self._set_state(State.FAILED, reason)
             raise
         finally:
+            logging.getLogger("labpnn").removeHandler(to_events)
             if unsubscribe:
                 unsubscribe()
             if self._log is not None:
@@ -240,8 +244,9 @@ class Run:
             self._deployed[index] = unit.deploy()
 
     def _measure(self, index: int, rev: int | None, unit: Unit, h: np.ndarray, split: str,
-                 monitor: ChannelMonitor) -> np.ndarray:
-        """Measure h through the unit, checking every batch; rows are logged unless rev is None."""
+                 monitor: ChannelMonitor | None) -> np.ndarray:
+        """Measure h through the unit, checking every batch (unless monitor is None); rows are
+        logged unless rev is None."""
         repeats = self.recipe.measure.repeats
 
         def measure(chunk: np.ndarray) -> np.ndarray:
@@ -250,11 +255,12 @@ class Run:
         out = np.empty((len(h), unit.out_features), np.float32)
         size = self.recipe.measure.batch_size
         for start, chunk in self._pipelined(measure, h, index, split, unit):
-            broken = monitor.check(chunk, unit.expected(h[start:start + size]))
-            if broken:
-                self._channel_fault(index, broken, split)
-            if self.recipe.faults.mask and monitor.faulty:
-                chunk[:, list(monitor.faulty)] = 0.0
+            if monitor is not None:
+                broken = monitor.check(chunk, unit.expected(h[start:start + size]))
+                if broken:
+                    self._channel_fault(index, broken, split)
+                if self.recipe.faults.mask and monitor.faulty:
+                    chunk[:, list(monitor.faulty)] = 0.0
             out[start:start + len(chunk)] = chunk
             if rev is not None:
                 self._log.features(index, rev, split, start, chunk)
@@ -324,9 +330,8 @@ class Run:
                              + " and retrains the downstream units on them",
                   "pause": "the run pauses: Resume keeps going with them, Abort stops (resumable)",
                   "abort": "the run stops (resumable with labpnn run --resume)"}[self.recipe.faults.on_persistent]
-        detail = "; ".join(f"channel {c}: {broken[c]}" for c in channels)
-        self._emit("fault", f"unit {index}: {len(channels)} broken output channel(s) while measuring {split} "
-                            f"({detail}); {action}", index, channels=channels, reasons=broken)
+        self._emit("fault", f"unit {index}: {len(channels)} broken output channel(s) while measuring {split}: "
+                            f"{describe_channels(broken)}; {action}", index, channels=channels, reasons=broken)
         if self.recipe.faults.on_persistent == "pause":
             self.pause()
         elif self.recipe.faults.on_persistent == "abort":
@@ -365,7 +370,9 @@ class Run:
         for index, unit in enumerate(units):
             self._ensure_deployed(index, unit)
             before = len(self._faulty.get(index, {}))
-            h = self._measure(index, None, unit, h, "verify", ChannelMonitor(unit.out_features))
+            # downstream of a broken unit, channels see corrupted inputs: measured, not judged
+            monitor = ChannelMonitor(unit.out_features, self._faulty.get(index)) if first is None else None
+            h = self._measure(index, None, unit, h, "verify", monitor)
             if first is None and len(self._faulty.get(index, {})) > before:
                 first = index
         accuracy_now = readout.accuracy(self._readout_params, h, ds.y_test)
@@ -378,7 +385,7 @@ class Run:
         self._log.fault({"kind": "broken_channels", "unit": first, "channels": sorted(self._faulty[first]),
                          "accuracy_before": accuracy_before, "accuracy_after_fault": accuracy_now,
                          "accuracy_recovered": recovered, "time": time.time(),
-                         "message": "; ".join(f"channel {c}: {r}" for c, r in sorted(self._faulty[first].items()))})
+                         "message": describe_channels(self._faulty[first])})
         self._emit("info", f"recovered from the fault in unit {first}: test accuracy {100 * accuracy_before:.1f} % "
                            f"before, {100 * accuracy_now:.1f} % after the fault, {100 * recovered:.1f} % after "
                            "retraining the downstream units", first)
@@ -453,3 +460,14 @@ class Run:
     def _record(self, ev: Event) -> None:
         if ev.kind in LOGGED_KINDS:
             self._log.event(ev)
+
+
+class _LogToEvents(logging.Handler):
+    """Warnings that drivers and twins log during a run become the run's warning events."""
+
+    def __init__(self, run: Run):
+        super().__init__(logging.WARNING)
+        self.run = run
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.run._emit("warning", record.getMessage())

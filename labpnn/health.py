@@ -30,7 +30,7 @@ class ChannelMonitor:
         found: dict[int, str] = {}
         bad = ~np.isfinite(measured).all(0)
         for c in np.flatnonzero(bad):
-            found[int(c)] = "non-finite values"
+            found[int(c)] = "non-finite: NaN or infinite values"
         finite = np.where(np.isfinite(measured), measured, 0.0)
         spread = finite.std(0)
         if len(measured) >= 8:
@@ -55,7 +55,7 @@ class ChannelMonitor:
         ref_spread = predicted.std(0)
         live = ref_spread > MIN_SPREAD
         for c in np.flatnonzero(live & (spread <= MIN_SPREAD)):
-            found.setdefault(int(c), f"stuck at {measured[0, c]:.3g} while the model predicts a spread of "
+            found.setdefault(int(c), f"stuck: at {measured[0, c]:.3g} while the model predicts a spread of "
                                      f"{ref_spread[c]:.3g}")
         m = measured - measured.mean(0)
         p = predicted - predicted.mean(0)
@@ -63,9 +63,18 @@ class ChannelMonitor:
             corr = (m * p).sum(0) / np.sqrt((m**2).sum(0) * (p**2).sum(0))
             noise = (measured - predicted).std(0) / ref_spread
         for c in np.flatnonzero(live & (spread > MIN_SPREAD) & (corr < MIN_CORRELATION)):
-            found.setdefault(int(c), f"uncorrelated with its inputs (r = {corr[c]:.2f} against the model)")
+            found.setdefault(int(c), f"uncorrelated with its inputs: r = {corr[c]:.2f} against the model")
         grown = live & np.isfinite(self._noise) & (noise > NOISE_GROWTH * self._noise) & (noise > 0.2)
         for c in np.flatnonzero(grown):
-            found.setdefault(int(c), f"noise grew {noise[c] / self._noise[c]:.1f}x against its history")
+            found.setdefault(int(c), f"noisier: noise grew {noise[c] / self._noise[c]:.1f}x against its history")
         fresh = live & np.isnan(self._noise) & np.isfinite(noise)
         self._noise = np.where(fresh, noise, self._noise)
+
+
+def describe_channels(reasons: dict[int, str]) -> str:
+    """Broken channels grouped by what is wrong with them, in one line."""
+    groups: dict[str, list[int]] = {}
+    for channel, reason in sorted(reasons.items()):
+        groups.setdefault(reason.split(":")[0], []).append(channel)
+    return "; ".join(f"{what}: channel{'s' if len(c) > 1 else ''} {', '.join(map(str, c))}"
+                     for what, c in groups.items())

@@ -1,0 +1,156 @@
+"""Driver of the memristor crossbar board over PyVISA (pyvisa-py: serial ASRL or TCPIP
+SOCKET), speaking the command set of ../shared/specs/crossbar-scpi.md.
+
+The weight mapping and tiling are MappedCrossbar's (drivers/crossbar_mapping.py), shared
+with the twin; this module adds the wire: settings as declarative SCPI controls, the
+primitives as commands, and the error queue checked after every write that can fail.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from labpnn.drivers import scpi
+from labpnn.drivers.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions
+from labpnn.drivers.scpi import BOOL, FLOAT_PAIR, INT, INT_PAIR, control, measurement
+from labpnn.errors import DeviceError, TransportError
+
+_RESOURCE = re.compile(r"^(ASRL[^\s:]+::INSTR|TCPIP\d*::[^\s:]+::\d+::SOCKET)$", re.IGNORECASE)
+
+
+def _pair(value: tuple[float, float]) -> str:
+    lo, hi = value
+    return f"{scpi.fmt_float(lo)},{scpi.fmt_float(hi)}"
+
+
+class CrossbarBoard(MappedCrossbar):
+    """A real crossbar board. `resource` is a PyVISA resource string
+    (ASRL/dev/ttyUSB0::INSTR or TCPIP::host::port::SOCKET); options set at connect."""
+
+    simulated = False
+
+    class Options(MappingOptions):
+        timeout_ms: int = Field(5000, gt=0, description="I/O timeout (ms)")
+        baud_rate: int = Field(115200, gt=0, description="serial baud rate (ASRL only)")
+        max_block_bytes: int = Field(16 << 20, ge=1024, description="largest MVM input block "
+                                     "sent at once; larger batches are split")
+        g_range: tuple[float, float] | None = Field(None, description="narrow the conductance "
+                                                    "range used (S)")
+        v_limit: float | None = Field(None, gt=0, description="read voltage limit (V)")
+        adc_bits: int | None = Field(None, description="ADC resolution (bits)")
+        adc_range: float | None = Field(None, gt=0, description="ADC full-scale current (A)")
+        prog_tolerance: float | None = Field(None, gt=0, description="write-verify tolerance")
+        prog_iterations: int | None = Field(None, gt=0, description="write-verify pulses per cell")
+
+    output = control("OUTP?", "OUTP {}", "Read drivers enabled (OFF grounds every row).",
+                     BOOL, lambda on: "ON" if on else "OFF")
+    g_range = control("CONF:GRAN?", "CONF:GRAN {}", "(g_min, g_max) conductance range used, S.",
+                      FLOAT_PAIR, _pair)
+    v_limit = control("SOUR:VOLT:LIM?", "SOUR:VOLT:LIM {}", "Largest read voltage magnitude, V.")
+    adc_bits = control("CONF:ADC:BITS?", "CONF:ADC:BITS {}", "ADC resolution, bits.", INT, str)
+    adc_range = control("CONF:ADC:RANG?", "CONF:ADC:RANG {}", "ADC full-scale current, A.")
+    prog_tolerance = control("PROG:TOL?", "PROG:TOL {}", "Write-verify relative tolerance.")
+    prog_iterations = control("PROG:ITER?", "PROG:ITER {}", "Write-verify pulses per cell.",
+                              INT, str)
+    size = measurement("ARR:SIZE?", "Physical array (rows, cols).", INT_PAIR)
+    prog_status = measurement("PROG:STAT?", "(cells_ok, cells_failed) of the last programming.",
+                              INT_PAIR)
+    self_test_code = measurement("*TST?", "Self-test result: 0 healthy, else a fault code.", INT)
+
+    def __init__(self, name: str = "crossbar", resource: str | None = None, **options: Any):
+        self.check_resource(resource)
+        super().__init__(name, resource, **options)
+        self.scpi: scpi.SCPISession | None = None
+
+    @classmethod
+    def check_resource(cls, resource: str | None) -> None:
+        """Raise ValueError unless `resource` is an ASRL...::INSTR or TCPIP::host::port::SOCKET."""
+        if not isinstance(resource, str) or not _RESOURCE.match(resource):
+            raise ValueError(f"crossbar resource {resource!r} is not 'ASRL<port>::INSTR' or "
+                             "'TCPIP::<host>::<port>::SOCKET'")
+
+    # ---------------------------------------------------------------- link
+
+    @property
+    def connected(self) -> bool:
+        return self.scpi is not None
+
+    def _open(self) -> None:
+        try:
+            resource = scpi.open_resource(self.resource, self.options.timeout_ms,
+                                          self.options.baud_rate)
+        except Exception as exc:  # pyvisa raises several kinds for an unreachable resource
+            raise TransportError(f"cannot open {self.resource}: {exc}", self.name) from None
+        self.scpi = scpi.SCPISession(resource, self.name)
+        if self.resource.upper().startswith("ASRL"):
+            self.scpi.resync()  # bytes a previous session left in the port
+        self.scpi.write("*CLS", check=False)
+        idn = self.identity()
+        if len(idn.split(",")) != 4:
+            raise DeviceError(f"expected '<maker>,<model>,<serial>,<firmware>' in reply to "
+                              f"'*IDN?', got {idn[:80]!r}", self.name)
+
+    def _close(self) -> None:
+        session, self.scpi = self.scpi, None
+        if session is None:
+            return
+        try:
+            session.close()
+        except Exception as exc:  # closing a dead link must not raise
+            scpi.log.debug("%s: close failed: %s", self.name, exc)
+
+    def identity(self) -> str:
+        with self._lock:
+            self._require()
+            return self.scpi.query("*IDN?").strip()
+
+    # ---------------------------------------------------------------- primitives
+
+    def _read_config(self) -> BoardConfig:
+        return BoardConfig(*self.size, *self.g_range, self.v_limit, self.adc_bits,
+                           self.adc_range, self.prog_tolerance, self.prog_iterations)
+
+    def _apply_settings(self) -> None:
+        for name in ("g_range", "v_limit", "adc_bits", "adc_range", "prog_tolerance",
+                     "prog_iterations"):
+            value = getattr(self.options, name)
+            if value is not None:
+                setattr(self, name, value)
+
+    def _set_output(self, on: bool) -> None:
+        self.scpi.write(f"OUTP {'ON' if on else 'OFF'}")
+
+    def _reset_board(self) -> None:
+        self.scpi.write("*RST")
+
+    def _self_test(self) -> tuple[int, np.ndarray]:
+        return self.self_test_code, self.scpi.query_block("DIAG:ADC?", self._board_config().cols)
+
+    def _max_vectors(self, rows: int) -> int:
+        return max(1, self.options.max_block_bytes // (4 * rows))
+
+    def _mvm(self, r0: int, c0: int, cols: int, x: np.ndarray, scale: np.ndarray,
+             peak: np.ndarray | None = None) -> np.ndarray:
+        n, rows = x.shape
+        v = x * scale[:, None]
+        current = self.scpi.query_block(f"MEAS:MVM? {n},{r0},{rows},{c0},{cols},", n * cols, v)
+        return current.reshape(n, cols).copy()
+
+    def program_conductances(self, r0: int, c0: int, g: np.ndarray) -> tuple[int, int]:
+        g = self._matrix(g, "conductances")
+        with self._lock:
+            self._require()
+            rows, cols = g.shape
+            self._guarded(self.scpi.write_block, f"PROG:COND {r0},{c0},{rows},{cols},", g)
+            return self._guarded(lambda: self.prog_status)
+
+    def read_conductances(self, r0: int, c0: int, rows: int, cols: int) -> np.ndarray:
+        with self._lock:
+            self._require()
+            g = self._guarded(self.scpi.query_block,
+                              f"MEAS:COND? {r0},{c0},{rows},{cols}", rows * cols)
+            return g.reshape(rows, cols)

@@ -1,0 +1,377 @@
+"""What every SCPI driver shares: typed errors by SCPI code, a checked PyVISA session with
+IEEE 488.2 blocks, and declarative settings (`control`, `measurement`) in the spirit of
+PyMeasure's Instrument.control/measurement.
+
+A driver class holds `self.scpi` (an SCPISession) and `self._lock`; its properties are
+declared with `control`/`measurement`, each access one checked round trip under the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pyvisa
+import serial
+
+from labpnn.errors import DeviceError, TransportError
+
+log = logging.getLogger(__name__)
+
+FLOAT32 = np.dtype("<f4")
+
+
+# ---------------------------------------------------------------- typed errors by SCPI code
+
+
+class SCPIError(DeviceError):
+    """An instrument reported an SCPI error: `.code` (negative) and `.scpi_message`."""
+
+    default_code = -100
+
+    def __init__(self, scpi_message: str, *, code: int | None = None, instrument: str = "",
+                 command: str = ""):
+        self.code = self.default_code if code is None else code
+        self.scpi_message = scpi_message
+        self.command = command
+        where = f"{command!r} refused: " if command else ""
+        super().__init__(f"{where}SCPI error {self.code}, {scpi_message}", instrument)
+
+
+class CommandError(SCPIError):
+    """-1xx: the command was not understood (syntax, header, parameters, block framing)."""
+
+
+class ExecutionError(SCPIError):
+    """-2xx: the command was understood but could not be executed."""
+
+    default_code = -200
+
+
+class SettingsConflict(ExecutionError):
+    """-221: valid command, but the instrument's state forbids it (e.g. MVM with output off)."""
+
+    default_code = -221
+
+
+class DataOutOfRange(ExecutionError):
+    """-222: a parameter outside the instrument's limits; nothing was applied."""
+
+    default_code = -222
+
+
+class TooMuchData(ExecutionError):
+    """-223: a line or block longer than the command allows."""
+
+    default_code = -223
+
+
+class DeviceSpecificError(SCPIError):
+    """-3xx: the instrument reports a fault of its own (hardware)."""
+
+    default_code = -310
+
+
+class QueueOverflow(DeviceSpecificError):
+    """-350: the error queue overflowed; earlier errors were lost."""
+
+    default_code = -350
+
+
+_BY_CODE: dict[int, type[SCPIError]] = {-221: SettingsConflict, -222: DataOutOfRange,
+                                        -223: TooMuchData, -350: QueueOverflow}
+_BY_HUNDRED: dict[int, type[SCPIError]] = {-1: CommandError, -2: ExecutionError,
+                                           -3: DeviceSpecificError}
+
+
+def scpi_error(code: int, message: str, *, instrument: str = "", command: str = "") -> SCPIError:
+    """The typed exception for an SCPI error code."""
+    cls = _BY_CODE.get(code) or _BY_HUNDRED.get(-((-code) // 100), SCPIError)
+    return cls(message, code=code, instrument=instrument, command=command)
+
+
+_ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$', re.DOTALL)
+
+
+def parse_error_reply(text: str) -> tuple[int, str] | None:
+    """`<code>,"<message>"` (a SYST:ERR? reply) as (code, message); None if it is not one."""
+    match = _ERROR_REPLY.match(text)
+    return (int(match.group(1)), match.group(2).replace('""', '"')) if match else None
+
+
+# ---------------------------------------------------------------- reply parsers
+
+
+class Reply:
+    """A reply parser that says what it expects, for garbled-reply messages."""
+
+    def __init__(self, expects: str, parse: Callable[[str], Any]):
+        self.expects = expects
+        self.parse = parse
+
+    def __call__(self, text: str) -> Any:
+        return self.parse(text.strip())
+
+
+def _numbers(kind: type, count: int) -> Callable[[str], Any]:
+    def parse(text: str):
+        parts = text.split(",")
+        if len(parts) != count:
+            raise ValueError(text)
+        values = tuple(kind(p) for p in parts)
+        return values if count > 1 else values[0]
+    return parse
+
+
+def _bool(text: str) -> bool:
+    if text.upper() in ("1", "ON"):
+        return True
+    if text.upper() in ("0", "OFF"):
+        return False
+    raise ValueError(text)
+
+
+FLOAT = Reply("a number", _numbers(float, 1))
+INT = Reply("an integer", _numbers(int, 1))
+BOOL = Reply("1 or 0", _bool)
+FLOAT_PAIR = Reply("two numbers '<a>,<b>'", _numbers(float, 2))
+INT_PAIR = Reply("two integers '<a>,<b>'", _numbers(int, 2))
+
+
+def fmt_float(value: float) -> str:
+    """A float as SCPI text without losing float64 precision."""
+    return repr(float(value))
+
+
+# ---------------------------------------------------------------- the session
+
+
+def open_resource(resource: str, timeout_ms: int, baud_rate: int | None = None):
+    """Open a PyVISA message-based resource with the pyvisa-py backend and "\\n" framing."""
+    rm = pyvisa.ResourceManager("@py")
+    kwargs: dict[str, Any] = {"read_termination": "\n", "write_termination": "\n",
+                              "timeout": timeout_ms}
+    if baud_rate is not None and resource.upper().startswith("ASRL"):
+        kwargs["baud_rate"] = baud_rate
+    return rm.open_resource(resource, **kwargs)
+
+
+def _interface_of(resource, kind: type):
+    """The `kind` object (socket, serial port) under a pyvisa-py session, else None."""
+    try:
+        interface = resource.visalib.sessions[resource.session].interface
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return interface if isinstance(interface, kind) else None
+
+
+class SCPISession:
+    """A PyVISA resource spoken to in SCPI: checked writes, typed errors, float32 blocks.
+
+    Every failure becomes a DeviceError naming the instrument and the command: SCPI errors
+    from the error queue as SCPIError subclasses, timeouts and lost links as TransportError,
+    garbled replies as DeviceError saying what was expected and what came.
+    """
+
+    def __init__(self, resource, instrument: str):
+        self.resource = resource
+        self.instrument = instrument
+        self._sock = _interface_of(resource, socket.socket)
+        # pyvisa-py reads a serial port byte by byte (~25 us each); it buffers nothing
+        # itself, so block payloads can be read from the port in one call
+        self._port = _interface_of(resource, serial.SerialBase)
+        if self._sock is not None:
+            # pyvisa-py leaves Nagle on: a block written in pieces would wait ~40 ms for an ACK
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # and receives in 4 KiB pieces by default; large replies go faster in large ones
+            resource.visalib.sessions[resource.session].max_recv_size = 1 << 20
+
+    # -- plumbing
+
+    @contextmanager
+    def _io(self, command: str) -> Iterator[None]:
+        """Turn link failures into TransportError naming the command."""
+        try:
+            yield
+        except pyvisa.errors.VisaIOError as exc:
+            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                self.resync()  # a late reply must not be taken for the next one's
+                raise TransportError(f"no reply to {command!r} within {self.resource.timeout:g} ms",
+                                     self.instrument) from None
+            raise TransportError(f"link failed during {command!r}: {exc}", self.instrument) from None
+        except (OSError, pyvisa.errors.InvalidSession) as exc:
+            raise TransportError(f"link lost during {command!r}: {exc}", self.instrument) from None
+
+    def _garbled(self, command: str, expected: str, got: bytes | str) -> DeviceError:
+        """Resynchronise after an unexpected reply and return the error to raise."""
+        self.resync()
+        text = got.decode("ascii", "backslashreplace") if isinstance(got, bytes) else got
+        return DeviceError(f"expected {expected} in reply to {command!r}, got {text[:80]!r}",
+                           self.instrument)
+
+    def resync(self) -> None:
+        """Discard whatever the instrument sent that was not read."""
+        ops = pyvisa.constants.BufferOperation
+        try:
+            if self._sock is None:
+                self.resource.flush(ops.discard_read_buffer)
+                return
+            # pyvisa-py's own discard loops forever on a closed socket: drain it here
+            self.resource.flush(ops.discard_read_buffer_no_io)
+            while select.select([self._sock], [], [], 0.05)[0] and self._sock.recv(1 << 16):
+                pass
+        except Exception as exc:  # best effort: the caller is already reporting an error
+            log.debug("%s: could not discard the read buffer: %s", self.instrument, exc)
+
+    # -- text
+
+    def write(self, command: str, check: bool = True) -> None:
+        """Send a command; with `check`, read the error queue and raise what it holds."""
+        with self._io(command):
+            self.resource.write(command)
+        if check:
+            self.check_errors(command)
+
+    def query(self, command: str, reply: Reply | None = None) -> Any:
+        """Send a query and return its reply line, parsed by `reply` when given."""
+        with self._io(command):
+            text = self.resource.query(command)
+        if reply is None:
+            return text
+        try:
+            return reply(text)
+        except ValueError:
+            raise self._garbled(command, reply.expects, text) from None
+
+    def check_errors(self, command: str) -> None:
+        """Drain SYST:ERR?; raise the first entry as a typed SCPIError if there is one."""
+        entries = []
+        for _ in range(17):  # queue depth 16, plus the overflow marker
+            with self._io("SYST:ERR?"):
+                text = self.resource.query("SYST:ERR?")
+            entry = parse_error_reply(text)
+            if entry is None:
+                raise self._garbled("SYST:ERR?", "an error entry '<code>,\"<message>\"'", text)
+            if entry[0] == 0:
+                break
+            entries.append(entry)
+        if entries:
+            code, message = entries[0]
+            if len(entries) > 1:
+                message += f" (and {len(entries) - 1} more queued: {[c for c, _ in entries[1:]]})"
+            raise scpi_error(code, message, instrument=self.instrument, command=command)
+
+    # -- blocks
+
+    def _send_block(self, command: str, values: np.ndarray) -> None:
+        payload = np.ascontiguousarray(values, dtype=FLOAT32).reshape(-1)
+        if self._sock is None:
+            self.resource.write_binary_values(command, payload, datatype="f", is_big_endian=False)
+            return
+        # TCP: straight to the socket, no copies (pyvisa-py writes in 4 KiB select()ed pieces)
+        size = str(payload.nbytes).encode()
+        head = command.encode("ascii") + b"#" + str(len(size)).encode() + size
+        deadline = time.monotonic() + self.resource.timeout / 1000
+        for part in (memoryview(head), memoryview(payload).cast("B"), memoryview(b"\n")):
+            while part:
+                if not select.select([], [self._sock], [], max(deadline - time.monotonic(), 0))[1]:
+                    raise TransportError(f"could not send {command!r} within "
+                                         f"{self.resource.timeout:g} ms", self.instrument)
+                part = part[self._sock.send(part):]
+
+    def _read_payload(self, size: int) -> bytes:
+        if self._port is None:
+            return self.resource.read_bytes(size, chunk_size=size)
+        data = self._port.read(size)  # the port's timeout is the session's
+        if len(data) < size:
+            raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_timeout)
+        return data
+
+    def write_block(self, command: str, values: np.ndarray) -> None:
+        """Send `command` followed by `values` as a float32 block; check the error queue."""
+        with self._io(command):
+            self._send_block(command, values)
+        self.check_errors(command)
+
+    def query_block(self, command: str, count: int, values: np.ndarray | None = None) -> np.ndarray:
+        """Send a block query (with `values` as its trailing block when given) and return
+        the `count` float32 values of the reply block.
+
+        A failed query sends no reply, so SYST:ERR? is sent right behind it: the first
+        byte back is either the reply block's '#' or the error entry.
+        """
+        nbytes = count * FLOAT32.itemsize
+        with self._io(command):
+            if values is None:
+                self.resource.write(command)
+            else:
+                self._send_block(command, values)
+            self.resource.write("SYST:ERR?")
+            with self.resource.read_termination_context(None):  # payload bytes may be 0x0A
+                first = self.resource.read_bytes(1)
+                if first == b"#":
+                    digits = self.resource.read_bytes(1)
+                    size = self.resource.read_bytes(int(digits)) if digits.isdigit() else b""
+                    if not size.isdigit() or int(size) != nbytes:
+                        raise self._garbled(command, f"a block of {nbytes} bytes",
+                                            first + digits + size)
+                    payload = self._read_payload(nbytes + 1)
+                    if payload[-1:] != b"\n":
+                        raise self._garbled(command, "a newline after the block", payload[-8:])
+            if first != b"#":
+                text = first.decode("ascii", "replace") + self.resource.read()
+                entry = parse_error_reply(text)
+                if entry is None or entry[0] == 0:
+                    raise self._garbled(command, f"a block of {nbytes} bytes", text)
+                self.check_errors(command)  # drain what else is queued
+                raise scpi_error(*entry, instrument=self.instrument, command=command)
+            text = self.resource.read()
+        entry = parse_error_reply(text)
+        if entry is None:
+            raise self._garbled("SYST:ERR?", "an error entry '<code>,\"<message>\"'", text)
+        if entry[0] != 0:
+            raise scpi_error(*entry, instrument=self.instrument, command=command)
+        return np.frombuffer(payload, FLOAT32, count)
+
+    def close(self) -> None:
+        self.resource.close()
+
+
+# ---------------------------------------------------------------- declarative settings
+
+
+def control(get_command: str, set_command: str, doc: str, reply: Reply = FLOAT,
+            fmt: Callable[[Any], str] = fmt_float) -> property:
+    """A read/write setting: reading sends `get_command` and parses the reply with `reply`;
+    assigning sends `set_command.format(fmt(value))` and checks the error queue.
+
+    The owner provides `scpi` (an SCPISession), `_lock` and `_settings_changed()`.
+    """
+
+    def fget(self):
+        with self._lock:
+            return self.scpi.query(get_command, reply)
+
+    def fset(self, value):
+        with self._lock:
+            self._settings_changed()
+            self.scpi.write(set_command.format(fmt(value)))
+
+    return property(fget, fset, doc=doc)
+
+
+def measurement(command: str, doc: str, reply: Reply = FLOAT) -> property:
+    """A read-only value: reading sends `command` and parses the reply with `reply`."""
+
+    def fget(self):
+        with self._lock:
+            return self.scpi.query(command, reply)
+
+    return property(fget, doc=doc)

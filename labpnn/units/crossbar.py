@@ -1,0 +1,146 @@
+"""The crossbar unit: a linear layer computed in memory on a memristor crossbar, then an
+activation. The bias is an extra input row driven by a constant 1.
+
+matches(expected) reads the array twice, fits the read noise sigma(G)^2 = a + b G^2 from
+the difference of the two reads, and holds when every cell of the first read is within
+tol * g_max + 10 * sqrt(2) * sigma(G) of the expected read-back (G: the larger of the two
+values compared; tol, g_max: the board's write-verify tolerance and conductance range from
+its snapshot). A healthy array passes by a wide margin; a stuck cell or another unit's
+weights do not.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from labpnn.errors import DeviceError
+from labpnn.protocols import CrossbarArray, Device
+from labpnn.units.base import apply_activation
+from labpnn.units.scattering import _Activation
+
+log = logging.getLogger(__name__)
+
+NOISE_SIGMAS = 10.0
+
+
+class CrossbarUnit:
+    """Linear(in_features, out_features, bias) + activation, deployed on a CrossbarArray.
+
+    Several units may share one board: a unit whose weights were replaced by another's
+    programs its own again before measuring (read_back refuses instead).
+    """
+
+    def __init__(self, name: str, device: CrossbarArray, in_features: int, out_features: int,
+                 activation: str = "relu", bias: bool = True, seed: int = 0):
+        if not isinstance(device, CrossbarArray):
+            raise TypeError(f"unit {name!r}: {type(device).__name__} is not a CrossbarArray "
+                            "(program_weights, read_weights, matmul, array_shape)")
+        self.name, self.device = name, device
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation, self.bias = activation, bias
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._model = nn.Sequential(nn.Linear(self.in_features, self.out_features, bias=bias),
+                                        _Activation(activation))
+        self._weights: np.ndarray | None = None  # what this unit put on the board
+        self._token: object = None  # the board's deployment_id when it did
+
+    def instruments(self) -> list[Device]:
+        return [self.device]
+
+    def prepare(self, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, dtype=np.float32)
+
+    def model(self) -> nn.Module:
+        return self._model
+
+    def deployed_shapes(self) -> dict[str, tuple[int, ...]]:
+        rows = self.in_features + self.bias
+        return {"weights": (rows, self.out_features), "g_target": (rows, 2 * self.out_features),
+                "g_read": (rows, 2 * self.out_features)}
+
+    def deploy(self) -> dict[str, np.ndarray]:
+        """Program [W^T; b] (in_features + 1, out_features); return the read-back."""
+        return self._program(self._model_matrix())
+
+    def read_back(self) -> dict[str, np.ndarray]:
+        if not self._holds_own():
+            raise DeviceError(f"unit {self.name!r}: the board holds another deployment; "
+                              "deploy() this unit again", self.device.name)
+        return self.device.read_weights()
+
+    def matches(self, expected: dict[str, np.ndarray]) -> bool:
+        try:
+            first, second = self.device.read_weights(), self.device.read_weights()
+        except DeviceError:
+            return False  # nothing the driver can read in this layout
+        g_exp = np.asarray(expected["g_read"], dtype=np.float64)
+        if first["g_read"].shape != g_exp.shape or first["weights"].shape != self.deployed_shapes()["weights"]:
+            return False
+        snap = self.device.snapshot()
+        slack = snap.get("prog_tolerance", 0.0) * snap.get("g_range", (0.0, 0.0))[1]
+        sigma = _read_noise(first["g_read"], second["g_read"], np.maximum(g_exp, first["g_read"]))
+        ok = bool(np.all(np.abs(first["g_read"] - g_exp) <= slack + NOISE_SIGMAS * np.sqrt(2) * sigma))
+        if ok and self._weights is None:  # resumed: the board already holds this unit
+            self._weights, self._token = first["weights"], getattr(self.device, "deployment_id", None)
+        return ok
+
+    def measure(self, h: np.ndarray) -> np.ndarray:
+        """activation(device.matmul([h, 1])), (n, out_features) float32."""
+        x = self._inputs(h)
+        if self._weights is not None and not self._holds_own():
+            log.info("unit %r: the board holds another deployment; programming this unit's "
+                     "weights again", self.name)
+            self._program(self._weights)
+        return apply_activation(self.activation, self.device.matmul(x))
+
+    def expected(self, h: np.ndarray) -> np.ndarray:
+        """What measure(h) should give: the deployed weights (the model's before any
+        deploy) applied digitally, float32."""
+        w = self._weights if self._weights is not None else self._model_matrix()
+        return apply_activation(self.activation, self._inputs(h) @ w)
+
+    def _inputs(self, h: np.ndarray) -> np.ndarray:
+        x = self.prepare(h)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"unit {self.name!r}: input of shape {x.shape}, expected "
+                             f"(n, {self.in_features})")
+        return np.hstack([x, np.ones((len(x), 1), np.float32)]) if self.bias else x
+
+    def _model_matrix(self) -> np.ndarray:
+        """The model's parameters as the matrix the board holds: [W^T; b]."""
+        linear = self._model[0]
+        with torch.no_grad():
+            w = linear.weight.detach().cpu().numpy().T
+            if self.bias:
+                w = np.vstack([w, linear.bias.detach().cpu().numpy()[None, :]])
+        return np.ascontiguousarray(w, dtype=np.float32)
+
+    def _program(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        result = self.device.program_weights(w)
+        self._weights, self._token = w, getattr(self.device, "deployment_id", None)
+        return result
+
+    def _holds_own(self) -> bool:
+        return getattr(self.device, "deployment_id", None) == self._token
+
+
+def _read_noise(first: np.ndarray, second: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """sigma(g) of one read, from two reads: (d^2 / 2) fitted on [1, g^2] by least squares
+    weighted with the fit itself (d^2 is chi-square: its spread grows with its mean)."""
+    d = (second - first).ravel().astype(np.float64)
+    moved = d != 0  # cells not re-read (multiplexed groups) carry no noise information
+    if moved.sum() < 2:
+        return np.zeros_like(g)
+    level = np.maximum(first, second).ravel()[moved].astype(np.float64)
+    basis = np.stack([np.ones_like(level), level ** 2], axis=1)
+    target, weight = d[moved] ** 2 / 2, np.ones_like(level)
+    for _ in range(3):
+        coef = np.linalg.lstsq(basis * weight[:, None], target * weight, rcond=None)[0]
+        coef = np.clip(coef, 1e-30, None)
+        weight = 1 / (basis @ coef)
+    return np.sqrt(coef[0] + coef[1] * g ** 2)
