@@ -73,6 +73,7 @@ class Run:
         self._deployed: dict[int, dict[str, np.ndarray]] = {}
         self._faulty: dict[int, dict[int, str]] = {}
         self._readout_params: dict[str, np.ndarray] = {}
+        self._record_lock = threading.Lock()
         missing = [n for n in recipe.instruments() if n not in bench.devices]
         if missing:
             raise ConfigError(f"recipe {recipe.name!r} uses instrument(s) {', '.join(missing)} that the bench "
@@ -459,7 +460,8 @@ class Run:
 
     def _record(self, ev: Event) -> None:
         if ev.kind in LOGGED_KINDS:
-            self._log.event(ev)
+            with self._record_lock:  # events may come from the measurement thread too
+                self._log.event(ev)
 
 
 class _LogToEvents(logging.Handler):

@@ -1,11 +1,17 @@
-"""Shared test set-up: offscreen Qt, and opt-in options for real hardware."""
+"""Shared test set-up: offscreen Qt, one BLAS/torch thread per test worker, and opt-in
+options for real hardware."""
 
 import os
 
-import pytest
-
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")  # pytest -n 2 already fills both cores
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 HARDWARE_OPTIONS = {
     "--crossbar-resource": "PyVISA resource of a real crossbar board, e.g. ASRL/dev/ttyUSB0::INSTR",

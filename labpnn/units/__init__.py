@@ -30,20 +30,19 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int) -> U
                             seed=seed + index)
     from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector
 
-    encoded = in_features * (spec.bits if spec.encoding == "bitplane" else 1)
     if len(spec.instruments) == 1:
         projector = bench.require(spec.instruments[0], Projector, who)
     elif len(spec.instruments) == 2:
         slm, camera = (bench[n] for n in spec.instruments)
         if spec.optical_features is None:
             raise ConfigError(f"{who}: an SLM + camera unit needs 'optical_features' (camera pixels used)")
-        projector = SLMCameraProjector(slm, camera, n_inputs=encoded, n_outputs=spec.optical_features,
+        projector = SLMCameraProjector(slm, camera, n_inputs=in_features, n_outputs=spec.optical_features,
                                        seed=seed + index)
     else:
         raise ConfigError(f"{who}: 'instrument' must name an OPU, or [slm, camera]; got {spec.instruments}")
-    if projector.n_inputs < encoded:
-        raise ConfigError(f"{who}: its input is {in_features} features x {spec.bits if spec.encoding == 'bitplane' else 1} "
-                          f"bit(s) = {encoded} binary inputs, but {spec.instruments[0]!r} takes at most "
-                          f"{projector.n_inputs}")
+    limit = getattr(projector, "max_n_features", projector.n_inputs)
+    if limit < in_features:
+        raise ConfigError(f"{who}: its input has {in_features} features (one binary input each), but "
+                          f"{spec.instruments[0]!r} takes at most {limit}")
     return ScatteringUnit(name, projector, in_features, spec.out, activation=spec.activation,
                           encoding=spec.encoding, bits=spec.bits, threshold=spec.threshold, seed=seed + index)

@@ -27,3 +27,18 @@ def apply_activation(name: str, y: np.ndarray) -> np.ndarray:
     """The same activation on a NumPy array (measured outputs), float32."""
     with torch.no_grad():
         return activation(name)(torch.as_tensor(np.asarray(y, dtype=np.float32))).numpy()
+
+
+class Activation(torch.nn.Module):
+    """An activation by name, as a module (it shows in the model's repr)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self._fn = activation(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name

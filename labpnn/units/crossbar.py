@@ -20,7 +20,7 @@ from torch import nn
 from labpnn.errors import DeviceError
 from labpnn.protocols import CrossbarArray, Device
 from labpnn.units.base import apply_activation
-from labpnn.units.scattering import _Activation
+from labpnn.units.base import Activation
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class CrossbarUnit:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._model = nn.Sequential(nn.Linear(self.in_features, self.out_features, bias=bias),
-                                        _Activation(activation))
+                                        Activation(activation))
         self._weights: np.ndarray | None = None  # what this unit put on the board
         self._token: object = None  # the board's deployment_id when it did
 
