@@ -263,6 +263,9 @@ class Run:
                 if self.recipe.faults.mask and monitor.faulty:
                     chunk[:, list(monitor.faulty)] = 0.0
             out[start:start + len(chunk)] = chunk
+            frame = getattr(unit, "last_frame", None)  # what a camera or an OPU saw last
+            if frame is not None:
+                self._emit("frame", "", index, frame=frame, what=", ".join(d.name for d in unit.instruments()))
             if rev is not None:
                 self._log.features(index, rev, split, start, chunk)
         return out
