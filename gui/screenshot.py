@@ -1,0 +1,81 @@
+"""The screenshot in docs/gui.md: the window during a live run on the simulated bench.
+
+    xvfb-run -s "-screen 0 1600x1000x24" python -m labpnn.gui.screenshot docs/img/gui-live-run.png
+
+Starts the recipe in a fresh layout, waits until the last unit has drawn some PIB steps,
+saves the screen, aborts the run and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import shiboken6
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+from labpnn.bench import Bench
+from labpnn.gui.main_window import MainWindow
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labpnn.gui.screenshot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="PNG to write")
+    parser.add_argument("--recipe", default="mnist1d-memristor", help="packaged recipe name or file")
+    parser.add_argument("--config", help="bench file (default: the twins)")
+    parser.add_argument("--steps", type=int, default=40, help="PIB steps of the last unit to wait for")
+    args = parser.parse_args(argv)
+
+    app = QApplication(sys.argv[:1])
+    scratch = Path(tempfile.mkdtemp(prefix="labpnn-screenshot-"))
+    bench = Bench.load(args.config)
+    window = MainWindow(bench, QSettings(str(scratch / "layout.ini"), QSettings.Format.IniFormat))
+    window.show()
+    if Path(args.recipe).is_file():
+        window.run_dock.load_file(args.recipe)
+    else:
+        window.run_dock.load_packaged(args.recipe)
+    window.run_dock.output.setText(str(scratch / "run.h5"))
+    for name in bench.devices:  # as an operator would: connect and self-test, then start
+        window.instruments.request("connect", name)
+
+    started = False
+
+    def look() -> None:
+        nonlocal started
+        if not started:
+            if not any(window.instruments.calls.busy(n) for n in bench.devices):
+                window.start_run()
+                started = True
+                if not window.running():
+                    print(f"the run did not start: {window.run_dock.message.text()}", file=sys.stderr)
+                    app.exit(1)
+            return
+        traj = window.data.trajectories.get((len(window.data.units) - 1, 0))
+        if window.running() and (traj is None or len(traj.steps) < args.steps):
+            return
+        poll.stop()
+        window.redraw()
+        app.processEvents()
+        shot = window.screen().grabWindow(0) if app.platformName() == "xcb" else window.grab()
+        shot.save(args.out)
+        print(f"saved {args.out} ({shot.width()} x {shot.height()})")
+        window.confirm_abort_on_close = lambda: True
+        window.close()
+
+    poll = QTimer(interval=250)
+    poll.timeout.connect(look)
+    poll.start()
+    try:
+        return app.exec()
+    finally:
+        shiboken6.delete(window)  # now, while the QApplication lives: not in random order at exit
+        bench.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
