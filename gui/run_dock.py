@@ -7,7 +7,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
@@ -17,6 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QFormLayout,
 from labpnn.errors import ConfigError
 from labpnn.gui.run_progress import RunProgress
 from labpnn.gui.run_worker import controls
+from labpnn.config_errors import parse_yaml
 from labpnn.recipe import Recipe, packaged, parse_recipe
 
 OPEN_FILE = "Open recipe file…"
@@ -27,14 +27,7 @@ STATE_COLOURS = {"running": "#2e7d32", "pausing": "#f9a825", "paused": "#f9a825"
 
 def check_recipe(text: str, where: str, bench) -> Recipe:
     """The recipe in `text`, valid and runnable on `bench`; ConfigError says what is wrong and where."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        raise ConfigError(f"{where}:{at} not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys at the top, got {type(data).__name__}")
+    data = parse_yaml(text, where)
     recipe = parse_recipe(data, where)
     if bench is None:
         raise ConfigError("no bench is loaded (see the Instruments dock), so nothing can run")

@@ -12,20 +12,25 @@ from labpnn.errors import ConfigError
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
-    """Parse a YAML mapping; a missing file, a syntax error or a non-mapping is a ConfigError."""
+    """Parse a YAML file holding a mapping; a missing file, a syntax error or a non-mapping is a ConfigError."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+    return parse_yaml(text, f"{what} {path}")
+
+
+def parse_yaml(text: str, where: str) -> dict[str, Any]:
+    """Parse YAML text holding a mapping; errors name `where`, the line and the column."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{what} {path}:{where}: not valid YAML: {problem}") from None
+        raise ConfigError(f"{where}:{at}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path}: expected a mapping of keys at the top, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of keys at the top, got {type(data).__name__}")
     return data
 
 

@@ -52,7 +52,7 @@ FORMAT_VERSION = 1               # root attribute `format_version`
 STATES = ("idle", "running", "pausing", "paused", "aborting", "done", "failed")
 SPLITS = ("train", "test")
 PARAM_KINDS = ("trained", "deployed")
-ACCURACY_KINDS = ("probe", "readout")
+ACCURACY_KINDS = ("probe", "readout", "verify")
 
 MESSAGE_BYTES = 512              # events/message: fixed-length UTF-8, truncated with "…"
 REASON_BYTES = 1024              # state/reason
