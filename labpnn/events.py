@@ -4,16 +4,18 @@ The engine emits on its own thread; subscribers must be quick and must not block
 (the GUI bridge re-emits them as queued Qt signals). A subscriber that raises is
 unsubscribed and reported once as a warning; it never stops the run.
 
-Kinds and their `data`:
-- state:      {"state": "running"}                       one of engine.State
-- phase:      {"phase": "optimise"|"deploy"|"measure"|"readout", "steps": total}
-- step:       {"step": s, "steps": total, "loss": float, "I_XZ": bits, "I_YZ": bits}
+Kinds and their `data` (revision r: 0 on the first pass, +1 per recovery from a fault):
+- state:      {"state": "running", "reason": str}           one of engine.State
+- phase:      {"phase": "optimise"|"deploy"|"measure"|"readout"|"verify", "steps": total,
+               "split": "prepare"|"train"|"test"|"verify" (measure), "start": first step (optimise)}
+- step:       {"step": s, "steps": total, "loss": bits, "I_XZ": bits, "I_YZ": bits, "revision": r}
 - info_plane: {"step": s, "I_XZ": bits, "I_YZ": bits, "revision": r}
-- deployed:   {"weights"|"g_target"|"g_read"|...: arrays as read back}
-- measure:    {"split": "train"|"test", "done": n, "total": N}
-- accuracy:   {"split": "train"|"test", "value": 0..1, "what": "probe"|"readout"}
-- frame:      {"frame": 2-D array, "what": "camera"|"opu"}
-- warning, fault: {"channels": [...], ...}; message says what happened and what to do
+- deployed:   {"revision": r, "weights"|"g_target"|"g_read"|...: arrays as read back (siemens for g_*)}
+- measure:    {"split": ..., "done": n, "total": N}
+- accuracy:   {"split": "train"|"test", "value": 0..1, "what": "probe"|"readout"|"verify", "revision": r}
+- frame:      {"frame": 2-D array, "what": the instrument names, e.g. "opu" or "slm, camera"}
+- warning, fault: message says what happened and what the run does; fault data has "channels"
+- info:       a message only
 """
 
 from __future__ import annotations
