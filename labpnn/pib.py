@@ -1,0 +1,161 @@
+"""The Physical Information Bottleneck (PIB) objective and unit-wise optimisation.
+
+A unit's output Z is trained to keep what it says about the labels Y and to forget
+the rest of the network input X: maximise I(Y;Z) - beta * I(X;Z), estimated per
+minibatch with the matrix-based Renyi entropy of labpnn.info (bits).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from labpnn import info
+
+__all__ = ["PIBSettings", "PIBTerms", "StepRecord", "UnitOptimiser", "pib_terms"]
+
+
+class PIBTerms(NamedTuple):
+    """Scalar tensors of one PIB evaluation (bits); loss = -objective is what to minimise."""
+
+    objective: torch.Tensor
+    loss: torch.Tensor
+    i_xz: torch.Tensor
+    i_yz: torch.Tensor
+
+
+def pib_terms(x, y, z, *, beta: float, alpha: float = 1.01, sigma_x=None,
+              sigma_z=None) -> PIBTerms:
+    """objective = I(Y;Z) - beta * I(X;Z) for inputs x (n, ...), integer labels y (n,) and
+    features z (n, ...), differentiable in z. Kernel widths default to info.default_sigma.
+
+    S(Z) is computed once for both terms; S(X) and S(Y) do not depend on z and are
+    computed without gradient.
+    """
+    b = float(beta)
+    if not (math.isfinite(b) and b >= 0):
+        raise ValueError(f"beta: must be finite and >= 0, got {beta!r}")
+    a = info._check_alpha(alpha)
+    yt = info._labels(y, "y")
+    zt = info._samples(z, "z")
+    with torch.no_grad():
+        a_x, _ = info._kernel(x, sigma_x, "x")
+        info._same_n(a_x, yt, "x", "y")
+        info._same_n(a_x, zt, "x", "z")
+        s_x = info._entropy(a_x, a)
+        s_y = info.label_entropy(yt, a).to(zt.dtype)
+    a_z = info._gaussian(zt, sigma_z, "sigma_z")  # unnormalised: entropies are scale-free
+    s_z = info._entropy(a_z, a)
+    i_xz = s_x + s_z - info._entropy(a_x.to(a_z.dtype) * a_z, a)
+    i_yz = s_y + s_z - info._label_joint(a_z, yt, a)
+    objective = i_yz - b * i_xz
+    return PIBTerms(objective, -objective, i_xz, i_yz)
+
+
+class PIBSettings(BaseModel):
+    """How one unit is optimised (a recipe's `pib` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(1.01, gt=0, description="Renyi order; 2 is the fast eigen-free path")
+    beta: float = Field(0.01, ge=0, description="weight of the compression term I(X;Z)")
+    sigma_x: float | None = Field(None, gt=0, description="kernel width of X; None: median rule")
+    sigma_z: float | None = Field(None, gt=0, description="kernel width of Z; None: median rule")
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(0.01, gt=0)
+    optimiser: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One optimisation step: the loss and the information-plane point (bits) of its
+    minibatch, evaluated before the parameter update."""
+
+    step: int
+    loss: float
+    i_xz: float
+    i_yz: float
+
+
+def _float32(a, name: str) -> torch.Tensor:
+    """a as a finite float32 tensor of >= 2 samples (rows), shape kept."""
+    t = info._tensor(a, name).to(torch.float32)
+    info._check_finite(t, name)
+    return t
+
+
+def _check_index(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+class UnitOptimiser:
+    """Trains `model` so that z = model(inputs[batch]) maximises the PIB objective with
+    X = x[batch] (the network input, flattened) and Y = y[batch] (integer labels).
+
+    The minibatch of step s depends on (seed, s) only (so does torch's RNG inside the
+    step), so a run resumed at step s from state_bytes() reproduces the uninterrupted one.
+    Batches are the whole set when it is smaller than settings.batch_size.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs, x, y, settings: PIBSettings, seed: int):
+        self.model = model
+        self.settings = settings
+        self.seed = _check_index(seed, "seed")
+        self.inputs = _float32(inputs, "inputs")
+        x = _float32(x, "x")
+        self.x = x.reshape(x.shape[0], -1)
+        self.y = info._labels(y, "y").to(torch.int64)
+        info._same_n(self.inputs, self.x, "inputs", "x")
+        info._same_n(self.inputs, self.y, "inputs", "y")
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model: has no trainable parameters")
+        kind = torch.optim.Adam if settings.optimiser == "adam" else torch.optim.SGD
+        self.optimiser = kind(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.batch_size = min(settings.batch_size, self.inputs.shape[0])
+
+    def batch(self, step: int) -> np.ndarray:
+        """The sample indices of step `step`."""
+        rng = np.random.default_rng([self.seed, _check_index(step, "step")])
+        return rng.choice(self.inputs.shape[0], self.batch_size, replace=False)
+
+    def step(self, step: int) -> StepRecord:
+        """One optimisation step on the minibatch of `step`."""
+        idx = torch.from_numpy(self.batch(step))
+        s = self.settings
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + step)
+            z = self.model(self.inputs[idx])
+            terms = pib_terms(self.x[idx], self.y[idx], z, beta=s.beta, alpha=s.alpha,
+                              sigma_x=s.sigma_x, sigma_z=s.sigma_z)
+            self.optimiser.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            self.optimiser.step()
+        return StepRecord(step, terms.loss.item(), terms.i_xz.item(), terms.i_yz.item())
+
+    def state_bytes(self) -> bytes:
+        """The model's and the optimiser's state, for a checkpoint."""
+        buf = io.BytesIO()
+        torch.save({"model": self.model.state_dict(),
+                    "optimiser": self.optimiser.state_dict()}, buf)
+        return buf.getvalue()
+
+    def load_state_bytes(self, b: bytes) -> None:
+        """Restore a state_bytes() checkpoint."""
+        try:
+            state = torch.load(io.BytesIO(b), weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.optimiser.load_state_dict(state["optimiser"])
+        except Exception as exc:  # torch.load and load_state_dict raise many kinds
+            raise ValueError(f"b: not a state saved by UnitOptimiser.state_bytes() "
+                             f"for this model ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,166 @@
+"""The PIB objective and the unit-wise optimiser."""
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from sklearn.linear_model import LogisticRegression
+
+from labpnn import info
+from labpnn.pib import PIBSettings, StepRecord, UnitOptimiser, pib_terms
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """3 classes separated in 2 of 20 dimensions, hidden under large noise in the rest."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 3.0, (n, 20))
+    x[:, :2] = np.array([[0, 0], [2.0, 0], [0, 2.0]])[y] + rng.normal(0, 0.5, (n, 2))
+    return x.astype(np.float32), y
+
+
+def unit(seed: int = 0, d_in: int = 20, d_out: int = 4) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(d_in, d_out), torch.nn.ReLU())
+
+
+def test_terms_match_separately_computed_mutual_information():
+    x, y = blobs(60, 0)
+    z = torch.from_numpy(x[:, :5]) ** 2
+    for alpha in (1.01, 2.0):
+        t = pib_terms(x, y, z, beta=0.3, alpha=alpha, sigma_z=2.0)
+        i_xz = info.mutual_information(x, z, alpha, sigma_z=2.0).item()
+        i_yz = info.mutual_information(y, z, alpha, sigma_z=2.0).item()
+        assert t.i_xz.item() == pytest.approx(i_xz, abs=1e-5)
+        assert t.i_yz.item() == pytest.approx(i_yz, abs=1e-5)
+        assert t.objective.item() == pytest.approx(i_yz - 0.3 * i_xz, abs=1e-5)
+        assert t.loss.item() == -t.objective.item()
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(beta=-0.1), "beta"),
+    (dict(beta=0.01, alpha=0), "alpha"),
+    (dict(beta=0.01, sigma_z=0.0), "sigma_z"),
+    (dict(beta=0.01, sigma_x=-1.0), "sigma_x"),
+])
+def test_terms_reject_bad_settings(kwargs, name):
+    x, y = blobs(10, 0)
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        pib_terms(x, y, x[:, :3], **kwargs)
+
+
+def test_terms_reject_bad_data():
+    x, y = blobs(10, 0)
+    with pytest.raises(ValueError, match=r"^y: labels must be a 1-D integer"):
+        pib_terms(x, y.astype(float), x, beta=0.0)
+    with pytest.raises(ValueError, match=r"^z: has 9 samples"):
+        pib_terms(x, y, x[:9], beta=0.0)
+    with pytest.raises(ValueError, match=r"^y: has 9 samples"):
+        pib_terms(x, y[:9], x, beta=0.0)
+
+
+def test_settings_defaults_and_validation():
+    s = PIBSettings()
+    assert (s.alpha, s.beta, s.steps, s.batch_size, s.lr, s.optimiser) == (1.01, 0.01, 300, 256,
+                                                                           0.01, "adam")
+    assert s.sigma_x is None and s.sigma_z is None and s.weight_decay == 0.0
+    for bad in (dict(alpha=0), dict(beta=-1), dict(steps=0), dict(batch_size=1), dict(lr=0),
+                dict(optimiser="rmsprop"), dict(weight_decay=-1), dict(sigma_z=0), dict(bogus=1)):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            PIBSettings(**bad)
+
+
+def test_one_step_improves_the_objective_on_a_fixed_batch():
+    x, y = blobs(64, 1)
+    model = unit(1)
+    opt = UnitOptimiser(model, x, x, y, PIBSettings(batch_size=64, lr=1e-3), seed=0)
+    with torch.no_grad():
+        before = pib_terms(x, y, model(torch.from_numpy(x)), beta=0.01).objective.item()
+    record = opt.step(0)
+    with torch.no_grad():
+        after = pib_terms(x, y, model(torch.from_numpy(x)), beta=0.01).objective.item()
+    assert record.loss == pytest.approx(-before, abs=1e-6)
+    assert after > before
+
+
+def test_training_makes_label_informative_features():
+    x, y = blobs(600, 2)
+    x_test, y_test = blobs(600, 3)
+    model = unit(2)
+
+    def evaluate():
+        with torch.no_grad():
+            z, z_test = model(torch.from_numpy(x)), model(torch.from_numpy(x_test))
+        probe = LogisticRegression(max_iter=1000).fit(z.numpy(), y)
+        return info.mutual_information(y_test, z_test).item(), probe.score(z_test.numpy(), y_test)
+
+    i_before, acc_before = evaluate()
+    opt = UnitOptimiser(model, x, x, y, PIBSettings(batch_size=128, lr=0.02), seed=0)
+    records = [opt.step(s) for s in range(40)]
+    i_after, acc_after = evaluate()
+    assert all(isinstance(r, StepRecord) and isinstance(r.i_yz, float) for r in records)
+    assert i_after > i_before + 0.3
+    assert acc_after > 0.75 and acc_after > acc_before + 0.2  # chance is 1/3
+
+
+def test_resume_from_state_bytes_reproduces_the_uninterrupted_run():
+    x, y = blobs(200, 4)
+    h = x[:, :12]  # the unit's own input differs from the network input x
+    settings = PIBSettings(batch_size=50, lr=0.05)
+    full = UnitOptimiser(unit(0, 12), h, x, y, settings, seed=7)
+    reference = [full.step(s) for s in range(8)]
+
+    first = UnitOptimiser(unit(0, 12), h, x, y, settings, seed=7)
+    assert [first.step(s) for s in range(4)] == reference[:4]
+    saved = first.state_bytes()
+    resumed = UnitOptimiser(unit(99, 12), h, x, y, settings, seed=7)  # other initial weights
+    resumed.load_state_bytes(saved)
+    assert [resumed.step(s) for s in range(4, 8)] == reference[4:]
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_batches_depend_on_seed_and_step_only():
+    x, y = blobs(100, 5)
+    a = UnitOptimiser(unit(), x, x, y, PIBSettings(batch_size=30), seed=3)
+    b = UnitOptimiser(unit(), x, x, y, PIBSettings(batch_size=30), seed=3)
+    c = UnitOptimiser(unit(), x, x, y, PIBSettings(batch_size=30), seed=4)
+    assert np.array_equal(a.batch(5), b.batch(5))
+    assert not np.array_equal(a.batch(5), a.batch(6))
+    assert not np.array_equal(a.batch(5), c.batch(5))
+    assert len(set(a.batch(5).tolist())) == 30
+    whole = UnitOptimiser(unit(), x, x, y, PIBSettings(batch_size=500), seed=3)
+    assert sorted(whole.batch(0).tolist()) == list(range(100))
+
+
+def test_sgd_with_weight_decay_trains_too():
+    x, y = blobs(64, 6)
+    model = unit(3)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = UnitOptimiser(model, x, x, y, PIBSettings(optimiser="sgd", weight_decay=1e-3,
+                                                    batch_size=64), seed=0)
+    assert isinstance(opt.optimiser, torch.optim.SGD)
+    opt.step(0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_optimiser_rejects_bad_arguments():
+    x, y = blobs(20, 0)
+    s = PIBSettings()
+    with pytest.raises(ValueError, match=r"^y: has 19 samples"):
+        UnitOptimiser(unit(), x, x, y[:19], s, seed=0)
+    with pytest.raises(ValueError, match=r"^x: has 19 samples"):
+        UnitOptimiser(unit(), x, x[:19], y, s, seed=0)
+    with pytest.raises(ValueError, match=r"^inputs: contains NaN"):
+        UnitOptimiser(unit(), np.full_like(x, np.nan), x, y, s, seed=0)
+    with pytest.raises(ValueError, match=r"^seed: "):
+        UnitOptimiser(unit(), x, x, y, s, seed=-1)
+    with pytest.raises(ValueError, match=r"^model: has no trainable parameters"):
+        UnitOptimiser(torch.nn.ReLU(), x, x, y, s, seed=0)
+    opt = UnitOptimiser(unit(), x, x, y, s, seed=0)
+    with pytest.raises(ValueError, match=r"^step: "):
+        opt.step(-1)
+    with pytest.raises(ValueError, match=r"^b: not a state saved"):
+        opt.load_state_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"^b: not a state saved"):
+        opt.load_state_bytes(UnitOptimiser(unit(0, 20, 5), x, x, y, s, seed=0).state_bytes())
