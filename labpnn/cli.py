@@ -2,7 +2,7 @@
 
   labpnn run                      the default recipe on the default bench (the twins)
   labpnn run --recipe NAME|FILE --config instruments.yaml --out RUN.h5
-  labpnn run --resume RUN.h5      continue a killed or aborted run
+  labpnn run --resume RUN.h5      continue a killed, aborted or failed run
   labpnn inspect RUN.h5 [--json]  what a run file holds
   labpnn sim crossbar|opu ...     serve a simulated instrument on its wire protocol
   labpnn gui [RUN.h5]             the bench GUI
@@ -14,6 +14,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,24 +38,72 @@ def _run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
         out.parent.mkdir(parents=True, exist_ok=True)
         run = Run(recipe, bench, out)
+    if args.on_fault:
+        run.recipe.faults.on_persistent = args.on_fault
+        print(f"labpnn: persistent faults handled by policy {args.on_fault!r} (--on-fault)", file=sys.stderr)
     print(f"labpnn: run file {run.path} (bench {bench.source}, recipe {run.recipe.name})", file=sys.stderr)
 
     def stop(signum, frame):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts hard
         run.abort(f"interrupted by {signal.Signals(signum).name}")
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    with Progress(run.bus, disable=args.quiet):
-        try:
-            state = run.execute()
-        finally:
-            bench.close()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    run.bus.subscribe(_FaultPrompt(run, interactive=sys.stdin is not None and sys.stdin.isatty()))
+    try:
+        with Progress(run.bus, disable=args.quiet):
+            try:
+                state = run.execute()
+            except LabpnnError as exc:
+                if run.path.exists():
+                    print(f"labpnn: the run failed: {exc}\nlabpnn: the run file keeps every completed step; once "
+                          f"the cause is fixed, continue it with: labpnn run --resume {run.path}", file=sys.stderr)
+                raise
+            finally:
+                bench.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(format_summary(RunReader(run.path).summary()))
     if state is State.IDLE:
         print(f"labpnn: run aborted; continue it with: labpnn run --resume {run.path}", file=sys.stderr)
         return 3
     return 0
+
+
+class _FaultPrompt:
+    """Policy "pause" in a terminal: a run paused on a fault asks the operator whether to
+    continue or abort. Without a terminal (stdin not a TTY) nobody can answer: the run is
+    aborted at once, in a resumable state, and says so."""
+
+    def __init__(self, run, interactive: bool):
+        self.run, self.interactive = run, interactive
+        self.last_fault = ""
+
+    def __call__(self, ev) -> None:
+        if ev.kind == "fault":
+            self.last_fault = ev.message
+        elif ev.kind == "state" and ev.data.get("state") == "paused":
+            if self.interactive:
+                threading.Thread(target=self._ask, name="fault-prompt", daemon=True).start()
+            else:
+                self.run.abort("paused on a fault with no operator to ask (stdin is not a terminal); stopped "
+                               "with the instruments safe, resumable: " + (self.last_fault or "no fault message"))
+
+    def _ask(self) -> None:
+        print(f"\nlabpnn: the run is paused, instruments in their safe state: {self.last_fault or 'paused'}",
+              file=sys.stderr)
+        while True:
+            try:
+                answer = input("labpnn: continue (keep going as the fault message says) or abort "
+                               "(stop, resumable)? [c/a] ").strip().lower()
+            except (EOFError, OSError):
+                answer = "a"
+            if answer in ("c", "continue"):
+                self.run.resume_run()
+                return
+            if answer in ("a", "abort"):
+                self.run.abort("aborted by the operator at the fault prompt")
+                return
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -88,8 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="bench file (default: ./instruments.yaml, else the packaged twins)")
     run.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"packaged recipe name or file (default {DEFAULT_RECIPE})")
     run.add_argument("--out", help="run file to write (default runs/RECIPE-TIME.h5)")
-    run.add_argument("--resume", metavar="RUN.h5", help="continue this killed or aborted run")
+    run.add_argument("--resume", metavar="RUN.h5", help="continue this killed, aborted or failed run")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--on-fault", choices=["recover", "pause", "abort"],
+                     help="override the recipe's faults.on_persistent (e.g. to resume past a fault "
+                          "with 'recover'); 'pause' asks in a terminal, aborts (resumable) without one")
     run.set_defaults(func=_run)
 
     inspect = sub.add_parser("inspect", help="summarise a run file")

@@ -30,7 +30,7 @@ from labpnn import data, readout
 from labpnn.bench import Bench
 from labpnn.errors import AbortRequested, ConfigError, DeviceError, LabpnnError, TransportError
 from labpnn.events import Event, EventBus
-from labpnn.health import ChannelMonitor, describe_channels
+from labpnn.health import ChannelMonitor, describe_channels, no_signal, significant_drop
 from labpnn.pib import UnitOptimiser
 from labpnn.protocols import FaultInjectable, Unit
 from labpnn.provenance import provenance
@@ -69,6 +69,7 @@ class Run:
         self._cond = threading.Condition(threading.RLock())
         self._pause = False
         self._abort: str | None = None
+        self._check = False
         self._identities: dict[str, str] = {}
         self._deployed: dict[int, dict[str, np.ndarray]] = {}
         self._faulty: dict[int, dict[int, str]] = {}
@@ -79,7 +80,7 @@ class Run:
             raise ConfigError(f"recipe {recipe.name!r} uses instrument(s) {', '.join(missing)} that the bench "
                               f"({bench.source}) lacks; it has: {', '.join(sorted(bench.devices))}")
         if _log is None and self.path.exists():
-            raise ConfigError(f"{self.path} exists already: choose another --out, or --resume it")
+            raise ConfigError(f"{self.path} exists already: choose another output file, or resume that run")
 
     @classmethod
     def resume(cls, path: str | Path, bench: Bench) -> Run:
@@ -104,6 +105,13 @@ class Run:
         with self._cond:
             self._abort = reason
             self._cond.notify_all()
+
+    def check(self) -> None:
+        """Run the health checks on demand: at the next checkpoint every instrument of the
+        recipe self-tests (SCPI *TST? and ADC diagnostics, a camera frame, an OPU probe) and
+        the results, with the channels found broken so far, become events."""
+        with self._cond:
+            self._check = True
 
     # -- the run
     def execute(self) -> State:
@@ -181,16 +189,30 @@ class Run:
                 previous = log.read_params(index, rev - 1, "trained")
                 model.load_state_dict({k: torch.as_tensor(v) for k, v in previous.items()})
             if train:
-                inputs = self._batched(unit.prepare, h_train, index, "prepare")
+                inputs = self._batched(unit.prepare, h_train, index, "prepare", unit)
+                problem = no_signal(inputs, strict=True)
+                if problem:  # a dead physical stage: training on it would be meaningless
+                    exc = self._instrument_fault(index, "prepare", f"its physical stage gives no signal ({problem})",
+                                                 [], pausable=False)
+                    raise (AbortRequested if self.recipe.faults.on_persistent == "abort" else DeviceError)(str(exc))
                 self._optimise(index, rev, unit, inputs, ds)
             log.params(index, rev, "trained", {k: v.detach().numpy() for k, v in model.state_dict().items()})
             log.checkpoint(index, rev, "optimised")
         if (index, rev, "measured") in done:
+            # what the hardware should hold, for a verification after a resume
+            self._deployed[index] = log.read_params(index, rev, "deployed")
             return log.read_features(index, rev, "train"), log.read_features(index, rev, "test")
         self._deploy(index, rev, unit, done)
-        monitor = ChannelMonitor(unit.out_features, self._faulty.get(index))
-        f_train = self._measure(index, rev, unit, h_train, "train", monitor)
-        f_test = self._measure(index, rev, unit, h_test, "test", monitor)
+        # re-measuring unchanged parameters: the previous revision is the channels' history
+        reference = log.read_features(index, rev - 1, "train") if rev > 0 and not train else None
+        while True:
+            monitor = ChannelMonitor(unit.out_features, self._faulty.get(index), reference)
+            try:
+                f_train = self._measure(index, rev, unit, h_train, "train", monitor)
+                f_test = self._measure(index, rev, unit, h_test, "test", monitor)
+                break
+            except _InstrumentFault as exc:
+                self._stop_or_pause(exc)  # back here once the operator resumed: measure again
         log.checkpoint(index, rev, "measured")
         acc_train, acc_test = readout.probe_accuracy(f_train, ds.y_train, f_test, ds.y_test, ds.n_classes)
         for split, value in (("train", acc_train), ("test", acc_test)):
@@ -259,7 +281,11 @@ class Run:
             if monitor is not None:
                 broken = monitor.check(chunk, unit.expected(h[start:start + size]))
                 if broken:
-                    self._channel_fault(index, broken, split)
+                    self._channel_fault(index, broken, split, monitor)
+                problem = no_signal(chunk)
+                if problem:
+                    raise self._instrument_fault(index, split, f"its outputs carry no signal ({problem})",
+                                                 sorted(monitor.faulty))
                 if self.recipe.faults.mask and monitor.faulty:
                     chunk[:, list(monitor.faulty)] = 0.0
             out[start:start + len(chunk)] = chunk
@@ -270,8 +296,9 @@ class Run:
                 self._log.features(index, rev, split, start, chunk)
         return out
 
-    def _batched(self, fn: Callable[[np.ndarray], np.ndarray], h: np.ndarray, index: int, split: str) -> np.ndarray:
-        return np.concatenate([chunk for _, chunk in self._pipelined(fn, h, index, split)])
+    def _batched(self, fn: Callable[[np.ndarray], np.ndarray], h: np.ndarray, index: int, split: str,
+                 unit: Unit | None = None) -> np.ndarray:
+        return np.concatenate([chunk for _, chunk in self._pipelined(fn, h, index, split, unit)])
 
     def _pipelined(self, fn: Callable[[np.ndarray], np.ndarray], h: np.ndarray, index: int, split: str,
                    unit: Unit | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -326,7 +353,12 @@ class Run:
         if unit is not None and index in self._deployed:
             self._ensure_deployed(index, unit)
 
-    def _channel_fault(self, index: int, broken: dict[int, str], split: str) -> None:
+    def _channel_fault(self, index: int, broken: dict[int, str], split: str, monitor: ChannelMonitor) -> None:
+        if monitor.instrument_broken():
+            n_broken, n_live = monitor.broken_live()
+            raise self._instrument_fault(index, split, f"{n_broken} of its {n_live} output channels that carried "
+                                         f"signal are broken ({describe_channels(monitor.faulty)})",
+                                         sorted(monitor.faulty))
         channels = sorted(broken)
         known = self._faulty.setdefault(index, {})
         known.update(broken)
@@ -336,10 +368,45 @@ class Run:
                   "abort": "the run stops (resumable with labpnn run --resume)"}[self.recipe.faults.on_persistent]
         self._emit("fault", f"unit {index}: {len(channels)} broken output channel(s) while measuring {split}: "
                             f"{describe_channels(broken)}; {action}", index, channels=channels, reasons=broken)
+        if split != "verify" or self.recipe.faults.on_persistent == "abort":
+            # (the verification pass records its faults with the accuracies once recovered)
+            self._log.fault({"kind": "broken_channels", "unit": index, "channels": channels, "split": split,
+                             "action": self.recipe.faults.on_persistent,
+                             "reasons": {str(c): r for c, r in sorted(broken.items())},
+                             "message": describe_channels(broken)})
         if self.recipe.faults.on_persistent == "pause":
             self.pause()
         elif self.recipe.faults.on_persistent == "abort":
             raise AbortRequested(f"unit {index}: broken output channels {channels}")
+
+    def _instrument_fault(self, index: int, split: str, what: str, channels: list[int],
+                          pausable: bool = True) -> _InstrumentFault:
+        """A whole unit without signal: recorded; the caller raises what this returns."""
+        policy = self.recipe.faults.on_persistent
+        if policy == "pause" and not pausable:
+            policy = "recover"
+        then = {"pause": "the run pauses with the instruments safe: fix the instrument, then Resume "
+                         "(the unit is measured again) or Abort (resumable)",
+                "abort": "the run stops (idle, resumable with labpnn run --resume)",
+                "recover": "retraining cannot fix this: the run stops (failed, resumable with labpnn run "
+                           "--resume once the instrument is fixed)"}[policy]
+        message = (f"unit {index}: {what} while measuring {split}: the instrument itself is at fault "
+                   "(saturated, dark or dead detector, stuck modulator?)")
+        self._emit("fault", f"{message}; {then}", index, channels=channels, split=split)
+        self._log.fault({"kind": "instrument", "unit": index, "channels": channels, "split": split,
+                         "action": policy, "message": message})
+        return _InstrumentFault(message)
+
+    def _stop_or_pause(self, exc: _InstrumentFault) -> None:
+        """An instrument fault, per policy: stop (abort: idle; recover: failed), or pause with the
+        instruments safe and return once the operator resumed."""
+        policy = self.recipe.faults.on_persistent
+        if policy == "abort":
+            raise AbortRequested(str(exc)) from None
+        if policy == "recover":
+            raise DeviceError(str(exc)) from None
+        self.pause()
+        self._checkpoint()
 
     def _readout(self, f_train: np.ndarray, f_test: np.ndarray, ds: data.Dataset, rev: int, done: set) -> float:
         """Fit the digital readout on the last unit's features; returns its test accuracy."""
@@ -369,27 +436,55 @@ class Run:
         broken channels by retraining every unit downstream of the first faulty one."""
         self._emit("phase", "verifying the deployed network on the hardware (test set)", None,
                     phase="verify", steps=len(units))
-        h = ds.x_test
-        first = None
-        for index, unit in enumerate(units):
-            self._ensure_deployed(index, unit)
-            before = len(self._faulty.get(index, {}))
-            # downstream of a broken unit, channels see corrupted inputs: measured, not judged
-            monitor = ChannelMonitor(unit.out_features, self._faulty.get(index)) if first is None else None
-            h = self._measure(index, None, unit, h, "verify", monitor)
-            if first is None and len(self._faulty.get(index, {})) > before:
-                first = index
+        known = {i: set(c) for i, c in self._faulty.items()}
+        while True:
+            try:
+                h = ds.x_test
+                first = None
+                for index, unit in enumerate(units):
+                    self._ensure_deployed(index, unit)
+                    # the channels' history: the unit's test set as measured when it was trained
+                    reference = self._log.read_features(index, self._last_rev(index), "test")
+                    # downstream of a broken unit, channels see corrupted inputs: measured, not judged
+                    monitor = (ChannelMonitor(unit.out_features, self._faulty.get(index), reference)
+                               if first is None else None)
+                    h = self._measure(index, None, unit, h, "verify", monitor)
+                    if first is None and set(self._faulty.get(index, {})) - known.get(index, set()):
+                        first = index
+                break
+            except _InstrumentFault as exc:
+                self._stop_or_pause(exc)  # back here once the operator resumed: verify again
         accuracy_now = readout.accuracy(self._readout_params, h, ds.y_test)
+        self._log.accuracy(None, self._last_rev(len(units) - 1), "test", accuracy_now, "verify")
         self._emit("accuracy", f"verification on the hardware, test: {100 * accuracy_now:.2f} %", None,
                    split="test", value=accuracy_now, what="verify")
+        kind = "broken_channels"
+        message = describe_channels(self._faulty.get(first, {})) if first is not None else ""
+        if first is None and significant_drop(accuracy_before, accuracy_now, len(ds.y_test)):
+            first, kind = 0, "accuracy_drop"
+            policy = self.recipe.faults.on_persistent
+            message = (f"test accuracy fell from {100 * accuracy_before:.1f} % to {100 * accuracy_now:.1f} % on the "
+                       "hardware although every channel passes its checks (drift, stuck cells?)")
+            self._emit("fault", f"verification: {message}; " + {
+                "recover": "the run re-measures unit 0 and retrains every unit after it",
+                "pause": "the run pauses: Resume re-measures unit 0 and retrains every unit after it, Abort stops "
+                         "(resumable)",
+                "abort": "the run stops (resumable with labpnn run --resume)"}[policy], None,
+                before=accuracy_before, after=accuracy_now)
+            if policy == "abort":
+                self._log.fault({"kind": kind, "unit": None, "channels": [], "accuracy_before": accuracy_before,
+                                 "accuracy_after_fault": accuracy_now, "action": policy, "message": message})
+                raise AbortRequested(f"verification: {message}")
+            if policy == "pause":
+                self.pause()
         if first is None:
             self._emit("info", "verification: every channel healthy")
             return
         recovered = self._recover(units, ds, first)
-        self._log.fault({"kind": "broken_channels", "unit": first, "channels": sorted(self._faulty[first]),
+        self._log.fault({"kind": kind, "unit": first, "channels": sorted(self._faulty.get(first, {})),
                          "accuracy_before": accuracy_before, "accuracy_after_fault": accuracy_now,
                          "accuracy_recovered": recovered, "time": time.time(),
-                         "message": describe_channels(self._faulty[first])})
+                         "action": self.recipe.faults.on_persistent, "message": message})
         self._emit("info", f"recovered from the fault in unit {first}: test accuracy {100 * accuracy_before:.1f} % "
                            f"before, {100 * accuracy_now:.1f} % after the fault, {100 * recovered:.1f} % after "
                            "retraining the downstream units", first)
@@ -398,7 +493,9 @@ class Run:
         """A new revision: the faulty unit re-measured as it is now, every later unit retrained
         with PIB on those measurements, a new readout. Returns the new test accuracy."""
         done = set(self._log.checkpoints())
-        rev = 1 + max(r for u, r, _ in done if u == first)
+        rev = max(r for u, r, _ in done if u == first)
+        if rev == 0 or (READOUT, rev, "optimised") in done:
+            rev += 1  # a new revision, unless a recovery cut short (killed, aborted) is resumed
         h_train, h_test = (self._log.read_features(first - 1, self._last_rev(first - 1), s) for s in ("train", "test")) \
             if first > 0 else (ds.x_train, ds.x_test)
         for index in range(first, len(units)):
@@ -436,8 +533,12 @@ class Run:
         with self._cond:
             if self._abort:
                 raise AbortRequested(self._abort)
-            if not self._pause:
-                return
+            check, self._check = self._check, False
+            pause = self._pause
+        if check:
+            self._self_tests()
+        if not pause:
+            return
         self._set_state(State.PAUSING)
         self._safe_state(self.recipe.instruments())
         self._set_state(State.PAUSED)
@@ -446,7 +547,28 @@ class Run:
                 self._cond.wait(0.5)
             if self._abort:
                 raise AbortRequested(self._abort)
+        for name in self.recipe.instruments():  # a safe state may have closed it (an OPU's light source)
+            device = self.bench[name]
+            if not device.connected:
+                device.connect()
+                self._emit("info", f"{name}: reconnected after the pause")
         self._set_state(State.RUNNING)
+
+    def _self_tests(self) -> None:
+        """The on-demand checks (Run.check): every instrument's self-test, as events."""
+        for name in self.recipe.instruments():
+            try:
+                health = self.bench[name].self_test()
+            except DeviceError as exc:
+                self._emit("warning", f"{name} self-test failed: {exc}")
+                continue
+            if health.ok:
+                self._emit("info", f"{name} self-test passed: {health.detail}")
+            else:
+                self._emit("warning", f"{name} self-test reports fault {health.code}: {health.detail}")
+        faulty = {i: c for i, c in sorted(self._faulty.items()) if c}
+        self._emit("info", "channel health: " + ("; ".join(f"unit {i}: {describe_channels(c)}" for i, c in
+                                                          faulty.items()) or "no broken channel found so far"))
 
     def _safe_state(self, names: list[str]) -> None:
         for failure in self.bench.safe_state(names):
@@ -465,6 +587,10 @@ class Run:
         if ev.kind in LOGGED_KINDS:
             with self._record_lock:  # events may come from the measurement thread too
                 self._log.event(ev)
+
+
+class _InstrumentFault(LabpnnError):
+    """Raised inside a measurement when a whole unit has no signal (handled by policy)."""
 
 
 class _LogToEvents(logging.Handler):

@@ -1,28 +1,61 @@
 """Statistical health of a unit's output channels, independent of what the instrument claims.
 
 Checked on every measured batch: non-finite values; a channel stuck at a constant; a channel
-clipped at one value; a channel uncorrelated with what the unit's model predicts for the same
-inputs; and a noise scale that changes against the channel's own history.
+clipped at one value; against the unit's model (when it has one), a channel uncorrelated with
+its inputs, moving where the model predicts a constant, or noisier than its own history, each
+judged by its residual against the other channels' (healthy hardware departs from its model
+about equally everywhere, so a channel with little signal may correlate poorly yet be
+healthy); and a unit whose outputs carry no signal at all. Without a model, a channel is
+judged against its own history: its first batch, or a `reference` (an earlier, healthy
+measurement of the unit, e.g. the one recorded while training) so that a fault present from
+the first batch of a re-measurement (a saturated camera, an OPU whose exposure collapsed) is
+still found.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MIN_SPREAD = 1e-6          # a reference channel spreading less than this carries no signal
+LIVE_FRACTION = 0.05       # ... as does one spreading less than this times the median channel
 MIN_CORRELATION = 0.5      # measured vs predicted, per channel
 MAX_CLIPPED = 0.5          # fraction of a batch at a channel's extreme value
 NOISE_GROWTH = 4.0         # residual spread against the channel's own history
+INSTRUMENT = 0.75          # fraction of live channels broken at once: the instrument is at fault
+OUTLIER = 10.0             # residual against the model, x the channels' lower-quartile residual
+NOISY = 5.0                # ... for a residual that grew against its history to count
+ACCURACY_DROP = 0.10       # verification: test accuracy lost (absolute) with no channel flagged
 
 
 class ChannelMonitor:
     """Per-channel checks on the batches of one unit's measurements, with a memory of how
     each channel behaved while healthy. `faulty` accumulates the channels found broken."""
 
-    def __init__(self, n_channels: int, known: dict[int, str] | None = None):
+    def __init__(self, n_channels: int, known: dict[int, str] | None = None,
+                 reference: np.ndarray | None = None):
         self.faulty: dict[int, str] = dict(known or {})
-        self._noise = np.full(n_channels, np.nan)  # healthy residual spread / signal spread
+        self._noise = np.full(n_channels, np.nan)  # healthy residual (measured - predicted) spread
         self._spread = np.full(n_channels, np.nan)  # healthy output spread
+        self.live = np.zeros(n_channels, bool)  # channels seen carrying signal
+        if reference is not None:
+            ref = np.asarray(reference, np.float64)
+            ref = ref[np.isfinite(ref).all(1)] if ref.ndim == 2 else ref[:0]
+            if len(ref) >= 8 and ref.shape[1] == n_channels:
+                self._spread = ref.std(0)
+                self.live |= _live(self._spread)
+
+    def broken_live(self) -> tuple[int, int]:
+        """(broken, live): how many of the channels seen carrying signal are broken."""
+        live = np.flatnonzero(self.live)
+        return sum(int(c) in self.faulty for c in live), int(live.size)
+
+    def instrument_broken(self) -> bool:
+        """(Nearly) every channel that carried signal is broken: the instrument, not a few
+        channels, is at fault (a saturated or dark detector, a dead board)."""
+        broken, live = self.broken_live()
+        return live > 0 and broken >= INSTRUMENT * live
 
     def check(self, measured: np.ndarray, predicted: np.ndarray | None = None) -> dict[int, str]:
         """The channels newly found broken in this batch, with the reason for each."""
@@ -38,7 +71,10 @@ class ChannelMonitor:
             for c in np.flatnonzero((top > MAX_CLIPPED) & (spread > MIN_SPREAD)):
                 found.setdefault(int(c), f"clipped: {100 * top[c]:.0f} % of values at {finite[:, c].max():.3g}")
         if predicted is not None and len(measured) >= 8:
-            self._against_model(finite, np.asarray(predicted, np.float64), spread, found)
+            predicted = np.asarray(predicted, np.float64)
+            live = _live(predicted.std(0))
+            self.live |= live
+            self._against_model(finite, predicted, spread, live, found)
         else:
             stuck = (spread < 0.05 * self._spread) & np.isfinite(self._spread)
             for c in np.flatnonzero(stuck):
@@ -47,28 +83,63 @@ class ChannelMonitor:
         healthy[list(found)] = False
         healthy[list(self.faulty)] = False
         self._spread = np.where(healthy & np.isnan(self._spread), spread, self._spread)
+        if len(measured) >= 8:
+            self.live |= healthy & _live(spread)
         new = {c: r for c, r in found.items() if c not in self.faulty}
         self.faulty.update(new)
         return new
 
-    def _against_model(self, measured, predicted, spread, found) -> None:
+    def _against_model(self, measured, predicted, spread, live, found) -> None:
+        """Against the model's prediction. Healthy hardware departs from its model by read
+        noise and programming errors, about equally on every channel (a channel with little
+        signal is then poorly correlated, yet healthy): a channel is judged by its residual
+        against the other channels' (their lower quartile, robust to many broken ones)."""
+        if not live.any():
+            return
         ref_spread = predicted.std(0)
-        live = ref_spread > MIN_SPREAD
-        for c in np.flatnonzero(live & (spread <= MIN_SPREAD)):
+        residual = (measured - predicted).std(0)
+        floor = max(float(np.quantile(residual[live], 0.25)), MIN_SPREAD)  # the hardware's usual residual
+        # stuck: the model predicts variation well above the usual residual, the channel shows none
+        for c in np.flatnonzero(live & (ref_spread > 2 * floor) & (spread <= MIN_SPREAD)):
             found.setdefault(int(c), f"stuck: at {measured[0, c]:.3g} while the model predicts a spread of "
                                      f"{ref_spread[c]:.3g}")
         m = measured - measured.mean(0)
         p = predicted - predicted.mean(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = (m * p).sum(0) / np.sqrt((m**2).sum(0) * (p**2).sum(0))
-            noise = (measured - predicted).std(0) / ref_spread
-        for c in np.flatnonzero(live & (spread > MIN_SPREAD) & (corr < MIN_CORRELATION)):
-            found.setdefault(int(c), f"uncorrelated with its inputs: r = {corr[c]:.2f} against the model")
-        grown = live & np.isfinite(self._noise) & (noise > NOISE_GROWTH * self._noise) & (noise > 0.2)
+        outlier = residual > OUTLIER * floor
+        for c in np.flatnonzero(live & outlier & (spread > MIN_SPREAD) & (corr < MIN_CORRELATION)):
+            found.setdefault(int(c), f"uncorrelated with its inputs: r = {corr[c]:.2f} against the model, "
+                                     f"residual {residual[c] / floor:.0f}x the other channels'")
+        # a channel the model holds constant (a dead ReLU) that moves far beyond the noise: garbage
+        for c in np.flatnonzero(~live & outlier & (spread > MIN_SPREAD)):
+            found.setdefault(int(c), f"spurious signal: spread {spread[c]:.3g} where the model predicts a "
+                                     f"constant (the other channels' residual: {floor:.3g})")
+        grown = (live & np.isfinite(self._noise) & (residual > NOISE_GROWTH * self._noise)
+                 & (residual > NOISY * floor))
         for c in np.flatnonzero(grown):
-            found.setdefault(int(c), f"noisier: noise grew {noise[c] / self._noise[c]:.1f}x against its history")
-        fresh = live & np.isnan(self._noise) & np.isfinite(noise)
-        self._noise = np.where(fresh, noise, self._noise)
+            found.setdefault(int(c), f"noisier: residual grew {residual[c] / self._noise[c]:.1f}x against its "
+                                     "history")
+        fresh = live & np.isnan(self._noise) & (residual > 0)
+        self._noise = np.where(fresh, residual, self._noise)
+
+
+def _live(spread: np.ndarray) -> np.ndarray:
+    """The channels whose spread says they carry signal: above MIN_SPREAD, and not tiny
+    against the others (a nearly dead ReLU reads exactly 0 on the hardware, which is fine)."""
+    live = spread > MIN_SPREAD
+    if live.any():
+        live &= spread > LIVE_FRACTION * np.median(spread[live])
+    return live
+
+
+def significant_drop(before: float, now: float, n: int) -> bool:
+    """Whether a test accuracy fell from `before` to `now` (n test samples) by more than
+    ACCURACY_DROP and by more than re-measuring the same network can explain (3 sigma of the
+    difference of two accuracies)."""
+    p = min(max(float(before), 0.0), 1.0)
+    noise = 3 * math.sqrt(2 * p * (1 - p) / max(int(n), 1))
+    return before - now > max(ACCURACY_DROP, noise)
 
 
 def describe_channels(reasons: dict[int, str]) -> str:
@@ -78,3 +149,21 @@ def describe_channels(reasons: dict[int, str]) -> str:
         groups.setdefault(reason.split(":")[0], []).append(channel)
     return "; ".join(f"{what}: channel{'s' if len(c) > 1 else ''} {', '.join(map(str, c))}"
                      for what, c in groups.items())
+
+
+def no_signal(x: np.ndarray, strict: bool = False) -> str | None:
+    """Why a measured batch (rows: different inputs) carries no signal at all, or None: every
+    column constant or non-finite (a saturated or dark detector, a dead board); with strict
+    (inputs to train on), any non-finite value."""
+    x = np.asarray(x, np.float64)
+    if x.size == 0:
+        return None
+    finite = np.isfinite(x)
+    if strict and not finite.all():
+        return f"{int((~finite).sum())} NaN or infinite values"
+    if len(x) >= 8:
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.where(finite, x, np.inf).min(0), np.where(finite, x, -np.inf).max(0)
+        if not (hi - lo > MIN_SPREAD).any():
+            return f"all {x.shape[1]} outputs constant or non-finite over {len(x)} different inputs"
+    return None
