@@ -119,5 +119,7 @@ class FaultBanner(QToolBar):
         self.show()
 
     def set_run_state(self, state: str, active: bool) -> None:
-        for name, allowed in controls(state, active).items():
-            self.buttons[name].setEnabled(allowed)
+        allowed = controls(state, active)
+        for name, button in self.buttons.items():
+            if name in allowed:
+                button.setEnabled(allowed[name])

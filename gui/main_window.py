@@ -67,6 +67,7 @@ class MainWindow(QMainWindow):
 
         for signal, slot in ((self.run_dock.start, self.start_run), (self.run_dock.pause, self.pause_run),
                              (self.run_dock.resume, self.resume_run), (self.run_dock.abort, self.abort_run),
+                             (self.run_dock.check, self.check_run),
                              (self.banner.pause, self.pause_run), (self.banner.resume, self.resume_run),
                              (self.banner.abort, self.abort_run)):
             signal.connect(slot)
@@ -235,6 +236,10 @@ class MainWindow(QMainWindow):
     def resume_run(self) -> None:
         if self.running():
             self.worker.run.resume_run()
+
+    def check_run(self) -> None:
+        if self.running():
+            self.worker.run.check()
 
     def abort_run(self, reason: str = "aborted by the operator") -> None:
         if self.running():

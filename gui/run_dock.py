@@ -47,6 +47,7 @@ class RunDock(QDockWidget):
     pause = Signal()
     resume = Signal()
     abort = Signal()
+    check = Signal()
 
     def __init__(self, bench, parent=None):
         super().__init__("Run", parent)
@@ -82,11 +83,13 @@ class RunDock(QDockWidget):
         self.buttons: dict[str, QPushButton] = {}
         button_row = QHBoxLayout()
         for name, signal in (("Start", self.start), ("Pause", self.pause), ("Resume", self.resume),
-                             ("Abort", self.abort)):
+                             ("Abort", self.abort), ("Check", self.check)):
             button = QPushButton(name)
             button.clicked.connect(lambda _=False, s=signal: s.emit())
             button_row.addWidget(button)
             self.buttons[name] = button
+        self.buttons["Check"].setToolTip("self-test every instrument of the run at the next checkpoint; "
+                                         "the results appear in the events log")
 
         self.state_label = QLabel()
         self.elapsed = QLabel("–")

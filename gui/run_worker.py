@@ -47,7 +47,8 @@ class RunWorker(QObject):
 
 
 def controls(state: str, active: bool) -> dict[str, bool]:
-    """Which of Pause, Resume and Abort make sense in a run's state."""
+    """Which of Pause, Resume, Abort and Check make sense in a run's state."""
     return {"Pause": active and state == "running",
             "Resume": active and state in ("pausing", "paused"),
-            "Abort": active and state in ("running", "pausing", "paused")}
+            "Abort": active and state in ("running", "pausing", "paused"),
+            "Check": active and state == "running"}

@@ -121,6 +121,9 @@ def test_live_run_pause_resume_abort(qtbot, window, tmp_path):
     assert w.run_dock.buttons["Pause"].isEnabled() and not w.run_dock.buttons["Start"].isEnabled()
     assert w.run_dock.editor.isReadOnly()
 
+    qtbot.mouseClick(w.run_dock.buttons["Check"], Qt.MouseButton.LeftButton)  # on-demand health checks
+    qtbot.waitUntil(lambda: any("self-test passed" in row.message for row in w.data.log), timeout=WAIT_MS)
+
     qtbot.mouseClick(w.run_dock.buttons["Pause"], Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: w.run_dock.state == "paused", timeout=WAIT_MS)
     assert run.state is State.PAUSED
