@@ -198,7 +198,7 @@ def test_fuzzed_tcp_input_never_breaks_the_server(tcp, data):
 
 def test_clients_in_turn_and_at_once_share_one_board(tcp):
     server, host, port = tcp
-    query(host, port, b"*CLS\nPROG:TOL 0.07\n", 0)
+    assert query(host, port, b"*CLS\nPROG:TOL 0.07\n*OPC?\n", 1) == [b"1\n"]  # applied before we go on
     assert query(host, port, b"PROG:TOL?\n", 1) == [b"0.07\n"]
     a, b = socket.create_connection((host, port)), socket.create_connection((host, port))
     with a, b:
