@@ -35,6 +35,8 @@ MNIST1D_SAMPLES = 5000    # ... and size (4,000 train / 1,000 test)
 
 @dataclass
 class Dataset:
+    """Train and test splits: float32 features (n, d), int64 labels 0..n_classes-1."""
+
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
@@ -138,6 +140,7 @@ def _load_mnist1d(n_train: int | None, n_test: int | None) -> tuple[np.ndarray, 
     from mnist1d.data import get_dataset_args, make_dataset  # imports matplotlib: lazily
 
     args = get_dataset_args()
+    args.seed = MNIST1D_SEED
     # at least the published 5,000; enough for the 80/20 split to hold n_train and n_test
     need = max(MNIST1D_SAMPLES, -(-5 * (n_train or 0) // 4), 5 * (n_test or 0))
     args.num_samples = -(-need // 50) * 50
