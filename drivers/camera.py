@@ -45,6 +45,18 @@ def frame_from_buffer(component: Any, shape: tuple[int, int], bit_depth: int, wh
     return frame
 
 
+def frame_health(camera) -> Health:
+    """A camera's self-test: it delivers a frame, and the frame is not mostly saturated."""
+    try:
+        frame = camera.grab()
+    except DeviceError as exc:
+        return Health(False, 1, str(exc))
+    saturated = float(np.mean(frame == 2**camera.bit_depth - 1))
+    if saturated > 0.5:
+        return Health(False, 2, f"{saturated:.0%} of the pixels saturate")
+    return Health(True, 0, f"frame {frame.shape}, mean {frame.mean():.1f} DN")
+
+
 class GenICamCamera:
     """A GenICam (GigE Vision / USB3 Vision) camera."""
 
@@ -284,14 +296,7 @@ class GenICamCamera:
 
     def self_test(self) -> Health:
         with self._lock:
-            try:
-                frame = self.grab()
-            except DeviceError as exc:
-                return Health(False, 1, str(exc))
-            saturated = float(np.mean(frame == 2**self.bit_depth - 1))
-            if saturated > 0.5:
-                return Health(False, 2, f"{saturated:.0%} of the pixels saturate")
-            return Health(True, 0, f"frame {frame.shape}, mean {frame.mean():.1f} DN")
+            return frame_health(self)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from labpnn.drivers.camera import frame_health
 from labpnn.drivers.slm import PhaseLUT, validate_frames
 from labpnn.errors import DeviceError, TransportError
 from labpnn.protocols import Health
@@ -433,14 +434,7 @@ class SimCamera(_Twin):
 
     def self_test(self) -> Health:
         with self._lock:
-            try:
-                frame = self.grab()
-            except DeviceError as exc:
-                return Health(False, 1, str(exc))
-            saturated = float(np.mean(frame == 2**self.bit_depth - 1))
-            if saturated > 0.5:
-                return Health(False, 2, f"{saturated:.0%} of the pixels saturate")
-            return Health(True, 0, f"frame {frame.shape}, mean {frame.mean():.1f} DN")
+            return frame_health(self)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
