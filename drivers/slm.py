@@ -84,7 +84,23 @@ def displayed_grey8(frame: np.ndarray) -> np.ndarray:
     return ((frame.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
-class ScreenSLM:
+class SLMGeometry:
+    """shape, bit_depth and settle_s of an SLM, from its options (drivers and twins alike)."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.options.height, self.options.width)
+
+    @property
+    def bit_depth(self) -> int:
+        return self.options.bit_depth
+
+    @property
+    def settle_s(self) -> float:
+        return self.options.settle_ms / 1000
+
+
+class ScreenSLM(SLMGeometry):
     """A phase SLM driven as a display: frames shown full-screen on screen `screen`."""
 
     simulated = False
@@ -121,18 +137,6 @@ class ScreenSLM:
         if resource is not None:
             raise ValueError(f"ScreenSLM takes its screen from the `screen` option; resource "
                              f"must be empty, got {resource!r}")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.options.height, self.options.width)
-
-    @property
-    def bit_depth(self) -> int:
-        return self.options.bit_depth
-
-    @property
-    def settle_s(self) -> float:
-        return self.options.settle_ms / 1000
 
     @property
     def connected(self) -> bool:

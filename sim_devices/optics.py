@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labpnn.drivers.camera import frame_health
-from labpnn.drivers.slm import PhaseLUT, validate_frames
+from labpnn.drivers.slm import PhaseLUT, SLMGeometry, validate_frames
 from labpnn.errors import DeviceError, TransportError
 from labpnn.protocols import Health
 
@@ -169,7 +169,7 @@ class _Twin:
             raise DeviceError("not connected: call connect() first", self.name)
 
 
-class SimSLM(_Twin):
+class SimSLM(SLMGeometry, _Twin):
     """Twin of an SLM: grey levels -> field on the optical table (phase or amplitude)."""
 
     FAULTS = {"stuck": "the liquid crystal stops following new frames",
@@ -203,18 +203,6 @@ class SimSLM(_Twin):
             self._level_field = (np.arange(2**self.bit_depth) / (2**self.bit_depth - 1)).astype(np.float32)
         self.frame: np.ndarray | None = None
         self._table = OpticalTable.named(self.options.table)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.options.height, self.options.width)
-
-    @property
-    def bit_depth(self) -> int:
-        return self.options.bit_depth
-
-    @property
-    def settle_s(self) -> float:
-        return self.options.settle_ms / 1000
 
     @property
     def n_modes(self) -> int:

@@ -298,7 +298,7 @@ def test_plots_are_throttled(qtbot, window, monkeypatch):
     thread.start()
     thread.join()
     qtbot.waitUntil(lambda: points(w) == n, timeout=WAIT_MS)
-    assert 1 <= len(renders) < 100
+    assert len(renders) in range(1, 100)  # some redraws, far fewer than events
 
 
 def test_layout_is_restored(qtbot, bench, settings):
