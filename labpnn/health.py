@@ -9,7 +9,8 @@ healthy); and a unit whose outputs carry no signal at all. Without a model, a ch
 judged against its own history: its first batch, or a `reference` (an earlier, healthy
 measurement of the unit, e.g. the one recorded while training) so that a fault present from
 the first batch of a re-measurement (a saturated camera, an OPU whose exposure collapsed) is
-still found.
+still found. A sparse channel (a ReLU that fires on a few inputs in a hundred) that sits at
+its floor for a whole batch is stuck only if its history makes that improbable.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import binom
 
 MIN_SPREAD = 1e-6          # a reference channel spreading less than this carries no signal
 LIVE_FRACTION = 0.05       # ... as does one spreading less than this times the median channel
@@ -27,6 +29,7 @@ INSTRUMENT = 0.75          # fraction of live channels broken at once: the instr
 OUTLIER = 10.0             # residual against the model, x the channels' lower-quartile residual
 NOISY = 5.0                # ... for a residual that grew against its history to count
 ACCURACY_DROP = 0.10       # verification: test accuracy lost (absolute) with no channel flagged
+QUIET_P = 1e-9             # a batch at a channel's floor this improbable, given its history, is stuck
 
 
 class ChannelMonitor:
@@ -38,12 +41,14 @@ class ChannelMonitor:
         self.faulty: dict[int, str] = dict(known or {})
         self._noise = np.full(n_channels, np.nan)  # healthy residual (measured - predicted) spread
         self._spread = np.full(n_channels, np.nan)  # healthy output spread
+        self._floor = np.full(n_channels, np.nan)  # healthy minimum (a ReLU's 0)
+        self._active = np.full(n_channels, np.nan)  # healthy fraction of values off the floor
         self.live = np.zeros(n_channels, bool)  # channels seen carrying signal
         if reference is not None:
             ref = np.asarray(reference, np.float64)
             ref = ref[np.isfinite(ref).all(1)] if ref.ndim == 2 else ref[:0]
             if len(ref) >= 8 and ref.shape[1] == n_channels:
-                self._spread = ref.std(0)
+                self._remember(ref, np.ones(n_channels, bool))
                 self.live |= _live(self._spread)
 
     def broken_live(self) -> tuple[int, int]:
@@ -78,16 +83,32 @@ class ChannelMonitor:
         else:
             stuck = (spread < 0.05 * self._spread) & np.isfinite(self._spread)
             for c in np.flatnonzero(stuck):
-                found.setdefault(int(c), f"stuck: spread fell to {spread[c]:.3g} from {self._spread[c]:.3g}")
+                if not self._quiet_by_chance(finite[:, c], c):
+                    found.setdefault(int(c), f"stuck: spread fell to {spread[c]:.3g} from {self._spread[c]:.3g}")
         healthy = np.ones(measured.shape[1], bool)
         healthy[list(found)] = False
         healthy[list(self.faulty)] = False
-        self._spread = np.where(healthy & np.isnan(self._spread), spread, self._spread)
+        self._remember(finite, healthy & np.isnan(self._spread))
         if len(measured) >= 8:
             self.live |= healthy & _live(spread)
         new = {c: r for c, r in found.items() if c not in self.faulty}
         self.faulty.update(new)
         return new
+
+    def _remember(self, healthy: np.ndarray, channels: np.ndarray) -> None:
+        """Take `healthy` (a batch, or an earlier measurement) as the history of `channels`."""
+        spread, floor = healthy.std(0), healthy.min(0)
+        active = (healthy > floor + 0.05 * spread).mean(0)
+        for mine, new in ((self._spread, spread), (self._floor, floor), (self._active, active)):
+            mine[channels] = new[channels]
+
+    def _quiet_by_chance(self, values: np.ndarray, c: int) -> bool:
+        """Whether a channel that barely moved in this batch sat at its floor no more than a
+        sparse channel does now and then: few values off the floor, and as few as that
+        not improbable (binomial) given the fraction off the floor in its history."""
+        off = int((values > self._floor[c] + 0.05 * self._spread[c]).sum())
+        at_floor = np.median(values) <= self._floor[c] + 0.05 * self._spread[c]
+        return bool(at_floor and binom.cdf(off, len(values), self._active[c]) > QUIET_P)
 
     def _against_model(self, measured, predicted, spread, live, found) -> None:
         """Against the model's prediction. Healthy hardware departs from its model by read

@@ -82,6 +82,23 @@ def test_channel_history_from_a_reference_finds_a_fault_present_from_the_first_b
     assert no_signal(np.where(earlier > 2, np.nan, earlier), strict=True).endswith("NaN or infinite values")
 
 
+def test_a_sparse_relu_channel_quiet_for_a_batch_is_not_stuck():
+    """No model: a ReLU channel that fires on ~1 % of inputs reads 0 for a whole batch now and
+    then (0.99^500 ~ 0.7 %); a dense channel at its floor for a whole batch is stuck."""
+    rng = np.random.default_rng(2)
+    first = np.maximum(rng.normal(size=(500, 3)) + [-2.33, 0, 0], 0)  # channel 0 fires on ~1 %
+    monitor = ChannelMonitor(3)
+    assert monitor.check(first) == {}
+    quiet = np.maximum(rng.normal(size=(500, 3)), 0)
+    quiet[:, 0] = 0.0  # the sparse channel silent this batch
+    quiet[:, 1] = 0.0  # a dense channel silent: stuck at its floor
+    quiet[:, 2] = 0.7  # stuck at a constant off the floor
+    assert sorted(monitor.check(quiet)) == [1, 2]
+    rare = np.maximum(rng.normal(size=(500, 3)) + [-1.64, 0, 0], 0)  # channel 0 fires on ~5 %
+    monitor = ChannelMonitor(3, reference=rare)
+    assert sorted(monitor.check(quiet)) == [0, 1, 2]  # 0.95^500 ~ 1e-11: too quiet to be chance
+
+
 def test_accuracy_drop_counts_only_beyond_re_measurement_noise():
     assert significant_drop(0.88, 0.44, 100)
     assert not significant_drop(0.60, 0.49, 100)  # 100 test samples: within the noise
