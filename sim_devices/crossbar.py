@@ -56,14 +56,14 @@ class PhysicsOptions(BaseModel):
     adc_bits: int = Field(10, ge=2, le=24, description="default ADC resolution (bits)")
     adc_range: float = Field(200e-6, gt=0, description="default ADC full-scale current (A)")
     adc_range_max: float = Field(10e-3, gt=0, description="largest settable ADC range (A)")
-    prog_tolerance: float = Field(0.03, gt=0, le=1, description="default write-verify "
-                                  "tolerance, relative to g_max")
+    prog_tolerance: float = Field(0.12, gt=0, le=1, description="default write-verify "
+                                  "tolerance, relative to g_max (calibrated: docs/calibration.md)")
     prog_iterations: int = Field(30, ge=1, le=1000, description="default write-verify pulses "
                                  "per cell")
     prog_noise: float = Field(1.0, ge=0, description="scale of the per-pulse programming "
                               "error (1: Wan et al. 2022 ReRAM)")
-    read_noise_rel: float = Field(0.05, ge=0, description="shot-to-shot read noise, relative "
-                                  "to G")
+    read_noise_rel: float = Field(0.15, ge=0, description="shot-to-shot read noise, relative "
+                                  "to G (calibrated: docs/calibration.md)")
     read_noise_abs: float = Field(0.2e-6, ge=0, description="shot-to-shot read noise floor (S)")
     d2d: float = Field(0.2, ge=0, description="device-to-device spread: log-normal sigma of "
                        "each cell's noise multiplier")

@@ -25,7 +25,8 @@ from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard
 from labpnn.sim_devices.scpi_server import serve_pty, serve_tcp
 
 RECORDED = Path(__file__).parent / "recorded"
-TWIN = dict(seed=2, rows=32, cols=16)
+# Below the calibrated noise, so that a mapping or tiling error shows through the noise.
+TWIN = dict(seed=2, rows=32, cols=16, read_noise_rel=0.05, prog_tolerance=0.03)
 
 
 @pytest.fixture
@@ -295,7 +296,7 @@ def refusals(b: CrossbarBoard, meta: dict):
 SCENARIOS = {"session": (session, {"weights": [[0.5, -1.0], [0.25, 0.0], [-0.75, 1.0]],
                                    "x": [[1.0, 0.5, -0.5], [0.0, 2.0, 1.0]]}),
              "refusals": (refusals, {})}
-RECORDING_TWIN = dict(seed=7, rows=8, cols=8)
+RECORDING_TWIN = dict(seed=7, rows=8, cols=8, read_noise_rel=0.05, prog_tolerance=0.03)
 
 
 def _encode(parts) -> bytes:

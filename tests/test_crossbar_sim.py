@@ -12,6 +12,10 @@ from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard
 QUIET = dict(prog_noise=0.0, read_noise_rel=0.0, read_noise_abs=0.0, d2d=0.0)
 
 
+# Below the calibrated noise, so that a mapping or tiling error shows through the noise.
+LOW_NOISE = dict(read_noise_rel=0.05, prog_tolerance=0.03)
+
+
 def programmed(physics, g):
     physics.program(0, 0, np.asarray(g))
     return physics
@@ -24,7 +28,7 @@ def test_read_noise_spread_is_a_few_microsiemens_at_23_uS():
     p = programmed(CrossbarPhysics(seed=1, rows=64, cols=64, prog_noise=0.0), np.full((64, 64), 23e-6))
     reads = np.stack([p.read(0, 0, 64, 64) for _ in range(20)])
     shot_to_shot = (reads - reads.mean(axis=0)).std() * np.sqrt(20 / 19)
-    assert 0.5e-6 < shot_to_shot < 3e-6
+    assert 2.5e-6 < shot_to_shot < 5e-6  # calibrated: 0.15 G = 3.5 uS (docs/calibration.md)
     assert abs(reads.mean() - 23e-6) < 1.5e-6
 
 
@@ -208,7 +212,7 @@ def test_twin_programs_reads_and_multiplies():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((20, 6)).astype(np.float32)
     x = rng.standard_normal((50, 20)).astype(np.float32)
-    with SimCrossbarBoard(seed=0, rows=32, cols=16) as board:
+    with SimCrossbarBoard(seed=0, rows=32, cols=16, **LOW_NOISE) as board:
         result = board.program_weights(w)
         assert result["g_target"].shape == result["g_read"].shape == (20, 12)
         rms = lambda a: np.sqrt(np.mean(a ** 2))  # noqa: E731
@@ -227,7 +231,8 @@ def test_tiled_matmul_matches_the_untiled_one_within_noise():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((50, 20)).astype(np.float32)
     x = rng.standard_normal((40, 50)).astype(np.float32)
-    with SimCrossbarBoard(seed=1, rows=32, cols=16) as small, SimCrossbarBoard(seed=1) as large:
+    with SimCrossbarBoard(seed=1, rows=32, cols=16, **LOW_NOISE) as small, \
+            SimCrossbarBoard(seed=1, **LOW_NOISE) as large:
         small.program_weights(w)
         large.program_weights(w)
         y_small, y_large = small.matmul(x), large.matmul(x)

@@ -47,8 +47,8 @@ def test_deploy_programs_weights_and_bias_as_an_extra_row(board):
         "weights": (42, 64), "g_target": (42, 128), "g_read": (42, 128)}
     linear = unit.model()[0]
     expected = np.vstack([linear.weight.detach().numpy().T, linear.bias.detach().numpy()[None]])
-    error = result["weights"] - expected
-    assert np.sqrt(np.mean(error ** 2)) < 0.06 * np.abs(expected).max()
+    error = result["weights"] - expected  # calibrated twin: +-4.8 uS write-verify, 3.5 uS read noise
+    assert np.sqrt(np.mean(error ** 2)) < 0.15 * np.abs(expected).max()
     assert unit.read_back()["weights"].shape == (42, 64)
     no_bias = CrossbarUnit("u1", board, 41, 64, bias=False)
     assert no_bias.deploy()["weights"].shape == no_bias.deployed_shapes()["weights"] == (41, 64)
@@ -70,14 +70,28 @@ def test_measure_follows_the_model_within_noise(board):
         unit.measure(h[:, :40])
 
 
-def test_matches_holds_for_a_healthy_array_and_fails_for_stuck_cells(board):
+def test_matches_holds_for_a_healthy_array_and_fails_for_another_deployment(board):
     unit = CrossbarUnit("u0", board, 41, 64, seed=4)
     deployed = unit.deploy()
-    assert all(unit.matches(deployed) for _ in range(3))
-    board.inject_fault("stuck_cells", count=20, at="g_max")
+    assert all(unit.matches(deployed) for _ in range(5))
+    other = CrossbarUnit("u1", board, 41, 64, seed=5)
+    other.deploy()
     assert not unit.matches(deployed)
-    board.clear_faults()
-    assert unit.matches(deployed)
+    unit.deploy()  # the same weights programmed afresh: a new programming error
+    assert not unit.matches(deployed) and unit.matches(unit.read_back())
+
+
+def test_matches_fails_for_a_few_stuck_cells_on_a_quiet_board():
+    """A single read sees ~20 stuck cells in 5 000 only when read noise is well below the
+    calibrated 15 % (the calibrated board leaves them to the verification's channel checks)."""
+    with SimCrossbarBoard(seed=0, rows=128, cols=128, read_noise_rel=0.02, prog_tolerance=0.03) as quiet:
+        unit = CrossbarUnit("u0", quiet, 41, 64, seed=4)
+        deployed = unit.deploy()
+        assert unit.matches(deployed)
+        quiet.inject_fault("stuck_cells", count=60, at="g_max")  # ~20 of them in the 42 x 128 cells used
+        assert not unit.matches(deployed)
+        quiet.clear_faults()
+        assert unit.matches(deployed)
 
 
 def test_a_resumed_unit_recognises_the_board_and_a_reset_board_does_not_match(board):
