@@ -28,8 +28,8 @@ from labpnn.recipe import load_recipe
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
 
-# The calibrated crossbar noise (docs/calibration.md): the twin's defaults
-# (sim_devices/crossbar.py) except these. Set here for the reproduction bench only.
+# The calibrated crossbar noise (docs/calibration.md), the twin's defaults since the calibration;
+# spelled out so that the reproduction's benches do not move if the defaults ever do.
 TWIN_NOISE: dict[str, Any] = {"read_noise_rel": 0.15, "prog_tolerance": 0.12}
 
 # Every noise source of the crossbar twin off.

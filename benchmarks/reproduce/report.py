@@ -254,9 +254,9 @@ def markdown(summary: dict[str, Any], planes: dict[str, list], mode: Mode, data:
         f"{mode.mnist1d_n_train}/{mode.mnist1d_n_test}); OPU experiment on "
         + (f"Fashion-MNIST from `{data.fashion}`" if data.fashion else
            "**MNIST** (no Fashion-MNIST folder was given with `--fashion`; the paper's 86.4 % is on Fashion-MNIST)"))
-    add("- crossbar twin (\"the twin\", hardware in the loop): the twin's defaults with "
+    add("- crossbar twin (\"the twin\", hardware in the loop): the twin's defaults, whose noise "
         + ", ".join(f"`{k}: {v}`" for k, v in TWIN_NOISE.items())
-        + " (calibrated: docs/calibration.md). \"PIB in simulation\": the same recipe, engine and units on the "
+        + " was calibrated for this (docs/calibration.md). \"PIB in simulation\": the same recipe, engine and units on the "
         "same twin with every noise source off ("
         + ", ".join(f"`{k}: {v}`" for k, v in IDEAL_NOISE.items())
         + "): its measurements equal the model's outputs to ~1e-5 relative, so the units are trained and "
