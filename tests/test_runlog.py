@@ -22,8 +22,9 @@ from labpnn.errors import RunLogError
 from labpnn.events import Event
 from labpnn.runlog import (
     FORMAT_VERSION, MESSAGE_BYTES, PHASES, STATES, RunLayout, RunLog, RunReader, UnitLayout,
-    _fixed, format_summary,
+    format_summary,
 )
+from labpnn.runlog.h5io import _fixed
 
 
 def make_layout(n_train: int = 600, n_test: int = 200) -> RunLayout:
@@ -700,7 +701,7 @@ def test_torn_chunk_is_read_as_stored(tmp_path):
         with pytest.raises(RunLogError, match="info_plane"):
             r.verify()
     # in place resume keeps the bytes; a killed writer's file is copied, which heals them
-    from labpnn.runlog import _repair_by_copy
+    from labpnn.runlog.repair import _repair_by_copy
     _repair_by_copy(path, make_layout())
     with RunReader(path) as r:
         r.verify()

@@ -1,0 +1,464 @@
+"""The reader: `RunReader` (SWMR, safe while a writer is live) and `UnitView`, one unit
+of a run as the reader sees it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from labpnn.errors import RunLogError
+from labpnn.runlog.h5io import (
+    _READ_ERRORS, _check_format, _check_not_truncated, _damaged, _is_checksum_error,
+    _jsonable, _open_error, _open_swmr_read, _read_json_dataset, _text, _tolerant_read,
+)
+from labpnn.runlog.layout import (
+    _COPY_SLAB_BYTES, INFO_DTYPE, PARAM_KINDS, SPLITS, RunLayout, UnitLayout, _key,
+)
+from labpnn.runlog.repair import _writer_alive
+from labpnn.runlog.writer import _OPEN_LOCK, _OPEN_WRITERS
+
+# --------------------------------------------------------------------------- reader
+
+class UnitView:
+    """One unit of a run as the reader sees it (arrays are read on demand)."""
+
+    def __init__(self, reader: RunReader, index: int):
+        self._r = reader
+        self.index = index
+        self.layout: UnitLayout = reader.layout.units[index]
+
+    def _g(self) -> h5py.Group:
+        return self._r._file()[f"units/{self.index}"]
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+    @property
+    def kind(self) -> str:
+        return self.layout.kind
+
+    @property
+    def info_plane(self) -> np.ndarray:
+        """Structured array: revision, step, loss, I_XZ (bits), I_YZ (bits), time."""
+        return np.asarray(self._r._table(f"units/{self.index}/info_plane"), dtype=INFO_DTYPE)
+
+    def _commits(self) -> np.ndarray:
+        return self._r._table(f"units/{self.index}/params/commits")
+
+    @property
+    def revisions(self) -> int:
+        """How many revisions of the unit have anything recorded."""
+        with self._r._reading(f"unit {self.index}"):
+            g = self._g()
+            n = max(g["features/train"].shape[0], g["features/test"].shape[0])
+        c = self._commits()
+        if c.size:
+            n = max(n, int(c["revision"].max()) + 1)
+        info = self.info_plane
+        if info.size:
+            n = max(n, int(info["revision"].max()) + 1)
+        return n
+
+    def param_revisions(self, kind: str = "trained") -> list[int]:
+        """The revisions whose `kind` params were written completely."""
+        c = self._commits()
+        return sorted({int(x["revision"]) for x in c if _text(x["kind"]) == kind})
+
+    def params(self, kind: str = "trained", revision: int | None = None
+               ) -> dict[str, np.ndarray] | None:
+        """The 'trained' or 'deployed' arrays of a revision (default: the latest), or None."""
+        if kind not in PARAM_KINDS:
+            raise RunLogError(f"params kind {kind!r} is not one of {PARAM_KINDS}")
+        revs = self.param_revisions(kind)
+        if revision is None:
+            if not revs:
+                return None
+            revision = revs[-1]
+        elif int(revision) not in revs:
+            return None
+        g = f"units/{self.index}/params/{kind}"
+        return {n: self._r._read(f"{g}/{_key(n)}", int(revision))
+                for n in self.layout.shapes(kind)}
+
+    @property
+    def trained(self) -> dict[str, np.ndarray] | None:
+        return self.params("trained")
+
+    @property
+    def deployed(self) -> dict[str, np.ndarray] | None:
+        return self.params("deployed")
+
+    def feature_rows(self, split: str, revision: int | None = None) -> int:
+        """Rows of `split` written so far in a revision (default: the latest)."""
+        rows = self._r._table(f"units/{self.index}/features/rows")
+        n = rows.shape[0]
+        if not n:
+            return 0
+        r = n - 1 if revision is None else int(revision)
+        return int(rows[r, SPLITS.index(split)]) if 0 <= r < n else 0
+
+    def features(self, split: str, revision: int | None = None) -> np.ndarray | None:
+        """Measured outputs (n, out_features) of a revision (default: the latest);
+        rows not measured yet are NaN. None if that revision has none."""
+        if split not in SPLITS:
+            raise RunLogError(f"split {split!r} is not one of {SPLITS}")
+        name = f"units/{self.index}/features/{split}"
+        with self._r._reading(name):
+            n = self._r._file()[name].shape[0]
+        r = n - 1 if revision is None else int(revision)
+        if not 0 <= r < n:
+            return None
+        return self._r._read(name, r)
+
+    @property
+    def live_state(self) -> tuple[int, int, bytes] | None:
+        """(revision, step, optimiser state) last saved, or None."""
+        with self._r._reading(f"the optimiser state of unit {self.index}"):
+            g = self._g()["optimiser"]
+            rev, step, slot, nbytes = (int(v) for v in g["pointer"][...])
+            if slot not in (0, 1):
+                return None
+            data = g[f"slot{slot}"][:nbytes] if nbytes else np.zeros(0, np.uint8)
+            return rev, step, np.asarray(data, dtype=np.uint8).tobytes()
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        return [(r, p) for u, r, p in self._r.checkpoints if u == self.index]
+
+
+class RunReader:
+    """Reader (SWMR), safe while a writer is live; refresh() picks up new rows."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._f: h5py.File | None = None
+        self.damaged: dict[str, str] = {}   # chunks read despite a failed checksum
+        self._open()
+
+    def _open(self) -> None:
+        path = self.path
+        if not path.exists():
+            raise RunLogError(f"{path}: no such run file")
+        if path.is_dir():
+            raise RunLogError(f"{path}: is a directory, not a run file")
+        _check_not_truncated(path)
+        try:
+            f = _open_swmr_read(path)
+        except Exception as exc:
+            raise _open_error(path, exc) from exc
+        datasets: list[h5py.Dataset] = []
+        try:
+            with self._reading_file(path, "the file structure"):
+                layout = _check_format(f, path)
+            with self._reading_file(path, "the run metadata (meta/)"):
+                self._meta = {k: _read_json_dataset(f[f"meta/{k}"])
+                              for k in ("recipe", "bench", "provenance")}
+                self._attrs = {"created": float(f.attrs.get("created", 0.0)),
+                               "format_version": int(f.attrs["format_version"]),
+                               "labpnn_version": _text(f.attrs.get("labpnn_version", ""))}
+            with self._reading_file(path, "the file structure"):
+                f.visititems(lambda _n, o: datasets.append(o)
+                             if isinstance(o, h5py.Dataset) else None)
+        except BaseException:
+            f.close()
+            raise
+        try:
+            self._inode = os.stat(path).st_ino
+        except OSError:
+            self._inode = None
+        if self._f is not None:
+            with contextlib.suppress(Exception):
+                self._f.close()
+        self._f = f
+        self.layout: RunLayout = layout
+        self._datasets = datasets
+
+    # -- plumbing
+    def _file(self) -> h5py.File:
+        if self._f is None or not self._f.id.valid:
+            raise RunLogError(f"{self.path}: the reader is closed")
+        return self._f
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _reading_file(path: Path, what: str) -> Iterator[None]:
+        try:
+            yield
+        except RunLogError:
+            raise
+        except _READ_ERRORS as exc:
+            raise _damaged(path, what, exc) from exc
+
+    def _reading(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return self._reading_file(self.path, what)
+
+    def _table(self, name: str) -> np.ndarray:
+        """A whole table. A live writer can be caught mid-chunk-write (a torn read fails
+        its checksum): refresh and retry before calling the file damaged."""
+        return self._read(name, Ellipsis)
+
+    def _read(self, name: str, sel: Any) -> np.ndarray:
+        """f[name][sel], retrying a torn read of a live file, then decoding a chunk that
+        fails its checksum from its stored bytes (noted in `damaged`)."""
+        for attempt in range(3):
+            try:
+                ds = self._file()[name]
+                if attempt < 2:
+                    return np.asarray(ds[sel])
+                return np.asarray(_tolerant_read(ds, sel, self.damaged))
+            except OSError as exc:
+                if attempt == 2 or not _is_checksum_error(exc):
+                    raise _damaged(self.path, name, exc) from exc
+                time.sleep(0.005)
+                with contextlib.suppress(Exception):
+                    self._file()[name].refresh()
+            except _READ_ERRORS as exc:
+                raise _damaged(self.path, name, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def refresh(self) -> None:
+        """See what the writer flushed since the last refresh (and reopen the file if a
+        resume replaced it)."""
+        try:
+            ino = os.stat(self.path).st_ino
+        except OSError:
+            ino = self._inode
+        if ino != self._inode:
+            self._open()
+            return
+        with self._reading("the file (refresh)"):
+            for ds in self._datasets:
+                ds.refresh()
+
+    def close(self) -> None:
+        if self._f is not None:
+            with contextlib.suppress(Exception):
+                self._f.close()
+            self._f = None
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what the run is
+    @property
+    def recipe(self) -> dict[str, Any]:
+        return self._meta["recipe"]
+
+    @property
+    def bench(self) -> dict[str, Any]:
+        return self._meta["bench"]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self._meta["provenance"]
+
+    @property
+    def format_version(self) -> int:
+        return self._attrs["format_version"]
+
+    @property
+    def created(self) -> float:
+        """When the file was created (seconds since the epoch)."""
+        return self._attrs["created"]
+
+    @property
+    def state_history(self) -> list[dict[str, Any]]:
+        """Every state set: {"time", "state", "reason"}, oldest first."""
+        return [{"time": float(r["time"]), "state": _text(r["state"]),
+                 "reason": _text(r["reason"])} for r in self._table("state")]
+
+    @property
+    def state(self) -> str:
+        h = self._table("state")
+        return _text(h[-1]["state"]) if h.size else "idle"
+
+    @property
+    def reason(self) -> str:
+        h = self._table("state")
+        return _text(h[-1]["reason"]) if h.size else ""
+
+    @property
+    def units(self) -> list[UnitView]:
+        return [UnitView(self, i) for i in range(len(self.layout.units))]
+
+    def unit(self, index: int) -> UnitView:
+        if not 0 <= int(index) < len(self.layout.units):
+            raise RunLogError(f"{self.path}: no unit {index} (the run has "
+                              f"{len(self.layout.units)} units)")
+        return UnitView(self, int(index))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """{"time", "kind", "unit" (None: not about one unit), "message"}, oldest first."""
+        return [{"time": float(r["time"]), "kind": _text(r["kind"]),
+                 "unit": None if int(r["unit"]) < 0 else int(r["unit"]),
+                 "message": _text(r["message"])} for r in self._table("events")]
+
+    @property
+    def accuracies(self) -> list[dict[str, Any]]:
+        """{"time", "unit" (None: the final readout), "revision", "split", "what", "value"}."""
+        return [{"time": float(r["time"]), "unit": None if int(r["unit"]) < 0 else int(r["unit"]),
+                 "revision": int(r["revision"]), "split": _text(r["split"]),
+                 "what": _text(r["what"]),
+                 "value": float(r["value"]) if math.isfinite(r["value"]) else None}
+                for r in self._table("accuracies")]
+
+    def _final_accuracy(self, split: str) -> float | None:
+        for a in reversed(self.accuracies):
+            if a["unit"] is None and a["split"] == split and a["what"] == "readout":
+                return a["value"]
+        return None
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """The last final readout's test accuracy (0..1), or None."""
+        return self._final_accuracy("test")
+
+    @property
+    def train_accuracy(self) -> float | None:
+        return self._final_accuracy("train")
+
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        index = self._table("faults/index")
+        if not index.size:
+            return []
+        blob = self._table("faults/json")
+        out = []
+        with self._reading("the fault records (faults/)"):
+            for row in index:
+                a, n = int(row["offset"]), int(row["length"])
+                if a + n > blob.shape[0]:
+                    break  # the index row is visible before its bytes: next refresh
+                out.append(json.loads(blob[a: a + n].tobytes().decode("utf-8")))
+        return out
+
+    @property
+    def checkpoints(self) -> list[tuple[int, int, str]]:
+        return [(int(r["unit"]), int(r["revision"]), _text(r["phase"]))
+                for r in self._table("checkpoints")]
+
+    @property
+    def writers(self) -> list[dict[str, Any]]:
+        """Who opened the file for writing: {"time", "action" (create/resume/close), "pid",
+        "started", "host"}."""
+        return [{"time": float(r["time"]), "action": _text(r["action"]), "pid": int(r["pid"]),
+                 "started": float(r["started"]), "host": _text(r["host"])}
+                for r in self._table("writers")]
+
+    @property
+    def writer_alive(self) -> bool | None:
+        """Whether the process writing the file is running (None: on another host)."""
+        w = self.writers
+        alive = _writer_alive(w[-1] if w else None)
+        if alive is False and w and w[-1]["action"] != "close" and w[-1]["pid"] == os.getpid():
+            with _OPEN_LOCK:
+                alive = str(self.path.resolve()) in _OPEN_WRITERS
+        return alive
+
+    @property
+    def readout_params(self) -> dict[str, np.ndarray] | None:
+        """The latest committed readout parameters, or None."""
+        c = self._table("readout/commits")
+        if not c.size:
+            return None
+        r = int(c[-1]["revision"])
+        return {n: self._read(f"readout/params/{_key(n)}", r)
+                for n in self.layout.readout_param_shapes}
+
+    def duration(self) -> float:
+        """Seconds from creation to the last thing recorded."""
+        last = self.created
+        for name in ("state", "events", "accuracies", "checkpoints"):
+            t = self._table(name)
+            if t.size:
+                last = max(last, float(t["time"].max()))
+        for i in range(len(self.layout.units)):
+            t = self._table(f"units/{i}/info_plane")
+            if t.size:
+                last = max(last, float(t["time"].max()))
+        return max(0.0, last - self.created)
+
+    def verify(self) -> None:
+        """Read every byte of every dataset (checksums included); RunLogError if any is
+        damaged."""
+        _check_not_truncated(self.path)
+        active: dict[str, int] = {}
+        for i in range(len(self.layout.units)):
+            with self._reading(f"units/{i}/optimiser/pointer"):
+                _, _, slot, nbytes = (int(v) for v in
+                                      self._file()[f"units/{i}/optimiser/pointer"][...])
+            for k in (0, 1):
+                active[f"/units/{i}/optimiser/slot{k}"] = nbytes if k == slot else 0
+        for ds in self._datasets:
+            with self._reading(ds.name):
+                if ds.name in active:   # the spare slot may hold a write cut short: scratch
+                    if active[ds.name]:
+                        ds[: active[ds.name]]
+                    continue
+                if ds.shape == ():
+                    ds[()]
+                    continue
+                if not ds.size:
+                    continue
+                row_bytes = max(1, ds.dtype.itemsize
+                                * int(np.prod(ds.shape[1:], dtype=np.int64)))
+                slab = max(1, _COPY_SLAB_BYTES // row_bytes)
+                for a in range(0, ds.shape[0], slab):
+                    ds[a: a + slab]
+
+    def summary(self) -> dict[str, Any]:
+        """What `labpnn inspect --json` prints."""
+        checkpoints = self.checkpoints
+        units = []
+        for u in self.units:
+            info = u.info_plane
+            rows = [{"revision": int(r["revision"]), "step": int(r["step"]),
+                     "loss": _jsonable(r["loss"]), "I_XZ": _jsonable(r["I_XZ"]),
+                     "I_YZ": _jsonable(r["I_YZ"]), "time": float(r["time"])} for r in info]
+            units.append({
+                "index": u.index, "name": u.name, "kind": u.kind,
+                "in_features": u.layout.in_features, "out_features": u.layout.out_features,
+                "steps_planned": u.layout.steps, "revisions": u.revisions,
+                "steps": len(rows), "last": rows[-1] if rows else None, "info_plane": rows,
+                "feature_rows": {s: u.feature_rows(s) for s in SPLITS},
+                "checkpoints": [{"revision": r, "phase": p}
+                                for un, r, p in checkpoints if un == u.index],
+            })
+        accuracies = self.accuracies
+        test = self.test_accuracy
+        return _jsonable({
+            "file": str(self.path),
+            "format_version": self.format_version,
+            "labpnn_version": self._attrs["labpnn_version"],
+            "recipe": self.recipe,
+            "state": self.state,
+            "reason": self.reason,
+            "created": self.created,
+            "duration_s": self.duration(),
+            "writer_alive": self.writer_alive,
+            "resumes": sum(1 for w in self.writers if w["action"] == "resume"),
+            "units": units,
+            "test_accuracy": test,
+            "train_accuracy": self.train_accuracy,
+            "accuracies": accuracies,
+            "checkpoints": [{"unit": None if u < 0 else u, "revision": r, "phase": p}
+                            for u, r, p in checkpoints],
+            "events": self.events,
+            "faults": self.faults,
+            "provenance": self.provenance,
+            "bench": self.bench,
+            "damaged": list(self.damaged.values()),
+        })
