@@ -538,12 +538,16 @@ def observations(summary: dict[str, Any], planes: dict[str, list], data: Data) -
                 fits.append((name, u, {k: float(np.mean([f[k] for f in fs])) for k in fs[0]}))
     if fits:
         lead = sum(f["t_fit50"] < f["t_cmp50"] for _, _, f in fits)
-        add(f"- **Information plane**: I(Y;Z) rises and I(X;Z) falls in every unit; the fitting reaches half its "
-            f"rise before the compression reaches half its fall in {lead} of {len(fits)} units. What differs from "
-            "the paper's picture is the start: I(X;Z) does not rise first — a freshly initialised unit (a random "
-            "projection) already keeps about as much of X as the estimator can see, so compression starts at "
-            "step 0 and runs alongside the fitting; the fitting saturates first and the compression carries on "
-            "after it. (The values are per-minibatch matrix-based Rényi estimates, bits, on 256 samples; their "
-            "absolute level depends on the kernel-width rule in labpnn/info.py, which is still being tuned.)")
+        rose = sum(f["iyz_last"] > f["iyz_first"] for _, _, f in fits)
+        fell = sum(f["ixz_last"] < f["ixz_peak"] for _, _, f in fits)
+        early = sum(f["t_xz_peak"] <= 0.05 * f["steps"] for _, _, f in fits)
+        add(f"- **Information plane**: I(Y;Z) rises in {rose} and I(X;Z) falls from its peak in {fell} of "
+            f"{len(fits)} units; the fitting reaches half its rise before the compression reaches half its fall "
+            f"in {lead} of {len(fits)}. In {early} of {len(fits)} units I(X;Z) peaks within the first 5 % of the "
+            "steps: a freshly initialised unit (a random projection) already keeps about as much of X as the "
+            "estimator can see, so there is no visible early rise of I(X;Z) and the compression runs alongside "
+            "the fitting rather than strictly after it. (The values are per-minibatch matrix-based Rényi "
+            "estimates, bits, on 256 samples, with the kernel width of labpnn/info.py: their absolute level "
+            "depends on that width.)")
     add("")
     return L
