@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -254,7 +255,10 @@ class Run:
                                   "(read back and compared); reprogramming", index)
         self._emit("phase", f"unit {index}: deploying to {', '.join(d.name for d in unit.instruments())}",
                    index, phase="deploy", steps=1)
-        deployed = unit.deploy()
+        try:
+            deployed = unit.deploy()
+        except TransportError as exc:  # programming again from the start is safe: write-verify
+            deployed = self._retry(lambda _: unit.deploy(), None, index, unit, exc, what="deployment")
         self._deployed[index] = deployed
         self._log.params(index, rev, "deployed", deployed)
         self._log.checkpoint(index, rev, "deployed")
@@ -321,8 +325,10 @@ class Run:
                 self._emit("measure", "", index, split=split, done=start + len(result), total=len(h))
                 yield start, np.asarray(result, np.float32)
 
-    def _retry(self, fn, chunk: np.ndarray, index: int, unit: Unit | None, error: TransportError) -> np.ndarray:
-        """A lost link: back off, reconnect, re-identify, verify the programmed state, measure again."""
+    def _retry(self, fn, chunk: np.ndarray | None, index: int, unit: Unit | None, error: TransportError,
+               what: str = "measurement") -> Any:
+        """A lost link: back off, reconnect, re-identify, verify the programmed state (unless the
+        unit is being deployed), then fn(chunk) again."""
         policy = self.recipe.faults
         for attempt in range(policy.retries):
             wait = policy.backoff_s * 2**attempt
@@ -331,15 +337,15 @@ class Run:
             time.sleep(wait)
             self._checkpoint()
             try:
-                self._reconnect(index, unit)
+                self._reconnect(index, unit, ensure_deployed=what == "measurement")
                 result = fn(chunk)
-                self._emit("info", f"unit {index}: link restored; measurement continues", index)
+                self._emit("info", f"unit {index}: link restored; {what} continues", index)
                 return result
             except TransportError as exc:
                 error = exc
         raise TransportError(f"unit {index}: still failing after {policy.retries} reconnect attempts: {error}")
 
-    def _reconnect(self, index: int, unit: Unit | None) -> None:
+    def _reconnect(self, index: int, unit: Unit | None, ensure_deployed: bool = True) -> None:
         for device in unit.instruments() if unit else []:
             try:
                 device.close()
@@ -350,7 +356,7 @@ class Run:
             if identity != self._identities.get(device.name, identity):
                 raise DeviceError(f"after reconnecting, a different instrument answered: {identity!r} "
                                   f"(was {self._identities[device.name]!r})", device.name)
-        if unit is not None and index in self._deployed:
+        if ensure_deployed and unit is not None and index in self._deployed:
             self._ensure_deployed(index, unit)
 
     def _channel_fault(self, index: int, broken: dict[int, str], split: str, monitor: ChannelMonitor) -> None:

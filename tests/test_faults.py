@@ -131,6 +131,31 @@ def test_tcp_link_cut_mid_measurement_reconnects_reprograms_and_completes(tmp_pa
     assert board.physics.output is False  # the new board ends in its safe state
 
 
+def test_tcp_link_cut_while_deploying_reprograms_from_the_start_and_completes(tmp_path):
+    """The server dies just as unit 1 is programmed and comes back blank: the deployment is
+    retried from the start after reconnecting (programming again is safe: write-verify); unit
+    0's measurements are recorded, so its lost programming costs nothing."""
+    board = Board()
+    run = Run(fault_recipe({"retries": 4, "backoff_s": 0.2}), board.bench(tmp_path), tmp_path / "run.h5")
+    fired = []
+
+    def cut(ev):
+        if ev.kind == "phase" and ev.data.get("phase") == "deploy" and ev.unit == 1 and not fired:
+            fired.append(True)
+            board.kill()
+            board.start_later(0.3)
+    run.bus.subscribe(cut)
+    assert run.execute() is State.DONE and fired
+
+    reader = RunReader(tmp_path / "run.h5")
+    warnings, infos = messages(reader, "warning"), messages(reader, "info")
+    assert any(m.startswith("unit 1: ") and "reconnecting in 0.2 s (attempt 1 of 4)" in m for m in warnings), warnings
+    assert any("unit 1: link restored; deployment continues" in m for m in infos), infos
+    assert_checkpoints_once(reader)
+    assert_features_complete(reader)
+    assert reader.test_accuracy > 0.5
+
+
 def test_tcp_server_gone_for_good_fails_resumably_then_resume_completes(tmp_path, capsys):
     board = Board()
     bench_file = board.bench_file(tmp_path)
