@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import beta, binom
 
 MIN_SPREAD = 1e-6          # a reference channel spreading less than this carries no signal
 LIVE_FRACTION = 0.05       # ... as does one spreading less than this times the median channel
@@ -42,7 +42,8 @@ class ChannelMonitor:
         self._noise = np.full(n_channels, np.nan)  # healthy residual (measured - predicted) spread
         self._spread = np.full(n_channels, np.nan)  # healthy output spread
         self._floor = np.full(n_channels, np.nan)  # healthy minimum (a ReLU's 0)
-        self._active = np.full(n_channels, np.nan)  # healthy fraction of values off the floor
+        self._seen = np.zeros(n_channels)  # healthy values seen since the floor was set ...
+        self._off = np.zeros(n_channels)  # ... and how many of them were off the floor
         self.live = np.zeros(n_channels, bool)  # channels seen carrying signal
         if reference is not None:
             ref = np.asarray(reference, np.float64)
@@ -89,6 +90,7 @@ class ChannelMonitor:
         healthy[list(found)] = False
         healthy[list(self.faulty)] = False
         self._remember(finite, healthy & np.isnan(self._spread))
+        self._count(finite, healthy)
         if len(measured) >= 8:
             self.live |= healthy & _live(spread)
         new = {c: r for c, r in found.items() if c not in self.faulty}
@@ -97,18 +99,30 @@ class ChannelMonitor:
 
     def _remember(self, healthy: np.ndarray, channels: np.ndarray) -> None:
         """Take `healthy` (a batch, or an earlier measurement) as the history of `channels`."""
-        spread, floor = healthy.std(0), healthy.min(0)
-        active = (healthy > floor + 0.05 * spread).mean(0)
-        for mine, new in ((self._spread, spread), (self._floor, floor), (self._active, active)):
-            mine[channels] = new[channels]
+        self._spread[channels] = healthy.std(0)[channels]
+        self._floor[channels] = healthy.min(0)[channels]
+        self._seen[channels] = 0
+        self._off[channels] = 0
+        self._count(healthy, channels)
+
+    def _count(self, healthy: np.ndarray, channels: np.ndarray) -> None:
+        """Add a healthy batch to the channels' tally of values off their floor."""
+        ok = channels & np.isfinite(self._floor)
+        off = (healthy > self._floor + 0.05 * np.nan_to_num(self._spread)).sum(0)
+        self._seen[ok] += len(healthy)
+        self._off[ok] += off[ok]
 
     def _quiet_by_chance(self, values: np.ndarray, c: int) -> bool:
         """Whether a channel that barely moved in this batch sat at its floor no more than a
-        sparse channel does now and then: few values off the floor, and as few as that
-        not improbable (binomial) given the fraction off the floor in its history."""
-        off = int((values > self._floor[c] + 0.05 * self._spread[c]).sum())
-        at_floor = np.median(values) <= self._floor[c] + 0.05 * self._spread[c]
-        return bool(at_floor and binom.cdf(off, len(values), self._active[c]) > QUIET_P)
+        sparse channel does now and then: few values off the floor, and as few as that not
+        improbable (binomial) even at the low end (0.1 % bound) of the fraction off the floor
+        its history shows."""
+        level = self._floor[c] + 0.05 * self._spread[c]
+        if np.median(values) > level or self._seen[c] == 0:
+            return False
+        k, n = self._off[c], self._seen[c]
+        rate = beta.ppf(1e-3, k, n - k + 1) if k > 0 else 0.0
+        return bool(binom.cdf(int((values > level).sum()), len(values), rate) > QUIET_P)
 
     def _against_model(self, measured, predicted, spread, live, found) -> None:
         """Against the model's prediction. Healthy hardware departs from its model by read
