@@ -39,6 +39,7 @@ class UnitSpec(Strict):
     bits: int = Field(1, ge=1, le=8)
     threshold: float = 0.5
     optical_features: int | None = Field(None, ge=1, description="camera pixels used (SLM + camera)")
+    clip: float | None = Field(None, gt=0, description="crossbar: deploy weights clipped to +-clip x their RMS")
     pib: dict = Field(default_factory=dict, description="per-unit overrides of the recipe's pib")
 
     @property

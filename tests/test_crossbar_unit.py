@@ -70,6 +70,24 @@ def test_measure_follows_the_model_within_noise(board):
         unit.measure(h[:, :40])
 
 
+def test_clipped_deployment_spends_the_conductance_range_on_the_bulk_of_the_weights(board):
+    """One outlying weight sets the conductance scale of an unclipped deployment; clipped at
+    2x the RMS, every other weight is programmed with several times the resolution."""
+    errors = {}
+    for clip in (None, 2.0):
+        unit = CrossbarUnit("u0", board, 41, 64, seed=6, clip=clip)
+        with torch.no_grad():
+            unit.model()[0].weight[0, 0] = 50 * unit.model()[0].weight.abs().max()
+        w = unit._model_matrix()
+        read = unit.deploy()["weights"]
+        rms = np.sqrt(np.mean(w ** 2))
+        bulk = np.abs(w) < 2 * rms
+        errors[clip] = np.sqrt(np.mean((read - w)[bulk] ** 2))
+        if clip:
+            assert np.abs(read).max() < 1.5 * clip * rms  # the outlier was clipped
+    assert errors[2.0] < errors[None] / 3, errors
+
+
 def test_matches_holds_for_a_healthy_array_and_fails_for_another_deployment(board):
     unit = CrossbarUnit("u0", board, 41, 64, seed=4)
     deployed = unit.deploy()

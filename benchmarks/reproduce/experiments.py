@@ -138,7 +138,7 @@ def summarise(jobs: list[Job], results: dict[str, dict[str, Any]]) -> dict[str, 
                                       for j in jobs if not results.get(j.id, {}).get("ok")]}
     for name in ("mnist", "mnist1d"):
         rows: dict[str, list] = {"pib_twin": [], "pib_sim": [], "bp_ideal": [], "bp_deployed": [], "bp_on_ideal": [],
-                                 "pib_twin_repeats": []}
+                                 "pib_twin_repeats": [], "bp_deployed_unclipped": []}
         probes: dict[str, list] = {"pib_twin": [], "pib_sim": []}
         errors = {"weight": [], "feature": []}
         for j, r in by_exp.get(name, []):
@@ -148,6 +148,8 @@ def summarise(jobs: list[Job], results: dict[str, dict[str, Any]]) -> dict[str, 
                 rows["bp_ideal"].append(_pct(r["ideal_test"]))
                 rows["bp_deployed"].append(_pct(r["deployed"]["twin"]["test"]))
                 rows["bp_on_ideal"].append(_pct(r["deployed"]["ideal"]["test"]))
+                if r.get("deployed_unclipped") is not None:
+                    rows["bp_deployed_unclipped"].append(_pct(r["deployed_unclipped"]))
                 errors["weight"].append(r["deployed"]["twin"]["weight_error"])
                 errors["feature"].append(r["deployed"]["twin"]["feature_error"])
             else:

@@ -103,6 +103,14 @@ def _run_bp(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
         result["deployed"][label] = {"test": dep.test_accuracy, "weight_error": dep.weight_error,
                                      "feature_error": dep.feature_error,
                                      "seconds": time.perf_counter() - t0}
+    if any(u.clip for u in recipe.units) and "twin" in spec["benches"]:
+        # the usual deployment of an in-silico network: every weight as trained, none clipped
+        unclipped = recipe.model_copy(update={"units": [u.model_copy(update={"clip": None}) for u in recipe.units]})
+        bench = Bench.load(_bench_file(out, spec["benches"]["twin"]))
+        try:
+            result["deployed_unclipped"] = backprop.deploy(net, unclipped, bench, ds).test_accuracy
+        finally:
+            bench.close()
     return result
 
 

@@ -27,7 +27,7 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int) -> U
             raise ConfigError(f"{who}: names {spec.instruments}; a crossbar unit uses one instrument")
         device = bench.require(spec.instruments[0], CrossbarArray, who)
         return CrossbarUnit(name, device, in_features, spec.out, activation=spec.activation, bias=spec.bias,
-                            seed=seed + index)
+                            seed=seed + index, clip=spec.clip)
     from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector
 
     if len(spec.instruments) == 1:

@@ -39,13 +39,13 @@ class CrossbarUnit:
     """
 
     def __init__(self, name: str, device: CrossbarArray, in_features: int, out_features: int,
-                 activation: str = "relu", bias: bool = True, seed: int = 0):
+                 activation: str = "relu", bias: bool = True, seed: int = 0, clip: float | None = None):
         if not isinstance(device, CrossbarArray):
             raise TypeError(f"unit {name!r}: {type(device).__name__} is not a CrossbarArray "
                             "(program_weights, read_weights, matmul, array_shape)")
         self.name, self.device = name, device
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.activation, self.bias = activation, bias
+        self.activation, self.bias, self.clip = activation, bias, clip
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._model = nn.Sequential(nn.Linear(self.in_features, self.out_features, bias=bias),
@@ -68,8 +68,17 @@ class CrossbarUnit:
                 "g_read": (rows, 2 * self.out_features)}
 
     def deploy(self) -> dict[str, np.ndarray]:
-        """Program [W^T; b] (in_features + 1, out_features); return the read-back."""
-        return self._program(self._model_matrix())
+        """Program [W^T; b] (in_features + 1, out_features), clipped to +-clip times its RMS
+        when clip is set; return the read-back. The largest weight sets the conductance scale
+        (crossbar_mapping.differential_pairs), so a few outlying weights cost every other
+        weight precision against the board's fixed programming and read errors; clipped, they
+        lose a little themselves, which the units after this one and the readout, trained on
+        its measured outputs, absorb."""
+        w = self._model_matrix()
+        if self.clip:
+            bound = self.clip * float(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
+            w = np.clip(w, -bound, bound)
+        return self._program(w)
 
     def read_back(self) -> dict[str, np.ndarray]:
         if not self._holds_own():
