@@ -159,8 +159,10 @@ def summarise(jobs: list[Job], results: dict[str, dict[str, Any]]) -> dict[str, 
                     probes[j.labels["method"]].append([_pct(probe[u]) for u in sorted(probe)])
         s = {k: stats(v) for k, v in rows.items()}
         s["probes"] = {k: np.mean(v, axis=0).tolist() if v else None for k, v in probes.items()}
-        drops = [a - b for a, b in zip(rows["bp_ideal"], rows["bp_deployed"])]
-        s["bp_drop"] = stats(drops)
+        # the paper deploys backprop's weights as trained: its loss is the unclipped one (calibrated)
+        deployed = rows["bp_deployed_unclipped"] or rows["bp_deployed"]
+        s["bp_drop"] = stats([a - b for a, b in zip(rows["bp_ideal"], deployed)])
+        s["bp_drop_clipped"] = stats([a - b for a, b in zip(rows["bp_ideal"], rows["bp_deployed"])])
         s["errors"] = {k: np.mean(v, axis=0).tolist() if v else None for k, v in errors.items()}
         out[name] = s
     out["adc"] = {}
