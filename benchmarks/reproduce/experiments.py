@@ -183,10 +183,13 @@ def summarise(jobs: list[Job], results: dict[str, dict[str, Any]]) -> dict[str, 
             adc["channels"].append(f"unit {f['unit']}: {len(f['channels'])}")
         out["adc"][variant] = {k: stats(v) if isinstance(v, list) and k != "channels" else v for k, v in adc.items()}
     opu: dict[int, list] = {}
+    opu_train: dict[int, list] = {}
     for j, r in by_exp.get("opu", []):
         if r is not None:
             opu.setdefault(j.labels["steps"], []).append(_pct(r["test_accuracy"]))
+            opu_train.setdefault(j.labels["steps"], []).append(_pct(r["train_accuracy"]))
     out["opu"] = {str(k): stats(v) for k, v in sorted(opu.items())}
+    out["opu_train"] = {str(k): stats(v) for k, v in sorted(opu_train.items())}
     sweep: dict[str, dict] = {}
     for j, r in by_exp.get("sweep", []):
         if r is None:
