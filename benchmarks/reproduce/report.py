@@ -539,7 +539,7 @@ def observations(summary: dict[str, Any], planes: dict[str, list], data: Data) -
             text += (f", then falls to {last['mean']:.1f} % at {ks[-1]}"
                      + (f" while the training accuracy climbs from {train[peak]['mean']:.1f} % to "
                         f"{train[ks[-1]]['mean']:.1f} %: the digital layers (2,000 × 64 and 2,000 × 32 weights) "
-                        "overfit the training images when optimised that long (the paper's curve stops earlier)"
+                        "overfit the training images when optimised that long"
                         if peak in train and ks[-1] in train else ""))
         spreads = [o[k]["std"] for k in ks]
         text += (f"; the spread over seeds goes from {first['std']:.2f} points at {ks[0]} to "
