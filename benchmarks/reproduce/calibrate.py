@@ -35,6 +35,14 @@ TOLERANCE = [0.03, 0.06, 0.08, 0.10, 0.12]
 TARGET = {"mnist": 2.4, "mnist1d": 8.5}
 
 
+
+def as_trained(recipe: dict) -> dict:
+    """The recipe with its weights deployed as trained (no clip): the paper's deployment, which
+    the calibration fits."""
+    for unit in recipe["units"]:
+        unit["clip"] = None
+    return recipe
+
 def grid_label(rel: float, tol: float) -> str:
     return f"rel={rel:g},tol={tol:g}"
 
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 s, "default", overrides={"read_noise_rel": rel, "prog_tolerance": tol})
                 for rel in READ for tol in TOLERANCE}
             benches["noise-free"] = config.bench_dict(s, "ideal")
-            r = config.recipe_dict(packaged[name], seed=s, dataset=ds)
+            r = as_trained(config.recipe_dict(packaged[name], seed=s, dataset=ds))
             specs[(name, s)] = {"kind": "bp", "recipe": r, "epochs": config.FULL.bp_epochs[name], "seed": s,
                                 "benches": benches}
     t0 = time.perf_counter()
@@ -112,11 +120,11 @@ def candidates(args) -> int:
     for name, ds in datasets.items():
         for s in range(args.seeds):
             benches = {lab: config.bench_dict(s, "default", overrides=c) for lab, c in zip(labels, args.candidates)}
-            r = config.recipe_dict(packaged[name], seed=s, dataset=ds)
+            r = as_trained(config.recipe_dict(packaged[name], seed=s, dataset=ds))
             specs[(name, s)] = {"kind": "bp", "recipe": r, "epochs": config.FULL.bp_epochs[name], "seed": s,
                                 "benches": benches}
     for s in range(args.pib_seeds):
-        r = config.recipe_dict(packaged["mnist1d"], seed=s, dataset=datasets["mnist1d"], steps=args.pib_steps)
+        r = as_trained(config.recipe_dict(packaged["mnist1d"], seed=s, dataset=datasets["mnist1d"], steps=args.pib_steps))
         pib[("noise-free", s)] = {"kind": "pib", "recipe": r, "bench": config.bench_dict(s, "ideal")}
         for lab, c in zip(labels, args.candidates):
             pib[(lab, s)] = {"kind": "pib", "recipe": r, "bench": config.bench_dict(s, "default", overrides=c)}
