@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         sys.exit(f"--only: unknown experiment(s) {sorted(unknown)}; known: {', '.join(EXPERIMENTS)}")
     jobs = [j for j in experiments.plan(mode, data) if j.experiment in only]
+    commit = _git_commit()  # what runs the jobs (the tree may move on while they run)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     t0 = time.perf_counter()
     log_file = (out / "reproduce.log").open("a")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/reproduce/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     meta = {"command": command, "jobs": len({j.id for j in jobs}), "workers": args.workers, "wall_s": wall,
             "host_cpus": os.cpu_count(), "load": load, "out": str(out), "versions": versions(),
-            "commit": _git_commit(), "mnist_split": split}
+            "commit": commit, "mnist_split": split}
     record = out / "command.json"
     if not args.report_only:
         record.write_text(json.dumps({k: meta[k] for k in ("command", "workers", "wall_s", "load", "commit")}))
