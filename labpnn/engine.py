@@ -255,6 +255,7 @@ class Run:
                                   "(read back and compared); reprogramming", index)
         self._emit("phase", f"unit {index}: deploying to {', '.join(d.name for d in unit.instruments())}",
                    index, phase="deploy", steps=1)
+        self._deployed.pop(index, None)  # replaced now: a reconnect must not restore the old one
         try:
             deployed = unit.deploy()
         except TransportError as exc:  # programming again from the start is safe: write-verify
@@ -327,8 +328,8 @@ class Run:
 
     def _retry(self, fn, chunk: np.ndarray | None, index: int, unit: Unit | None, error: TransportError,
                what: str = "measurement") -> Any:
-        """A lost link: back off, reconnect, re-identify, verify the programmed state (unless the
-        unit is being deployed), then fn(chunk) again."""
+        """A lost link: back off, reconnect, re-identify, verify the programmed state, then
+        fn(chunk) again; `what` names fn in the messages."""
         policy = self.recipe.faults
         for attempt in range(policy.retries):
             wait = policy.backoff_s * 2**attempt
@@ -337,7 +338,7 @@ class Run:
             time.sleep(wait)
             self._checkpoint()
             try:
-                self._reconnect(index, unit, ensure_deployed=what == "measurement")
+                self._reconnect(index, unit)
                 result = fn(chunk)
                 self._emit("info", f"unit {index}: link restored; {what} continues", index)
                 return result
@@ -345,7 +346,7 @@ class Run:
                 error = exc
         raise TransportError(f"unit {index}: still failing after {policy.retries} reconnect attempts: {error}")
 
-    def _reconnect(self, index: int, unit: Unit | None, ensure_deployed: bool = True) -> None:
+    def _reconnect(self, index: int, unit: Unit | None) -> None:
         for device in unit.instruments() if unit else []:
             try:
                 device.close()
@@ -356,7 +357,7 @@ class Run:
             if identity != self._identities.get(device.name, identity):
                 raise DeviceError(f"after reconnecting, a different instrument answered: {identity!r} "
                                   f"(was {self._identities[device.name]!r})", device.name)
-        if ensure_deployed and unit is not None and index in self._deployed:
+        if unit is not None and index in self._deployed:
             self._ensure_deployed(index, unit)
 
     def _channel_fault(self, index: int, broken: dict[int, str], split: str, monitor: ChannelMonitor) -> None:

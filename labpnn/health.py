@@ -89,8 +89,9 @@ class ChannelMonitor:
         healthy = np.ones(measured.shape[1], bool)
         healthy[list(found)] = False
         healthy[list(self.faulty)] = False
-        self._remember(finite, healthy & np.isnan(self._spread))
-        self._count(finite, healthy)
+        fresh = healthy & np.isnan(self._spread)
+        self._remember(finite, fresh)  # counts this batch for the fresh channels ...
+        self._count(finite, healthy & ~fresh)  # ... and here for the others
         if len(measured) >= 8:
             self.live |= healthy & _live(spread)
         new = {c: r for c, r in found.items() if c not in self.faulty}

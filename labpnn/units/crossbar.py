@@ -5,10 +5,12 @@ matches(expected) reads the array twice and fits the read noise sigma(G)^2 = a +
 the difference of the two reads. The expected read-back is itself a read of the programmed
 state, so if the board still holds it, a fresh read departs from it by read noise alone, as
 much as the two fresh reads depart from each other: it holds when the mean squared departure,
-in units of sigma, is at most MARGIN (plus sampling error) times the two reads'. The cells are
-pooled, so even with read noise of 15 % of G a few stuck cells, a blank board or another
-unit's weights fail; a board reprogrammed with the same weights fails too (its programming
-error is new), and is reprogrammed once more, which is safe.
+in units of sigma, is at most MARGIN (plus sampling error) times the two reads', and cells
+beyond OUTLIER sigmas are not much more frequent. Pooled, the test rejects a blank board or
+another unit's weights even at the calibrated read noise (15 % of G); a handful of stuck
+cells it sees only on a quieter board (the verification's channel checks catch them). A
+board reprogrammed with the same weights fails too (its programming error is new) and is
+reprogrammed once more, which is safe.
 """
 
 from __future__ import annotations
