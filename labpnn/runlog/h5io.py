@@ -234,6 +234,20 @@ def _check_not_truncated(path: Path, tries: int = 5) -> None:
                       "incompletely?) and cannot be read reliably")
 
 
+def _open_run_file(path: Path) -> h5py.File:
+    """An existing run file opened for SWMR reading, or a RunLogError saying what is wrong:
+    missing, a directory, truncated, or not readable as HDF5."""
+    if not path.exists():
+        raise RunLogError(f"{path}: no such run file")
+    if path.is_dir():
+        raise RunLogError(f"{path}: is a directory, not a run file")
+    _check_not_truncated(path)
+    try:
+        return _open_swmr_read(path)
+    except Exception as exc:
+        raise _open_error(path, exc) from exc
+
+
 def _open_error(path: Path, exc: BaseException) -> RunLogError:
     """Turn what h5py raises on open into a sentence about the file."""
     msg = str(exc)

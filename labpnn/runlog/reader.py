@@ -18,7 +18,7 @@ import numpy as np
 from labpnn.errors import RunLogError
 from labpnn.runlog.h5io import (
     _READ_ERRORS, _check_format, _check_not_truncated, _damaged, _is_checksum_error,
-    _jsonable, _open_error, _open_swmr_read, _read_json_dataset, _text, _tolerant_read,
+    _jsonable, _open_run_file, _read_json_dataset, _text, _tolerant_read,
 )
 from labpnn.runlog.layout import (
     _COPY_SLAB_BYTES, INFO_DTYPE, PARAM_KINDS, SPLITS, RunLayout, UnitLayout, _key,
@@ -146,15 +146,7 @@ class RunReader:
 
     def _open(self) -> None:
         path = self.path
-        if not path.exists():
-            raise RunLogError(f"{path}: no such run file")
-        if path.is_dir():
-            raise RunLogError(f"{path}: is a directory, not a run file")
-        _check_not_truncated(path)
-        try:
-            f = _open_swmr_read(path)
-        except Exception as exc:
-            raise _open_error(path, exc) from exc
+        f = _open_run_file(path)
         datasets: list[h5py.Dataset] = []
         try:
             with self._reading_file(path, "the file structure"):

@@ -18,8 +18,8 @@ import numpy as np
 from labpnn.errors import RunLogError
 from labpnn.events import Event
 from labpnn.runlog.h5io import (
-    _append, _check_format, _check_not_truncated, _damaged, _dumps, _fixed, _open_error,
-    _open_swmr_read, _process_started, _read_json_dataset, _row, _text,
+    _append, _check_format, _damaged, _dumps, _fixed, _open_error, _open_run_file,
+    _process_started, _read_json_dataset, _row, _text,
 )
 from labpnn.runlog.layout import (
     _ARRAY_CHUNK_BYTES, _FEATURE_CHUNK_ROWS, _SLOT_CHUNK, ACCURACY_DTYPE, ACCURACY_KINDS,
@@ -198,11 +198,7 @@ class RunLog:
             raise RunLogError(f"{path}: cannot create the run file ({exc})") from exc
         try:
             _build(f, layout, recipe=recipe, bench=bench, provenance=provenance)
-            f.flush()
-            f.swmr_mode = True
-            log = cls._bind(f, path, layout)
-            log._writer_row("create")
-            return log
+            return cls._bind(f, path, layout, "create")
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 f.close()
@@ -217,14 +213,20 @@ class RunLog:
             raise
 
     @classmethod
-    def _bind(cls, f: h5py.File, path: Path, layout: RunLayout) -> RunLog:
+    def _bind(cls, f: h5py.File, path: Path, layout: RunLayout, action: str) -> RunLog:
+        """Switch f to SWMR, register it as this process's writer of path and record the
+        writer's `action` (create, resume)."""
+        f.flush()
+        f.swmr_mode = True
         key = str(path.resolve())
         with _OPEN_LOCK:
             if key in _OPEN_WRITERS:
                 raise RunLogError(f"{path}: already open for writing in this process")
             _OPEN_WRITERS.add(key)
         try:
-            return cls(f, path, layout)
+            log = cls(f, path, layout)
+            log._writer_row(action)
+            return log
         except BaseException:
             with _OPEN_LOCK:
                 _OPEN_WRITERS.discard(key)
@@ -246,13 +248,7 @@ class RunLog:
                 raise RunLogError(f"{path}: still open for writing in this process; close it "
                                   "before resuming")
         # Look first (read-only): is it a run, and is its writer gone?
-        if not path.is_file():
-            raise RunLogError(f"{path}: no such run file")
-        _check_not_truncated(path)
-        try:
-            src = _open_swmr_read(path)
-        except Exception as exc:
-            raise _open_error(path, exc) from exc
+        src = _open_run_file(path)
         try:
             layout = _check_format(src, path)
             _refuse_live_writer(src, path)
@@ -270,11 +266,7 @@ class RunLog:
                 raise _open_error(path, exc) from exc
         try:
             _drop_unsaved_steps(f, layout)
-            f.flush()
-            f.swmr_mode = True
-            log = cls._bind(f, path, layout)
-            log._writer_row("resume")
-            return log
+            return cls._bind(f, path, layout, "resume")
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 f.close()
