@@ -7,9 +7,10 @@ import time
 
 from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QColor, QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import (QComboBox, QDockWidget, QFrame, QHBoxLayout, QLabel,
-                               QPushButton, QSizePolicy, QTableView, QToolBar, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDockWidget, QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy,
+                               QTableView, QToolBar)
 
+from labpnn.gui.dock_body import set_body
 from labpnn.gui.run_data import LISTED_KINDS, RunData
 from labpnn.gui.run_worker import controls
 
@@ -48,12 +49,7 @@ class EventsDock(QDockWidget):
         head.addWidget(QLabel("Show:"))
         head.addWidget(self.kind)
         head.addStretch(1)
-        body = QWidget()
-        layout = QVBoxLayout(body)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addLayout(head)
-        layout.addWidget(self.table, 1)
-        self.setWidget(body)
+        set_body(self, head, self.table, stretch=self.table)
 
     def _filter(self) -> None:
         kind = self.kind.currentData()

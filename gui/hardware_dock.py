@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QComboBox, QDockWidget, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QDockWidget, QHBoxLayout, QLabel
 
+from labpnn.gui.dock_body import set_body
 from labpnn.gui.run_data import RunData
 
 US = 1e6  # siemens -> microsiemens
@@ -53,12 +54,7 @@ class ConductanceDock(QDockWidget):
         self.view.ci.layout.setRowStretchFactor(0, 3)
         self.view.ci.layout.setRowStretchFactor(1, 2)
 
-        body = QWidget()
-        layout = QVBoxLayout(body)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addLayout(head)
-        layout.addWidget(self.view, 1)
-        self.setWidget(body)
+        set_body(self, head, self.view, stretch=self.view)
         self._deployed: dict[int, dict[str, np.ndarray]] = {}
         self._names: dict[int, str] = {}
 
@@ -116,12 +112,7 @@ class FrameDock(QDockWidget):
         self.image = pg.ImageView()
         self.image.ui.roiBtn.hide()
         self.image.ui.menuBtn.hide()
-        body = QWidget()
-        layout = QVBoxLayout(body)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.title)
-        layout.addWidget(self.image, 1)
-        self.setWidget(body)
+        set_body(self, self.title, self.image, stretch=self.image)
 
     def clear(self) -> None:
         self.image.clear()

@@ -10,9 +10,9 @@ from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
-from PySide6.QtWidgets import (QDockWidget, QGridLayout, QLabel, QPushButton, QTreeWidget, QTreeWidgetItem,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QDockWidget, QGridLayout, QLabel, QPushButton, QTreeWidget, QTreeWidgetItem
 
+from labpnn.gui.dock_body import set_body
 from labpnn.gui.device_calls import DeviceCalls
 from labpnn.protocols import Device, Health
 
@@ -107,13 +107,7 @@ class InstrumentsDock(QDockWidget):
             grid.addWidget(button, i // 3, i % 3)
             self.buttons[action] = button
         self.buttons["safe state"].setToolTip("outputs off (always allowed, even during a run)")
-        body = QWidget()
-        layout = QVBoxLayout(body)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.error)
-        layout.addWidget(self.tree, 1)
-        layout.addLayout(grid)
-        self.setWidget(body)
+        set_body(self, self.error, self.tree, grid, stretch=self.tree)
         if self.items:
             self.tree.setCurrentItem(next(iter(self.items.values())))
         for name in devices:

@@ -10,10 +10,10 @@ from pathlib import Path
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QToolButton, QVBoxLayout,
-                               QWidget)
+                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QToolButton)
 
 from labpnn.errors import ConfigError
+from labpnn.gui.dock_body import set_body
 from labpnn.gui.run_progress import RunProgress
 from labpnn.gui.run_worker import controls
 from labpnn.config_errors import parse_yaml
@@ -108,15 +108,7 @@ class RunDock(QDockWidget):
         form = QFormLayout()
         form.addRow("Recipe:", self.chooser)
         form.addRow("Output:", out_row)
-        body = QWidget()
-        layout = QVBoxLayout(body)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addLayout(form)
-        layout.addWidget(self.editor, 1)
-        layout.addWidget(self.message)
-        layout.addLayout(button_row)
-        layout.addLayout(status)
-        self.setWidget(body)
+        set_body(self, form, self.editor, self.message, button_row, status, stretch=self.editor)
         self.set_state("idle", False)
 
     # -- the recipe
