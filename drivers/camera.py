@@ -57,7 +57,23 @@ def frame_health(camera) -> Health:
     return Health(True, 0, f"frame {frame.shape}, mean {frame.mean():.1f} DN")
 
 
-class GenICamCamera:
+class CameraSettings:
+    """bit_depth from the options, exposure and gain as last set (drivers and twins alike)."""
+
+    @property
+    def bit_depth(self) -> int:
+        return self.options.bit_depth
+
+    @property
+    def exposure_us(self) -> float:
+        return self._exposure_us
+
+    @property
+    def gain_db(self) -> float:
+        return self._gain_db
+
+
+class GenICamCamera(CameraSettings):
     """A GenICam (GigE Vision / USB3 Vision) camera."""
 
     simulated = False
@@ -99,18 +115,6 @@ class GenICamCamera:
         if self._shape is not None:
             return self._shape
         return (self.options.roi[3], self.options.roi[2]) if self.options.roi else (0, 0)
-
-    @property
-    def bit_depth(self) -> int:
-        return self.options.bit_depth
-
-    @property
-    def exposure_us(self) -> float:
-        return self._exposure_us
-
-    @property
-    def gain_db(self) -> float:
-        return self._gain_db
 
     @property
     def connected(self) -> bool:

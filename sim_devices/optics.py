@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labpnn.drivers.camera import frame_health
+from labpnn.drivers.camera import CameraSettings, frame_health
 from labpnn.drivers.slm import PhaseLUT, SLMGeometry, validate_frames
 from labpnn.errors import DeviceError, TransportError
 from labpnn.protocols import Health
@@ -286,7 +286,7 @@ class SimSLM(SLMGeometry, _Twin):
                     "settings": self.options.model_dump(), "faults": dict(self.faults)}
 
 
-class SimCamera(_Twin):
+class SimCamera(CameraSettings, _Twin):
     """Twin of a camera looking at the speckle through the medium (EMVA 1288 model)."""
 
     FAULTS = {"saturate": "stray light multiplies the signal (param factor, default 1000)",
@@ -324,18 +324,6 @@ class SimCamera(_Twin):
     @property
     def shape(self) -> tuple[int, int]:
         return (self.options.height, self.options.width)
-
-    @property
-    def bit_depth(self) -> int:
-        return self.options.bit_depth
-
-    @property
-    def exposure_us(self) -> float:
-        return self._exposure_us
-
-    @property
-    def gain_db(self) -> float:
-        return self._gain_db
 
     def set_exposure_us(self, us: float) -> None:
         if not us > 0:
