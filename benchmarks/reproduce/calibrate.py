@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from reproduce import config  # noqa: E402
+from reproduce.report import save  # noqa: E402
 from reproduce.jobs import job_id, run_jobs  # noqa: E402
 
 READ = [0.05, 0.10, 0.15, 0.20, 0.25, 0.30]
@@ -167,9 +168,7 @@ def _plot(table, path: Path) -> None:
         ax.set_xlabel("read_noise_rel")
         ax.set_ylabel("accuracy drop (points)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save(fig, path)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,14 @@ def _plt():
     return plt
 
 
+def save(fig, path: Path, dpi: int = 110) -> None:
+    """Lay out, write the PNG (its folder made if needed) and free the figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+
+
 def fmt(s: dict[str, Any] | None, digits: int = 1) -> str:
     if not s or s.get("mean") is None:
         return "n/a"
@@ -92,9 +100,7 @@ def plot_accuracy(summary: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(TITLES[name])
     axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 ADC_TITLES = {"recipe": "adc-fault recipe's fault:\n24 ADC columns, garbage", "mild": "milder: 6 ADC columns\nof unit 0 read 0 A"}
@@ -124,9 +130,7 @@ def plot_adc(summary: dict[str, Any], path: Path) -> None:
     ax.set_yticks(range(0, 101, 20))
     ax.legend(fontsize=7, loc="upper center", ncol=3)
     ax.set_title("Broken ADC columns after training: fault found by verification, PIB retrains")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_opu(summary: dict[str, Any], data: Data, path: Path) -> None:
@@ -148,9 +152,7 @@ def plot_opu(summary: dict[str, Any], data: Data, path: Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"OPU deep PNN, {'Fashion-MNIST' if data.fashion else 'MNIST (no Fashion-MNIST given)'}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_info_plane(planes: dict[str, list], path: Path) -> None:
@@ -184,9 +186,7 @@ def plot_info_plane(planes: dict[str, list], path: Path) -> None:
             ax_t.set_ylabel("bits (smoothed)")
             ax_t.set_title(f"{TITLES.get(name, name)}, unit {u}: against steps")
             ax_t.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 def plot_noise(summary: dict[str, Any], path: Path) -> None:
@@ -200,17 +200,15 @@ def plot_noise(summary: dict[str, Any], path: Path) -> None:
         name, what = key.split("/")
         fs = sorted(float(f) for f in sweep[key])
         for method, label, color in (("pib", "PIB on the twin", "#1f77b4"), ("bp", "backprop deployed", "#ff7f0e")):
-            m = [sweep[key][str(f) if str(f) in sweep[key] else f"{f:g}"][method]["mean"] for f in fs]
-            e = [sweep[key][str(f) if str(f) in sweep[key] else f"{f:g}"][method]["std"] for f in fs]
+            m = [_sweep_get(sweep[key], f)[method]["mean"] for f in fs]
+            e = [_sweep_get(sweep[key], f)[method]["std"] for f in fs]
             ax.errorbar(fs, m, yerr=e, marker="o", capsize=3, label=label, color=color)
         ax.axvline(1.0, color="0.6", ls=":", lw=1)
         ax.set_xlabel({"read": "read noise (× calibrated)", "prog": "programming error (× calibrated)"}[what])
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{TITLES.get(name, name)}: {'read noise' if what == 'read' else 'programming noise'}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 # -- markdown ------------------------------------------------------------------------------
