@@ -625,6 +625,23 @@ def test_resume_drops_steps_past_saved_state(tmp_path):
         assert r.units[1].info_plane.size == 0
 
 
+def test_resume_waits_out_a_reader_polling_the_file(tmp_path):
+    """A reader (a GUI refresh, a script polling) that holds the file while the run resumes
+    delays the resume; it does not make it fail or copy the file."""
+    path = tmp_path / "run.h5"
+    new_log(path).close()
+    inode = path.stat().st_ino
+    reader = subprocess.Popen(  # another process: HDF5 locks the file against writers while it reads
+        [sys.executable, "-c", "import time; from labpnn.runlog import RunReader; "
+         f"r = RunReader({str(path)!r}); print('open', flush=True); time.sleep(0.5); r.close()"],
+        stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "open"
+    with RunLog.resume(path) as log:
+        assert log.checkpoints() == []
+    assert reader.wait(10) == 0
+    assert path.stat().st_ino == inode  # resumed in place, not repaired by copying
+
+
 def test_resume_redo_overwrites_revision(tmp_path):
     path = tmp_path / "run.h5"
     with new_log(path) as log:

@@ -122,6 +122,19 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
 
 # --------------------------------------------------------------------------- writer
 
+def _open_for_writing(path: Path, patience_s: float = 5.0) -> h5py.File:
+    """h5py.File(path, "r+"), waiting out a reader that holds the file's lock for a moment (a
+    poll, a GUI refresh) for up to patience_s; any other failure at once."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return h5py.File(path, "r+", libver="latest")
+        except OSError as exc:
+            if "unable to lock file" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _writes(method: Any) -> Any:
     """A writer method: whatever h5py or NumPy raise becomes a RunLogError naming the file."""
     import functools
@@ -255,13 +268,13 @@ class RunLog:
         finally:
             src.close()
         try:
-            f = h5py.File(path, "r+", libver="latest")
+            f = _open_for_writing(path)
         except OSError:
             f = None  # killed writer: the consistency flags are set -> repair by copying
         if f is None:
             _repair_by_copy(path, layout)
             try:
-                f = h5py.File(path, "r+", libver="latest")
+                f = _open_for_writing(path)
             except Exception as exc:
                 raise _open_error(path, exc) from exc
         try:
