@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 
 from labpnn.drivers.opu import OPU
+from labpnn.sim_devices.opu import SimOPUDevice
 from labpnn.sim_devices.optics import SimCamera, SimSLM
 from labpnn.units.scattering import SLMCameraProjector
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     case("NumPy |X R|^2, complex64 matmul", bare_setup, lambda s: np.abs(s[1] @ s[0]) ** 2)
 
     def opu_setup(**options):
-        opu = OPU(m, k, simulated=True, **options)
+        opu = SimOPUDevice(m, k, **options)
         opu.connect()
         opu.fit1d(X=X)
         return opu

@@ -10,7 +10,6 @@ grab() drops the frames already queued and returns the next one.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Literal
 
@@ -18,6 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn.errors import DeviceError, TransportError
+from labpnn.instruments.base import Instrument
+from labpnn.instruments.camera import CameraSettings, frame_health
 from labpnn.protocols import Health
 
 PIXEL_FORMATS = {8: "Mono8", 12: "Mono12", 16: "Mono16"}
@@ -45,35 +46,7 @@ def frame_from_buffer(component: Any, shape: tuple[int, int], bit_depth: int, wh
     return frame
 
 
-def frame_health(camera) -> Health:
-    """A camera's self-test: it delivers a frame, and the frame is not mostly saturated."""
-    try:
-        frame = camera.grab()
-    except DeviceError as exc:
-        return Health(False, 1, str(exc))
-    saturated = float(np.mean(frame == 2**camera.bit_depth - 1))
-    if saturated > 0.5:
-        return Health(False, 2, f"{saturated:.0%} of the pixels saturate")
-    return Health(True, 0, f"frame {frame.shape}, mean {frame.mean():.1f} DN")
-
-
-class CameraSettings:
-    """bit_depth from the options, exposure and gain as last set (drivers and twins alike)."""
-
-    @property
-    def bit_depth(self) -> int:
-        return self.options.bit_depth
-
-    @property
-    def exposure_us(self) -> float:
-        return self._exposure_us
-
-    @property
-    def gain_db(self) -> float:
-        return self._gain_db
-
-
-class GenICamCamera(CameraSettings):
+class GenICamCamera(CameraSettings, Instrument):
     """A GenICam (GigE Vision / USB3 Vision) camera."""
 
     simulated = False
@@ -90,14 +63,10 @@ class GenICamCamera(CameraSettings):
         timeout_s: float = Field(2.0, gt=0, description="longest wait for a frame")
 
     def __init__(self, name: str = "camera", resource: str | None = None, **options: Any):
-        self.check_resource(resource)
-        self.name = name
-        self.resource = resource
-        self.options = self.Options(**options)
+        super().__init__(name, resource, **options)
         self._exposure_us = self.options.exposure_us
         self._gain_db = self.options.gain_db
         self._shape: tuple[int, int] | None = None
-        self._lock = threading.RLock()
         self._harvester: Any = None
         self._acquirer: Any = None
         self._acquiring = False
@@ -215,12 +184,6 @@ class GenICamCamera(CameraSettings):
         with self._lock:
             self._release()
 
-    def __enter__(self) -> GenICamCamera:
-        self.connect()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- frames ------------------------------------------------------------------------------
     def grab(self) -> np.ndarray:

@@ -15,8 +15,9 @@ import numpy as np
 from pydantic import Field
 
 from labpnn.drivers import scpi
-from labpnn.drivers.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions
-from labpnn.drivers.scpi import BOOL, FLOAT_PAIR, INT, INT_PAIR, control, measurement
+from labpnn.instruments.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions
+from labpnn.drivers.scpi import control, measurement
+from labpnn.instruments.scpi import BOOL, FLOAT_PAIR, INT, INT_PAIR, fmt_float
 from labpnn.errors import DeviceError, TransportError
 
 _RESOURCE = re.compile(r"^(ASRL[^\s:]+::INSTR|TCPIP\d*::[^\s:]+::\d+::SOCKET)$", re.IGNORECASE)
@@ -24,7 +25,7 @@ _RESOURCE = re.compile(r"^(ASRL[^\s:]+::INSTR|TCPIP\d*::[^\s:]+::\d+::SOCKET)$",
 
 def _pair(value: tuple[float, float]) -> str:
     lo, hi = value
-    return f"{scpi.fmt_float(lo)},{scpi.fmt_float(hi)}"
+    return f"{fmt_float(lo)},{scpi.fmt_float(hi)}"
 
 
 class CrossbarBoard(MappedCrossbar):
@@ -62,7 +63,6 @@ class CrossbarBoard(MappedCrossbar):
     self_test_code = measurement("*TST?", "Self-test result: 0 healthy, else a fault code.", INT)
 
     def __init__(self, name: str = "crossbar", resource: str | None = None, **options: Any):
-        self.check_resource(resource)
         super().__init__(name, resource, **options)
         self.scpi: scpi.SCPISession | None = None
 

@@ -11,7 +11,6 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox
 
 from labpnn.bench import Bench
-from labpnn.cli import DEFAULT_RECIPE
 from labpnn.engine import Run
 from labpnn.errors import LabpnnError
 from labpnn.events import Event
@@ -26,6 +25,7 @@ from labpnn.gui.run_progress import RunProgress
 from labpnn.gui.run_worker import RunWorker
 from labpnn.gui.training_dock import TrainingDock
 from labpnn.recipe import packaged
+from labpnn.recipes import DEFAULT_RECIPE
 from labpnn.runlog import RunReader
 
 REDRAW_MS = 100          # plots redraw at most 10 times a second, however fast events come

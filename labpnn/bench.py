@@ -2,7 +2,7 @@
 
     instruments:
       crossbar:
-        driver: sim-crossbar          # a name from DRIVERS
+        driver: sim-crossbar          # a driver name (labpnn.bench.drivers)
         resource: null                # a PyVISA resource string for real instruments
         options: {seed: 1}            # checked by the driver class's Options model
 
@@ -11,8 +11,7 @@ Instruments are constructed on load (which never touches hardware) and connected
 
 from __future__ import annotations
 
-import importlib
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,15 +21,7 @@ from labpnn.config_errors import describe, read_yaml, validate
 from labpnn.errors import ConfigError
 from labpnn.protocols import Device
 
-DRIVERS = {
-    "crossbar": "labpnn.drivers.crossbar:CrossbarBoard",
-    "sim-crossbar": "labpnn.sim_devices.crossbar:SimCrossbarBoard",
-    "opu": "labpnn.drivers.opu:OPU",
-    "slm": "labpnn.drivers.slm:ScreenSLM",
-    "sim-slm": "labpnn.sim_devices.optics:SimSLM",
-    "camera": "labpnn.drivers.camera:GenICamCamera",
-    "sim-camera": "labpnn.sim_devices.optics:SimCamera",
-}
+DRIVER_GROUP = "labpnn.instruments"  # entry points: pyproject [project.entry-points."labpnn.instruments"]
 
 T = TypeVar("T")
 
@@ -55,9 +46,14 @@ def default_path() -> Path:
     return Path(str(resources.files("labpnn") / "instruments.yaml"))
 
 
+def drivers() -> dict[str, metadata.EntryPoint]:
+    """The instrument classes a bench may name, by driver name: labpnn's own and any package's
+    that registers an entry point in the group `labpnn.instruments`."""
+    return {ep.name: ep for ep in metadata.entry_points(group=DRIVER_GROUP)}
+
+
 def driver_class(driver: str) -> type:
-    module, _, cls = DRIVERS[driver].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return drivers()[driver].load()
 
 
 class Bench:
@@ -114,9 +110,10 @@ class Bench:
 
 def _construct(path: Path, name: str, entry: InstrumentEntry) -> Device:
     where = f"bench file {path}: instrument {name!r}"
-    if entry.driver not in DRIVERS:
+    known = drivers()
+    if entry.driver not in known:
         raise ConfigError(f"{where}: key 'driver': unknown driver {entry.driver!r}; "
-                          f"known: {', '.join(sorted(DRIVERS))}")
+                          f"known: {', '.join(sorted(known))}")
     cls = driver_class(entry.driver)
     check = getattr(cls, "check_resource", None)
     if check is not None:

@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from labpnn.errors import LabpnnError
-
-DEFAULT_RECIPE = "mnist1d-memristor"
+from labpnn.recipes import DEFAULT_RECIPE
 
 
 def _run(args: argparse.Namespace) -> int:

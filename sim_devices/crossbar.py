@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labpnn.drivers.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions
-from labpnn.drivers.scpi import DataOutOfRange, DeviceSpecificError, SCPIError, SettingsConflict
+from labpnn.instruments.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions
+from labpnn.instruments.scpi import DataOutOfRange, DeviceSpecificError, SCPIError, SettingsConflict
 
 # Programming error (one write attempt) of ReRAM, sigma in uS as a polynomial in G/g_max,
 # fitted for g_max = 40 uS: aihwkit ReRamWan2022NoiseModel, 1 s after programming
@@ -90,7 +90,7 @@ class CrossbarPhysics:
     """A seeded memristor crossbar: write-verify programming, read noise, ADC, faults.
 
     Not thread-safe: its owner (the in-process twin or the SCPI server) serialises calls.
-    Refusals raise the SCPI-typed errors of labpnn.drivers.scpi and change nothing.
+    Refusals raise the SCPI-typed errors of labpnn.instruments.scpi and change nothing.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, **options: Any):

@@ -24,9 +24,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labpnn.drivers.camera import CameraSettings, frame_health
-from labpnn.drivers.slm import PhaseLUT, SLMGeometry, validate_frames
+from labpnn.instruments.camera import CameraSettings, frame_health
+from labpnn.instruments.slm import PhaseLUT, SLMGeometry, validate_frames
 from labpnn.errors import DeviceError, TransportError
+from labpnn.instruments.base import Instrument
 from labpnn.protocols import Health
 
 EXACT_POISSON_BELOW = 10.0  # e-; above, the shot noise's Gaussian approximation is used
@@ -116,17 +117,14 @@ class OpticalTable:
             self._fields = None
 
 
-class _Twin:
-    """What the optics twins share: name, lock, connection flag, fault bookkeeping."""
+class _Twin(Instrument):
+    """What the optics twins share: the instrument base, connection flag, fault bookkeeping."""
 
     simulated = True
     FAULTS: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, name: str, resource: str | None):
-        self.check_resource(resource)
-        self.name = name
-        self.resource = resource
-        self._lock = threading.RLock()
+    def __init__(self, name: str, resource: str | None, **options: Any):
+        super().__init__(name, resource, **options)
         self._connected = False
         self.faults: dict[str, dict[str, Any]] = {}
 
@@ -144,12 +142,6 @@ class _Twin:
         self.faults.pop("disconnect", None)
         self._connected = True
 
-    def __enter__(self):
-        self.connect()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def inject_fault(self, kind: str, **params: Any) -> None:
         if kind not in self.FAULTS:
@@ -194,8 +186,7 @@ class SimSLM(SLMGeometry, _Twin):
             return self
 
     def __init__(self, name: str = "sim-slm", resource: str | None = None, **options: Any):
-        super().__init__(name, resource)
-        self.options = self.Options(**options)
+        super().__init__(name, resource, **options)
         self.lut = PhaseLUT(self.options.bit_depth, self.options.lut)
         if self.options.modulation == "phase":
             self._level_field = np.exp(1j * self.lut.phases).astype(np.complex64)
@@ -313,8 +304,7 @@ class SimCamera(CameraSettings, _Twin):
         medium_seed: int = 0
 
     def __init__(self, name: str = "sim-camera", resource: str | None = None, **options: Any):
-        super().__init__(name, resource)
-        self.options = self.Options(**options)
+        super().__init__(name, resource, **options)
         self._exposure_us = self.options.exposure_us
         self._gain_db = self.options.gain_db
         self._rng = np.random.default_rng(self.options.seed)

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn.errors import DeviceError
+from labpnn.instruments.opu import OPUFront
 from labpnn.protocols import Health
 from labpnn.sim_devices.optics import CHUNK, ScatteringMedium, detect
 
@@ -45,7 +46,7 @@ class SimOPUSettings(BaseModel):
 
 
 class SimOPU:
-    """The OPU twin's physics; driven by labpnn.drivers.opu.OPU (in process) or the OPU server."""
+    """The OPU twin's physics; driven by SimOPUDevice (in process) or the OPU server."""
 
     def __init__(self, n_components: int, max_n_features: int, **settings: Any):
         if n_components < 1 or max_n_features < 1:
@@ -167,3 +168,25 @@ class SimOPU:
                         "n_components": self.n_components, "max_n_features": self.max_n_features},
                     "n_features": self.n_features, "exposure_us": self.exposure_us,
                     "light_on": self.active, "faults": dict(self.faults)}
+
+
+class SimOPUDevice(OPUFront):
+    """The OPU twin in process, as a bench instrument (driver `sim-opu`): the OPU front end
+    of labpnn.instruments.opu on SimOPU's physics."""
+
+    simulated = True
+
+    class Options(OPUFront.Options):
+        seed: int = Field(0, description="seed of R and of the noise")
+        exposure_us: float = Field(400.0, gt=0, description="base exposure")
+        frametime_us: float = Field(0.0, ge=0, description="time per input frame (real OPU ~500)")
+
+    @classmethod
+    def check_resource(cls, resource: str | None) -> None:
+        if resource is not None:
+            raise ValueError(f"{cls.__name__} is a twin: resource must be empty, got {resource!r}")
+
+    def _make_core(self) -> SimOPU:
+        o = self.options
+        return SimOPU(self.n_components, self.max_n_features, seed=o.seed, exposure_us=o.exposure_us,
+                      frametime_us=o.frametime_us)

@@ -1,4 +1,4 @@
-"""The OPU twin on the network: an OPU server speaking labpnn.drivers.opu_protocol over TCP.
+"""The OPU twin on the network: an OPU server speaking labpnn.instruments.opu_protocol over TCP.
 
 `labpnn sim opu --tcp 127.0.0.1:PORT` (port 0 picks a free one) prints
 `listening on tcp://HOST:PORT` and serves until SIGINT or SIGTERM (exit 0). Each connection
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from labpnn.drivers.opu_protocol import PROTOCOL_VERSION, ProtocolError, recv_message, send_message
+from labpnn.instruments.opu_protocol import PROTOCOL_VERSION, ProtocolError, recv_message, send_message
 from labpnn.errors import LabpnnError, TransportError
 from labpnn.sim_devices.opu import SimOPU, SimOPUSettings
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
-from labpnn.drivers.scpi import CommandError, DataOutOfRange, SCPIError, TooMuchData, fmt_float
+from labpnn.instruments.scpi import CommandError, DataOutOfRange, SCPIError, TooMuchData, fmt_float
 from labpnn.sim_devices.crossbar import CrossbarPhysics, PhysicsOptions
 
 log = logging.getLogger(__name__)

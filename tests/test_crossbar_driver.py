@@ -17,7 +17,7 @@ import pyvisa
 from conftest import hardware_option
 from labpnn.drivers import scpi
 from labpnn.drivers.crossbar import CrossbarBoard
-from labpnn.drivers.scpi import (CommandError, DataOutOfRange, DeviceSpecificError, QueueOverflow,
+from labpnn.instruments.scpi import (CommandError, DataOutOfRange, DeviceSpecificError, QueueOverflow,
                                  SettingsConflict, scpi_error)
 from labpnn.errors import DeviceError, TransportError
 from labpnn.protocols import CrossbarArray

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from labpnn.drivers.crossbar_mapping import differential_pairs, plan_tiles
-from labpnn.drivers.scpi import DataOutOfRange, DeviceSpecificError, SettingsConflict
+from labpnn.instruments.crossbar_mapping import differential_pairs, plan_tiles
+from labpnn.instruments.scpi import DataOutOfRange, DeviceSpecificError, SettingsConflict
 from labpnn.errors import DeviceError
 from labpnn.protocols import CrossbarArray, FaultInjectable
 from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard

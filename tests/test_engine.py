@@ -101,7 +101,7 @@ def test_recipe_naming_a_missing_instrument(tmp_path):
 
 def test_recipe_asking_the_wrong_capability(tmp_path):
     bench = {"instruments": {"crossbar": {"driver": "sim-crossbar"},
-                             "opu": {"driver": "opu", "options": {"simulated": True, "n_components": 100,
+                             "opu": {"driver": "sim-opu", "options": {"n_components": 100,
                                                                  "max_n_features": 64}}}}
     recipe = tiny_recipe(units=[{"kind": "crossbar", "instrument": "opu", "out": 8}])
     with pytest.raises(ConfigError, match="needs a CrossbarArray; instrument 'opu'"):
@@ -109,7 +109,7 @@ def test_recipe_asking_the_wrong_capability(tmp_path):
 
 
 def test_recipe_bench_size_mismatch(tmp_path):
-    bench = {"instruments": {"opu": {"driver": "opu", "options": {"simulated": True, "n_components": 100,
+    bench = {"instruments": {"opu": {"driver": "sim-opu", "options": {"n_components": 100,
                                                                  "max_n_features": 32}}}}
     recipe = tiny_recipe(units=[{"kind": "scattering", "instrument": "opu", "out": 8}])
     with pytest.raises(ConfigError, match="input has 64 features.*.opu. takes at most 32"):

@@ -372,7 +372,7 @@ def optics(table: str) -> dict:
     return {"instruments": {
         "slm": {"driver": "sim-slm", "options": {"width": 64, "height": 64, "mode_block": 4, "table": table}},
         "camera": {"driver": "sim-camera", "options": {"width": 32, "height": 32, "table": table}},
-        "opu": {"driver": "opu", "options": {"simulated": True, "n_components": 200, "max_n_features": 64}},
+        "opu": {"driver": "sim-opu", "options": {"n_components": 200, "max_n_features": 64}},
         "crossbar": {"driver": "sim-crossbar", "options": {"seed": 1}}}}
 
 

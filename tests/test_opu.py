@@ -15,14 +15,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from labpnn.drivers.opu import OPU
-from labpnn.drivers.opu_encoding import (
+from labpnn.units.opu_encoding import (
     BinaryThresholdEncoder,
     SeparatedBitPlanDecoder,
     SeparatedBitPlanEncoder,
 )
-from labpnn.drivers.opu_protocol import recv_message, send_message
+from labpnn.instruments.opu_protocol import recv_message, send_message
 from labpnn.errors import DeviceError, TransportError
 from labpnn.protocols import Device, FaultInjectable, Projector
+from labpnn.sim_devices.opu import SimOPUDevice
 from labpnn.sim_devices.opu_server import OPUServer
 
 N_FEATURES, N_COMPONENTS = 64, 400
@@ -34,7 +35,7 @@ def binary(n, fill=0.5, seed=0, features=N_FEATURES):
 
 @pytest.fixture
 def twin():
-    with OPU(n_components=N_COMPONENTS, max_n_features=N_FEATURES, simulated=True, seed=3) as opu:
+    with SimOPUDevice(n_components=N_COMPONENTS, max_n_features=N_FEATURES, seed=3) as opu:
         yield opu
 
 
@@ -93,8 +94,8 @@ def test_twin_is_a_seeded_uint8_projector(twin):
     Y = twin.transform(X)
     assert Y.dtype == np.uint8 and Y.shape == (50, N_COMPONENTS)
     assert twin.n_inputs == N_FEATURES and twin.n_outputs == N_COMPONENTS
-    with OPU(N_COMPONENTS, N_FEATURES, simulated=True, seed=3) as same, \
-            OPU(N_COMPONENTS, N_FEATURES, simulated=True, seed=4) as other:
+    with SimOPUDevice(N_COMPONENTS, N_FEATURES, seed=3) as same, \
+            SimOPUDevice(N_COMPONENTS, N_FEATURES, seed=4) as other:
         same.fit1d(X=X)
         other.fit1d(X=X)
         np.testing.assert_array_equal(same.transform(X), Y)
@@ -142,7 +143,7 @@ def test_exposure_collapse_fault_darkens_the_output_until_cleared(twin):
 
 
 def test_project_fits_on_the_first_batch_and_returns_float32():
-    with OPU(N_COMPONENTS, N_FEATURES, simulated=True) as opu:
+    with SimOPUDevice(N_COMPONENTS, N_FEATURES) as opu:
         y = opu.project(binary(5))
         assert opu.n_features == N_FEATURES and y.dtype == np.float32 and y.shape == (5, N_COMPONENTS)
         assert opu.last_frame.ndim == 2 and opu.last_frame.size >= N_COMPONENTS
@@ -188,23 +189,24 @@ def test_safe_state_switches_the_light_off_and_the_fit_survives_a_reconnect(twin
     assert twin.snapshot()["device"]["exposure_us"] == before and twin.transform(X).shape == (20, N_COMPONENTS)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"seed": 1}, "simulated OPU only"),
-    ({"simulated": True, "resource": "tcp://127.0.0.1:1"}, "conflict"),
-    ({"resource": "http://x:1"}, "tcp://host:port"),
-    ({"resource": "tcp://host:0"}, "tcp://host:port"),
-    ({"simulated": True, "colour": "red"}, "colour"),
+@pytest.mark.parametrize("cls, kwargs, match", [
+    (OPU, {"seed": 1}, "seed"),
+    (SimOPUDevice, {"resource": "tcp://127.0.0.1:1"}, "twin: resource must be empty"),
+    (OPU, {"resource": "http://x:1"}, "tcp://host:port"),
+    (OPU, {"resource": "tcp://host:0"}, "tcp://host:port"),
+    (SimOPUDevice, {"colour": "red"}, "colour"),
 ])
-def test_bad_options_are_refused(kwargs, match):
+def test_bad_options_are_refused(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        OPU(10, 10, **kwargs)
+        cls(10, 10, **kwargs)
 
 
 def test_bench_style_construction_takes_every_setting_as_an_option():
-    options = {"simulated": True, "n_components": 30, "max_n_features": 8, "seed": 2}
-    OPU.Options(**options)  # what the bench loader validates first
-    opu = OPU(name="opu", resource=None, **options)
+    options = {"n_components": 30, "max_n_features": 8, "seed": 2}
+    SimOPUDevice.Options(**options)  # what the bench loader validates first
+    opu = SimOPUDevice(name="opu", resource=None, **options)
     assert (opu.n_components, opu.max_n_features, opu.simulated) == (30, 8, True)
+    assert OPU(10, 10).simulated is False
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         OPU.Options(n_components=0)
 

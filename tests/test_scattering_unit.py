@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from labpnn.drivers.opu import OPU
+from labpnn.sim_devices.opu import SimOPUDevice
 from labpnn.protocols import Projector, Unit
 from labpnn.sim_devices.optics import SimCamera, SimSLM
 from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector
@@ -26,7 +26,7 @@ def digits():
 
 @pytest.fixture
 def opu():
-    with OPU(n_components=600, max_n_features=64, simulated=True) as device:
+    with SimOPUDevice(n_components=600, max_n_features=64) as device:
         yield device
 
 
@@ -137,7 +137,7 @@ def test_a_wider_slm_projector_gets_the_extra_inputs_off(digits):
 
 def test_units_sharing_an_opu_each_get_their_own_fit(digits):
     X, _ = digits
-    with OPU(n_components=300, max_n_features=200, simulated=True) as shared:
+    with SimOPUDevice(n_components=300, max_n_features=200) as shared:
         first = ScatteringUnit("s1", shared, 64, 10)
         second = ScatteringUnit("s2", shared, 150, 10, encoding="bitplane", bits=2)
         a = first.prepare(X[:200])

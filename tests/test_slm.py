@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import hardware_option
 
-from labpnn.drivers.slm import PhaseLUT, ScreenSLM, validate_frames
+from labpnn.drivers.slm import ScreenSLM
+from labpnn.instruments.slm import PhaseLUT, validate_frames
 from labpnn.errors import DeviceError, TransportError
 from labpnn.protocols import Device
 from labpnn.units.scattering import SpatialLightModulator

@@ -36,7 +36,7 @@ TWIN_NOISE: dict[str, Any] = {"read_noise_rel": 0.15, "prog_tolerance": 0.12}
 IDEAL_NOISE: dict[str, Any] = {"read_noise_rel": 0.0, "read_noise_abs": 0.0, "prog_noise": 0.0, "d2d": 0.0,
                                "levels": 65536, "adc_bits": 24, "prog_tolerance": 1e-4}
 
-OPU_OPTIONS: dict[str, Any] = {"simulated": True, "n_components": 2000, "max_n_features": 1024}
+OPU_OPTIONS: dict[str, Any] = {"n_components": 2000, "max_n_features": 1024}
 
 # The adc-fault recipe's fault, applied to the MNIST network: 24 of the 128 ADC columns return
 # garbage (both units use columns 0..63, so both are hit).
@@ -127,7 +127,7 @@ def bench_dict(seed: int, kind: str = "twin", factors: dict[str, float] | None =
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"instruments": {
         "crossbar": {"driver": "sim-crossbar", "options": crossbar_options(seed, kind, factors, overrides)},
-        "opu": {"driver": "opu", "options": {**OPU_OPTIONS, "seed": 200 + seed}},
+        "opu": {"driver": "sim-opu", "options": {**OPU_OPTIONS, "seed": 200 + seed}},
     }}
 
 

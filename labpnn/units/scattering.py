@@ -2,7 +2,7 @@
 
 Also here: the small protocols an SLM and a camera share (drivers and twins alike), and
 `SLMCameraProjector`, the Projector built from an SLM and a camera looking at the speckle
-behind a scattering medium (the OPU is the other Projector, labpnn.drivers.opu.OPU).
+behind a scattering medium (the OPU is the other Projector: labpnn.instruments.opu.OPUFront).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from labpnn.drivers.opu_encoding import (
+from labpnn.units.opu_encoding import (
     BinaryThresholdEncoder,
     SeparatedBitPlanDecoder,
     SeparatedBitPlanEncoder,
 )
 from labpnn.errors import DeviceError
+from labpnn.instruments.base import Connectable
 from labpnn.protocols import Device, Health, Projector
 from labpnn.units.base import Activation, apply_activation
 
@@ -81,7 +82,7 @@ def _binary_rows(x, n_inputs: int, where: str) -> np.ndarray:
     return x.astype(np.uint8, copy=False)
 
 
-class SLMCameraProjector:
+class SLMCameraProjector(Connectable):
     """Projector over an SLM and a camera: input i drives one macro-pixel of the SLM (binary
     phase 0/pi, or amplitude off/on), the camera frame is read on n_outputs fixed pixels
     (a seeded random subset, or all of them)."""
@@ -184,12 +185,6 @@ class SLMCameraProjector:
         finally:
             self.camera.close()
 
-    def __enter__(self) -> SLMCameraProjector:
-        self.connect()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def identity(self) -> str:
         return f"SLMCameraProjector({self.slm.identity()} -> {self.camera.identity()})"

@@ -16,7 +16,6 @@ class that implements the CrossbarArray protocol on a handful of board primitive
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn.errors import DeviceError
+from labpnn.instruments.base import Instrument
 from labpnn.protocols import Health
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Deployment:
                 "g_read": self.g_read.copy()}
 
 
-class MappedCrossbar:
+class MappedCrossbar(Instrument):
     """The CrossbarArray protocol on top of board primitives, shared by driver and twin.
 
     Subclasses set `simulated` and `Options` (a pydantic model deriving MappingOptions) and
@@ -184,10 +184,7 @@ class MappedCrossbar:
     Options: type[MappingOptions] = MappingOptions
 
     def __init__(self, name: str = "crossbar", resource: str | None = None, **options: Any):
-        self.name = name
-        self.resource = resource
-        self.options = self.Options(**options)
-        self._lock = threading.RLock()
+        super().__init__(name, resource, **options)
         self._config: BoardConfig | None = None
         self._output_on = False
         self._deployment: Deployment | None = None
@@ -288,12 +285,6 @@ class MappedCrossbar:
                 self.safe_state()
                 self._close()
 
-    def __enter__(self):
-        self.connect()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def reset(self) -> None:
         """*RST (outputs off, cells to g_min, defaults), then the options' settings again."""
