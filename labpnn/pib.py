@@ -1,4 +1,5 @@
-"""The Physical Information Bottleneck (PIB) objective and unit-wise optimisation.
+"""The Physical Information Bottleneck (PIB) terms, the optimiser settings, and the generic
+unit-wise optimiser that minimises any Objective (labpnn.objectives).
 
 A unit's output Z is trained to keep what it says about the labels Y and to forget
 the rest of the network input X: maximise I(Y;Z) - beta * I(X;Z), estimated per
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -17,8 +19,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn import info
+from labpnn.protocols import Batch, Objective
 
-__all__ = ["PIBSettings", "PIBTerms", "StepRecord", "UnitOptimiser", "pib_terms"]
+__all__ = ["PIBSettings", "PIBTerms", "StepRecord", "UnitOptimiser", "check_index", "pib_terms"]
 
 
 class PIBTerms(NamedTuple):
@@ -59,7 +62,8 @@ def pib_terms(x, y, z, *, beta: float, alpha: float = 1.01, sigma_x=None,
 
 
 class PIBSettings(BaseModel):
-    """How one unit is optimised (a recipe's `pib` section)."""
+    """How one unit is optimised (a recipe's `pib` section): the optimiser's settings, and the
+    PIB terms' (alpha, beta, sigma_*), which other objectives may also read."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -76,85 +80,73 @@ class PIBSettings(BaseModel):
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One optimisation step: the loss and the information-plane point (bits) of its
-    minibatch, evaluated before the parameter update."""
+    """One optimisation step: the loss and the objective's logged quantities (bits for the
+    information terms) on its minibatch, evaluated before the parameter update."""
 
     step: int
     loss: float
-    i_xz: float
-    i_yz: float
+    values: Mapping[str, float]
 
 
-def _float32(a, name: str) -> torch.Tensor:
-    """a as a finite float32 tensor of >= 2 samples (rows), shape kept."""
-    t = info._tensor(a, name).to(torch.float32)
-    info._check_finite(t, name)
-    return t
-
-
-def _check_index(value, name: str) -> int:
+def check_index(value, name: str) -> int:
+    """value as an int >= 0, or a ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
     return int(value)
 
 
 class UnitOptimiser:
-    """Trains `model` so that z = model(inputs[batch]) maximises the PIB objective with
-    X = x[batch] (the network input, flattened) and Y = y[batch] (integer labels).
+    """Trains `model` (with the objective's own parameters) to minimise `objective.loss` on the
+    minibatch `sample(s)` of each step s.
 
-    The minibatch of step s depends on (seed, s) only (so does torch's RNG inside the
-    step), so a run resumed at step s from state_bytes() reproduces the uninterrupted one.
-    Batches are the whole set when it is smaller than settings.batch_size.
+    `sample(s)` must depend on (its seed, s) only; torch's RNG inside the step is seeded by
+    (seed, s): so a run resumed at step s from state_bytes() reproduces the uninterrupted one.
     """
 
-    def __init__(self, model: torch.nn.Module, inputs, x, y, settings: PIBSettings, seed: int):
+    def __init__(self, model: torch.nn.Module, objective: Objective, sample: Callable[[int], Batch],
+                 settings: PIBSettings, seed: int):
         self.model = model
+        self.objective = objective
+        self.sample = sample
         self.settings = settings
-        self.seed = _check_index(seed, "seed")
-        self.inputs = _float32(inputs, "inputs")
-        x = _float32(x, "x")
-        self.x = x.reshape(x.shape[0], -1)
-        self.y = info._labels(y, "y").to(torch.int64)
-        info._same_n(self.inputs, self.x, "inputs", "x")
-        info._same_n(self.inputs, self.y, "inputs", "y")
-        params = [p for p in model.parameters() if p.requires_grad]
+        self.seed = check_index(seed, "seed")
+        self._own = [p for p in objective.parameters()]
+        params = [p for p in list(model.parameters()) + self._own if p.requires_grad]
         if not params:
             raise ValueError("model: has no trainable parameters")
         kind = torch.optim.Adam if settings.optimiser == "adam" else torch.optim.SGD
         self.optimiser = kind(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        self.batch_size = min(settings.batch_size, self.inputs.shape[0])
-
-    def batch(self, step: int) -> np.ndarray:
-        """The sample indices of step `step`."""
-        rng = np.random.default_rng([self.seed, _check_index(step, "step")])
-        return rng.choice(self.inputs.shape[0], self.batch_size, replace=False)
 
     def step(self, step: int) -> StepRecord:
         """One optimisation step on the minibatch of `step`."""
-        idx = torch.from_numpy(self.batch(step))
-        s = self.settings
+        check_index(step, "step")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + step)
-            z = self.model(self.inputs[idx])
-            terms = pib_terms(self.x[idx], self.y[idx], z, beta=s.beta, alpha=s.alpha,
-                              sigma_x=s.sigma_x, sigma_z=s.sigma_z)
+            loss, values = self.objective.loss(self.model, self.sample(step))
             self.optimiser.zero_grad(set_to_none=True)
-            terms.loss.backward()
+            loss.backward()
             self.optimiser.step()
-        return StepRecord(step, terms.loss.item(), terms.i_xz.item(), terms.i_yz.item())
+        return StepRecord(step, loss.item(), {k: float(v) for k, v in values.items()})
 
     def state_bytes(self) -> bytes:
-        """The model's and the optimiser's state, for a checkpoint."""
+        """The model's, the objective's and the optimiser's state, for a checkpoint."""
         buf = io.BytesIO()
-        torch.save({"model": self.model.state_dict(),
+        torch.save({"model": self.model.state_dict(), "objective": [p.detach() for p in self._own],
                     "optimiser": self.optimiser.state_dict()}, buf)
         return buf.getvalue()
 
     def load_state_bytes(self, b: bytes) -> None:
-        """Restore a state_bytes() checkpoint."""
+        """Restore a state_bytes() checkpoint (one without "objective": written before objectives
+        had parameters)."""
         try:
             state = torch.load(io.BytesIO(b), weights_only=True)
+            own = state.get("objective", [])
+            if len(own) != len(self._own):
+                raise ValueError(f"{len(own)} objective parameters saved, {len(self._own)} expected")
             self.model.load_state_dict(state["model"])
+            with torch.no_grad():
+                for p, saved in zip(self._own, own):
+                    p.copy_(saved)
             self.optimiser.load_state_dict(state["optimiser"])
         except Exception as exc:  # torch.load and load_state_dict raise many kinds
             raise ValueError(f"b: not a state saved by UnitOptimiser.state_bytes() "

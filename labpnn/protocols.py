@@ -2,15 +2,22 @@
 
 Instruments (drivers and twins alike) implement `Device` plus one capability each;
 units implement `Unit`. The engine checks these with isinstance() where it uses them
-and never imports a concrete driver.
+and never imports a concrete driver. The engine's two extension points: an `Objective`
+(what one unit minimises) and a `Scheme` (who trains when and where); docs/engine.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch only for the annotations: importing a twin must stay light
+    import torch
+
+    from labpnn.run_context import RunContext
 
 
 @dataclass(frozen=True)
@@ -149,3 +156,49 @@ class Unit(Protocol):
         """What the model predicts measure(h) to be, without touching hardware; None when the
         physical stage must be measured to know (the health checks then use history only)."""
         ...
+
+    @property
+    def last_frame(self) -> np.ndarray | None:
+        """The 2-D image its instruments saw last (a camera frame, an OPU output), for the
+        GUI; None for units without one."""
+        ...
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One minibatch for one unit.
+    x: the global network input rows (float32, flattened), h: the unit's measured input rows (what
+    model() takes), targets: named tensors the objective needs:
+      "y" integer labels (supervised); "x2", "h2" a second augmented view (unsupervised);
+      "action", "reward", "h_next", "done" (TD learning)."""
+
+    x: torch.Tensor
+    h: torch.Tensor
+    targets: Mapping[str, torch.Tensor]
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What one unit minimises on a batch (layer-local: no gradient crosses units)."""
+
+    name: str
+    needs: frozenset[str]  # the target names its loss reads, e.g. {"y"}
+
+    def parameters(self) -> Iterable[torch.nn.Parameter]:
+        """Its own trainable digital parts (a local head, ...), optimised with the unit's model;
+        may be empty."""
+        ...
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar to minimise and the quantities to log, e.g. {"I_XZ": bits, "I_YZ": bits}."""
+        ...
+
+
+@runtime_checkable
+class Scheme(Protocol):
+    """Who trains when and where: the order in which units are optimised, deployed and
+    measured, written against a RunContext only."""
+
+    name: str
+
+    def run(self, ctx: RunContext) -> None: ...

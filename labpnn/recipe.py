@@ -14,7 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labpnn.config_errors import read_yaml, validate
 from labpnn.errors import ConfigError
+from labpnn.objectives import DEFAULT as DEFAULT_OBJECTIVE
+from labpnn.objectives import OBJECTIVES
 from labpnn.pib import PIBSettings
+from labpnn.schemes import DEFAULT as DEFAULT_SCHEME
+from labpnn.schemes import SCHEMES
 
 
 class Strict(BaseModel):
@@ -41,6 +45,7 @@ class UnitSpec(Strict):
     optical_features: int | None = Field(None, ge=1, description="camera pixels used (SLM + camera)")
     clip: float | None = Field(None, gt=0, description="crossbar: deploy weights clipped to +-clip x their RMS")
     pib: dict = Field(default_factory=dict, description="per-unit overrides of the recipe's pib")
+    objective: str | dict | None = Field(None, description="this unit's objective, if not the recipe's")
 
     @property
     def instruments(self) -> list[str]:
@@ -82,24 +87,42 @@ class Recipe(Strict):
     seed: int = 0
     dataset: DatasetSpec
     units: list[UnitSpec] = Field(min_length=1)
+    scheme: str | dict | None = Field(None, description="who trains when and where; None: cascade")
+    objective: str | dict | None = Field(None, description="what each unit minimises; None: pib")
     pib: PIBSettings = Field(default_factory=PIBSettings)
     readout: ReadoutSpec = Field(default_factory=ReadoutSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     faults: FaultPolicy = Field(default_factory=FaultPolicy)
 
     @model_validator(mode="after")
-    def _unit_pib_overrides(self):
-        for i, unit in enumerate(self.units):
-            try:
+    def _plug_ins_and_overrides(self):
+        try:
+            SCHEMES.parse(self.scheme_spec(), "scheme")
+            for i in range(len(self.units)):
                 self.unit_pib(i)
-            except ConfigError as exc:
-                raise ValueError(f"units.{i}.pib: {exc}") from None
+                OBJECTIVES.parse(self.objective_spec(i), self.objective_field(i))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
+
+    def scheme_spec(self) -> str | dict:
+        return self.scheme if self.scheme is not None else DEFAULT_SCHEME
+
+    def objective_field(self, index: int) -> str:
+        """Where unit `index`'s objective is set in the recipe (for error messages)."""
+        return f"units.{index}.objective" if self.units[index].objective is not None else "objective"
+
+    def objective_spec(self, index: int) -> str | dict:
+        """Unit `index`'s objective: its own, else the recipe's, else pib."""
+        for spec in (self.units[index].objective, self.objective):
+            if spec is not None:
+                return spec
+        return DEFAULT_OBJECTIVE
 
     def unit_pib(self, index: int) -> PIBSettings:
         """The recipe's PIB settings with unit `index`'s overrides applied."""
         merged = {**self.pib.model_dump(), **self.units[index].pib}
-        return validate(PIBSettings, merged, f"unit {index} pib")
+        return validate(PIBSettings, merged, f"units.{index}.pib")
 
     def instruments(self) -> list[str]:
         names = [n for u in self.units for n in u.instruments]

@@ -1,0 +1,48 @@
+"""The supervised PIB objective: maximise I(Y;Z) - beta * I(X;Z) on each minibatch."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from labpnn.objectives import ObjectiveContext, register_objective
+from labpnn.pib import pib_terms
+from labpnn.protocols import Batch
+
+
+class PIBOptions(BaseModel):
+    """`objective: {name: pib, ...}`: each omitted term comes from the recipe's `pib:` section."""
+
+    model_config = ConfigDict(extra="forbid")
+    alpha: float | None = Field(None, gt=0)
+    beta: float | None = Field(None, ge=0)
+    sigma_x: float | None = Field(None, gt=0)
+    sigma_z: float | None = Field(None, gt=0)
+
+
+class PIBObjective:
+    """Supervised PIB: loss -(I(Y;Z) - beta I(X;Z)) in bits, Z = model(h), with labels "y"."""
+
+    name = "pib"
+    needs = frozenset({"y"})
+
+    def __init__(self, *, beta: float, alpha: float = 1.01, sigma_x: float | None = None,
+                 sigma_z: float | None = None):
+        self.beta, self.alpha, self.sigma_x, self.sigma_z = beta, alpha, sigma_x, sigma_z
+
+    def parameters(self):
+        return []
+
+    def loss(self, model, batch: Batch):
+        terms = pib_terms(batch.x, batch.targets["y"], model(batch.h), beta=self.beta, alpha=self.alpha,
+                          sigma_x=self.sigma_x, sigma_z=self.sigma_z)
+        return terms.loss, {"I_XZ": terms.i_xz.item(), "I_YZ": terms.i_yz.item()}
+
+
+def _build(options: PIBOptions, ctx: ObjectiveContext) -> PIBObjective:
+    s = ctx.settings
+    pick = {k: getattr(s, k) if getattr(options, k) is None else getattr(options, k)
+            for k in ("alpha", "beta", "sigma_x", "sigma_z")}
+    return PIBObjective(**pick)
+
+
+register_objective("pib", PIBOptions, _build)
