@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labpnn.events import Event
+from labpnn.events import InfoEvent
 from labpnn.runlog import RunLayout, RunLog, RunReader, UnitLayout
 
 
@@ -58,7 +58,7 @@ def main() -> None:
         event_t = []
         for i in range(200):
             t0 = time.perf_counter()
-            log.event(Event("info", f"message {i}", unit=0))
+            log.event(InfoEvent(text=f"message {i}", unit=0))
             event_t.append(time.perf_counter() - t0)
         feat_t = []
         block = rng.standard_normal((256, 64)).astype(np.float32)

@@ -26,11 +26,12 @@ from labpnn.gui.run_worker import RunWorker
 from labpnn.gui.training_dock import TrainingDock
 from labpnn.recipe import packaged
 from labpnn.recipes import DEFAULT_RECIPE
+from labpnn.run_state import LIVE
 from labpnn.runlog import RunReader
 
 REDRAW_MS = 100          # plots redraw at most 10 times a second, however fast events come
 FOLLOW_MS = 1000         # a run file being written elsewhere is re-read once a second
-LIVE_STATES = ("running", "pausing", "paused", "aborting")
+LIVE_STATES = frozenset(s.value for s in LIVE)  # a run file in one of these is being written
 
 pg.setConfigOptions(background="w", foreground="k", antialias=True)
 
@@ -180,7 +181,7 @@ class MainWindow(QMainWindow):
         try:
             with RunReader(path) as reader:
                 data = RunData.from_reader(reader)
-            run = Run.resume(path, self.bench)
+            run = Run.reopen(path, self.bench)
         except LabpnnError as exc:
             QMessageBox.warning(self, "Cannot continue the run", str(exc))
             return
@@ -235,7 +236,7 @@ class MainWindow(QMainWindow):
 
     def resume_run(self) -> None:
         if self.running():
-            self.worker.run.resume_run()
+            self.worker.run.unpause()
 
     def check_run(self) -> None:
         if self.running():

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from labpnn.engine import LOGGED_KINDS
-from labpnn.events import KINDS, Event
+from labpnn.events import KINDS, LOGGED_KINDS, Event
 from labpnn.runlog import RunReader
 
 LISTED_KINDS = tuple(k for k in KINDS if k in LOGGED_KINDS)

@@ -8,6 +8,7 @@ import traceback
 from PySide6.QtCore import QObject, Signal
 
 from labpnn.errors import LabpnnError
+from labpnn.run_state import REQUESTS
 from labpnn.gui.bridge import EventBridge
 
 
@@ -47,8 +48,7 @@ class RunWorker(QObject):
 
 
 def controls(state: str, active: bool) -> dict[str, bool]:
-    """Which of Pause, Resume, Abort and Check make sense in a run's state."""
-    return {"Pause": active and state == "running",
-            "Resume": active and state in ("pausing", "paused"),
-            "Abort": active and state in ("running", "pausing", "paused"),
-            "Check": active and state == "running"}
+    """Which of Pause, Resume, Abort and Check make sense in a run's state (the engine's
+    run_state.REQUESTS; `state` may also be the GUI's own "starting")."""
+    return {request.capitalize(): active and state in {s.value for s in states}
+            for request, states in REQUESTS.items()}

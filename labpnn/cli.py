@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
     bench = Bench.load(args.config)
     if args.resume:
-        run = Run.resume(args.resume, bench)
+        run = Run.reopen(args.resume, bench)
     else:
         recipe = load_recipe(args.recipe)
         out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
@@ -98,7 +98,7 @@ class _FaultPrompt:
             except (EOFError, OSError):
                 answer = "a"
             if answer in ("c", "continue"):
-                self.run.resume_run()
+                self.run.unpause()
                 return
             if answer in ("a", "abort"):
                 self.run.abort("aborted by the operator at the fault prompt")

@@ -15,7 +15,9 @@ its floor for a whole batch is stuck only if its history makes that improbable.
 
 from __future__ import annotations
 
+import enum
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import beta, binom
@@ -32,13 +34,34 @@ ACCURACY_DROP = 0.10       # verification: test accuracy lost (absolute) with no
 QUIET_P = 1e-9             # a batch at a channel's floor this improbable, given its history, is stuck
 
 
+class Diagnosis(enum.StrEnum):
+    """What is wrong with a channel."""
+    NON_FINITE = "non-finite"
+    CLIPPED = "clipped"
+    STUCK = "stuck"
+    UNCORRELATED = "uncorrelated with its inputs"   # moves, but not as the model predicts
+    SPURIOUS = "spurious signal"                    # moves where the model predicts a constant
+    NOISIER = "noisier"
+
+
+@dataclass(frozen=True)
+class ChannelFault:
+    """One broken channel: its diagnosis, and the numbers behind it."""
+    diagnosis: Diagnosis
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.diagnosis.value}: {self.detail}"
+
+
 class ChannelMonitor:
     """Per-channel checks on the batches of one unit's measurements, with a memory of how
     each channel behaved while healthy. `faulty` accumulates the channels found broken."""
 
-    def __init__(self, n_channels: int, known: dict[int, str] | None = None,
+    def __init__(self, n_channels: int, known: dict[int, ChannelFault] | None = None,
                  reference: np.ndarray | None = None):
-        self.faulty: dict[int, str] = dict(known or {})
+        self._start = (n_channels, dict(known or {}), reference)
+        self.faulty: dict[int, ChannelFault] = dict(known or {})
         self._noise = np.full(n_channels, np.nan)  # healthy residual (measured - predicted) spread
         self._spread = np.full(n_channels, np.nan)  # healthy output spread
         self._floor = np.full(n_channels, np.nan)  # healthy minimum (a ReLU's 0)
@@ -52,6 +75,11 @@ class ChannelMonitor:
                 self._remember(ref, np.ones(n_channels, bool))
                 self.live |= _live(self._spread)
 
+    def restart(self) -> None:
+        """Forget every batch seen: back to the channels known broken and the reference given
+        (to measure again after the instrument was fixed)."""
+        self.__init__(*self._start)
+
     def broken_live(self) -> tuple[int, int]:
         """(broken, live): how many of the channels seen carrying signal are broken."""
         live = np.flatnonzero(self.live)
@@ -63,19 +91,20 @@ class ChannelMonitor:
         broken, live = self.broken_live()
         return live > 0 and broken >= INSTRUMENT * live
 
-    def check(self, measured: np.ndarray, predicted: np.ndarray | None = None) -> dict[int, str]:
+    def check(self, measured: np.ndarray, predicted: np.ndarray | None = None) -> dict[int, ChannelFault]:
         """The channels newly found broken in this batch, with the reason for each."""
         measured = np.asarray(measured, np.float64)
-        found: dict[int, str] = {}
+        found: dict[int, ChannelFault] = {}
         bad = ~np.isfinite(measured).all(0)
         for c in np.flatnonzero(bad):
-            found[int(c)] = "non-finite: NaN or infinite values"
+            found[int(c)] = ChannelFault(Diagnosis.NON_FINITE, "NaN or infinite values")
         finite = np.where(np.isfinite(measured), measured, 0.0)
         spread = finite.std(0)
         if len(measured) >= 8:
             top = (finite >= finite.max(0) - 1e-12).mean(0)
             for c in np.flatnonzero((top > MAX_CLIPPED) & (spread > MIN_SPREAD)):
-                found.setdefault(int(c), f"clipped: {100 * top[c]:.0f} % of values at {finite[:, c].max():.3g}")
+                found.setdefault(int(c), ChannelFault(Diagnosis.CLIPPED, f"{100 * top[c]:.0f} % of values at "
+                                                                      f"{finite[:, c].max():.3g}"))
         if predicted is not None and len(measured) >= 8:
             predicted = np.asarray(predicted, np.float64)
             live = _live(predicted.std(0))
@@ -85,7 +114,8 @@ class ChannelMonitor:
             stuck = (spread < 0.05 * self._spread) & np.isfinite(self._spread)
             for c in np.flatnonzero(stuck):
                 if not self._quiet_by_chance(finite[:, c], c):
-                    found.setdefault(int(c), f"stuck: spread fell to {spread[c]:.3g} from {self._spread[c]:.3g}")
+                    found.setdefault(int(c), ChannelFault(Diagnosis.STUCK, f"spread fell to {spread[c]:.3g} from "
+                                                                          f"{self._spread[c]:.3g}"))
         healthy = np.ones(measured.shape[1], bool)
         healthy[list(found)] = False
         healthy[list(self.faulty)] = False
@@ -137,25 +167,26 @@ class ChannelMonitor:
         floor = max(float(np.quantile(residual[live], 0.25)), MIN_SPREAD)  # the hardware's usual residual
         # stuck: the model predicts variation well above the usual residual, the channel shows none
         for c in np.flatnonzero(live & (ref_spread > 2 * floor) & (spread <= MIN_SPREAD)):
-            found.setdefault(int(c), f"stuck: at {measured[0, c]:.3g} while the model predicts a spread of "
-                                     f"{ref_spread[c]:.3g}")
+            found.setdefault(int(c), ChannelFault(Diagnosis.STUCK, f"at {measured[0, c]:.3g} while the model "
+                                                                  f"predicts a spread of {ref_spread[c]:.3g}"))
         m = measured - measured.mean(0)
         p = predicted - predicted.mean(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = (m * p).sum(0) / np.sqrt((m**2).sum(0) * (p**2).sum(0))
         outlier = residual > OUTLIER * floor
         for c in np.flatnonzero(live & outlier & (spread > MIN_SPREAD) & (corr < MIN_CORRELATION)):
-            found.setdefault(int(c), f"uncorrelated with its inputs: r = {corr[c]:.2f} against the model, "
-                                     f"residual {residual[c] / floor:.0f}x the other channels'")
+            found.setdefault(int(c), ChannelFault(Diagnosis.UNCORRELATED, f"r = {corr[c]:.2f} against the model, "
+                                                      f"residual {residual[c] / floor:.0f}x the other channels'"))
         # a channel the model holds constant (a dead ReLU) that moves far beyond the noise: garbage
         for c in np.flatnonzero(~live & outlier & (spread > MIN_SPREAD)):
-            found.setdefault(int(c), f"spurious signal: spread {spread[c]:.3g} where the model predicts a "
-                                     f"constant (the other channels' residual: {floor:.3g})")
+            found.setdefault(int(c), ChannelFault(Diagnosis.SPURIOUS, f"spread {spread[c]:.3g} where the model "
+                                                      f"predicts a constant (the other channels' residual: "
+                                                      f"{floor:.3g})"))
         grown = (live & np.isfinite(self._noise) & (residual > NOISE_GROWTH * self._noise)
                  & (residual > NOISY * floor))
         for c in np.flatnonzero(grown):
-            found.setdefault(int(c), f"noisier: residual grew {residual[c] / self._noise[c]:.1f}x against its "
-                                     "history")
+            found.setdefault(int(c), ChannelFault(Diagnosis.NOISIER, f"residual grew "
+                                                      f"{residual[c] / self._noise[c]:.1f}x against its history"))
         fresh = live & np.isnan(self._noise) & (residual > 0)
         self._noise = np.where(fresh, residual, self._noise)
 
@@ -178,11 +209,11 @@ def significant_drop(before: float, now: float, n: int) -> bool:
     return before - now > max(ACCURACY_DROP, noise)
 
 
-def describe_channels(reasons: dict[int, str]) -> str:
+def describe_channels(reasons: dict[int, ChannelFault]) -> str:
     """Broken channels grouped by what is wrong with them, in one line."""
     groups: dict[str, list[int]] = {}
     for channel, reason in sorted(reasons.items()):
-        groups.setdefault(reason.split(":")[0], []).append(channel)
+        groups.setdefault(reason.diagnosis.value, []).append(channel)
     return "; ".join(f"{what}: channel{'s' if len(c) > 1 else ''} {', '.join(map(str, c))}"
                      for what, c in groups.items())
 

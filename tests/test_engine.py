@@ -59,7 +59,7 @@ def test_pause_resume_abort_from_another_thread(tmp_path):
     paused_at = len(RunReader(tmp_path / "run.h5").unit(0).info_plane)
     threading.Event().wait(0.3)
     assert len(RunReader(tmp_path / "run.h5").unit(0).info_plane) == paused_at  # nothing runs while paused
-    run.resume_run()
+    run.unpause()
     run.abort("test abort")
     worker.join(60)
     assert not worker.is_alive()
@@ -75,7 +75,7 @@ def test_aborted_run_resumes_to_completion_without_duplicate_steps(tmp_path):
     run = Run(tiny_recipe(), bench, tmp_path / "run.h5")
     run.bus.subscribe(lambda e: run.abort("stop early") if e.kind == "step" and e.data["step"] == 5 else None)
     assert run.execute() is State.IDLE
-    resumed = Run.resume(tmp_path / "run.h5", twin_bench(tmp_path))
+    resumed = Run.reopen(tmp_path / "run.h5", twin_bench(tmp_path))
     assert resumed.execute() is State.DONE
     info = RunReader(tmp_path / "run.h5").unit(0).info_plane
     assert list(info["step"]) == list(range(12))
@@ -87,7 +87,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     cut = Run(tiny_recipe(), twin_bench(tmp_path), tmp_path / "cut.h5")
     cut.bus.subscribe(lambda e: cut.abort("cut") if e.kind == "step" and e.data["step"] == 7 else None)
     cut.execute()
-    Run.resume(tmp_path / "cut.h5", twin_bench(tmp_path)).execute()
+    Run.reopen(tmp_path / "cut.h5", twin_bench(tmp_path)).execute()
     a = RunReader(tmp_path / "full.h5").unit(0).info_plane
     b = RunReader(tmp_path / "cut.h5").unit(0).info_plane
     np.testing.assert_allclose(a["I_YZ"], b["I_YZ"], rtol=1e-6)

@@ -14,7 +14,7 @@ from labpnn import cli
 from labpnn.bench import Bench
 from labpnn.engine import Run, State
 from labpnn.errors import TransportError
-from labpnn.events import Event
+from labpnn.events import Deployed, Fault, FaultKind, Frame, InfoEvent, InfoPlane
 from labpnn.gui.instruments_dock import InstrumentsDock
 from labpnn.gui.main_window import MainWindow
 from labpnn.protocols import Health
@@ -202,10 +202,10 @@ def test_follow_a_live_file_then_open_it_finished(qtbot, window, bench, tmp_path
         assert w.follow_timer.isActive() and points(w) >= 1
         qtbot.waitUntil(lambda: w.data.state == "paused", timeout=WAIT_MS)
         assert "(paused)" in w.windowTitle()
-        run.resume_run()
+        run.unpause()
         qtbot.waitUntil(lambda: not w.follow_timer.isActive(), timeout=WAIT_MS)  # the file says done
     finally:
-        run.resume_run()
+        run.unpause()
         engine.join(60)
     assert w.data.state == "done" and points(w) == 2 * 12
     assert_plotted_equals_file(w, path)
@@ -265,9 +265,12 @@ def test_output_file_that_exists_is_refused(qtbot, window, tmp_path):
 def test_fault_banner_and_event_filter(qtbot, window):
     w = window
     assert not w.banner.isVisible()
-    message = "crossbar: ADC column 17 reads 0 A; pause, mask the column and retrain, or abort"
-    w.bridge.event.emit(Event("info", "injected simulated fault"))
-    w.bridge.event.emit(Event("fault", message, unit=1, data={"channels": [17]}))
+    detail = "unit 1: 1 broken output channel(s) while measuring train: stuck: channel 17"
+    then = "the run pauses: Resume keeps going with them, Abort stops (resumable)"
+    message = f"{detail}; {then}"
+    w.bridge.event.emit(InfoEvent(text="injected simulated fault"))
+    w.bridge.event.emit(Fault(unit=1, fault=FaultKind.BROKEN_CHANNELS, channels=(17,), split="train", action="pause",
+                              detail=detail, then=then))
     qtbot.waitUntil(w.banner.isVisible, timeout=5000)
     assert message in w.banner.message.text() and "unit 1" in w.banner.message.text()
     assert not w.banner.buttons["Abort"].isEnabled()  # no run to abort
@@ -291,8 +294,7 @@ def test_plots_are_throttled(qtbot, window, monkeypatch):
 
     def engine():
         for step in range(n):
-            w.bridge.event.emit(Event("info_plane", unit=0, data={"step": step, "I_XZ": step / n,
-                                                                  "I_YZ": 1 - step / n, "revision": 0}))
+            w.bridge.event.emit(InfoPlane(unit=0, step=step, I_XZ=step / n, I_YZ=1 - step / n, revision=0))
 
     thread = threading.Thread(target=engine)
     thread.start()
@@ -357,10 +359,10 @@ def test_hardware_views_from_events(qtbot, window):
     rng = np.random.default_rng(0)
     g_target = rng.uniform(1e-6, 40e-6, (6, 8))
     g_read = g_target + rng.normal(0, 1e-6, g_target.shape)
-    w.bridge.event.emit(Event("deployed", "unit 0: deployed", unit=0,
-                              data={"weights": rng.normal(size=(6, 4)), "g_target": g_target, "g_read": g_read}))
+    w.bridge.event.emit(Deployed(unit=0, revision=0, arrays={"weights": rng.normal(size=(6, 4)), "g_target": g_target,
+                                                              "g_read": g_read}))
     frame = rng.uniform(0, 4000, (32, 48))
-    w.bridge.event.emit(Event("frame", unit=1, data={"frame": frame, "what": "slm, camera"}))
+    w.bridge.event.emit(Frame(unit=1, frame=frame, what="slm, camera"))
     qtbot.waitUntil(lambda: w.conductance.unit.count() == 1 and w.frame.image.image is not None, timeout=5000)
     np.testing.assert_allclose(w.conductance.maps["g_target"][1].image, g_target * 1e6)
     np.testing.assert_allclose(w.conductance.maps["g_read"][1].image, g_read * 1e6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labpnn.events import Event
+from labpnn.events import Accuracy, Deployed, InfoPlane, Measured, PhaseStarted, StateChanged, Step
 from labpnn.gui.run_data import RunData
 from labpnn.gui.run_progress import RunProgress
 from labpnn.recipe import parse_recipe
@@ -19,8 +19,8 @@ RECIPE = {"name": "t", "dataset": {"name": "digits", "n_train": 100, "n_test": 5
 def step(unit, s, t=0.0, revision=0):
     """The two events the engine emits per PIB step, in its order."""
     values = {"I_XZ": 1.0 + s, "I_YZ": 0.5 + s / 10}
-    return [Event("step", unit=unit, data={"step": s, "steps": 10, "loss": -s / 10, **values}, time=t),
-            Event("info_plane", unit=unit, data={"step": s, "revision": revision, **values}, time=t)]
+    return [Step(unit=unit, step=s, steps=10, loss=-s / 10, values=values, revision=revision, time=t),
+            InfoPlane(unit=unit, step=s, revision=revision, **values, time=t)]
 
 
 def test_points_carry_the_loss_of_their_step_and_revisions_are_kept_apart():
@@ -50,10 +50,10 @@ def test_a_resumed_run_redoing_steps_replaces_them():
 def test_accuracies_deployed_arrays_and_log():
     data = RunData()
     g = np.full((3, 4), 2e-5)
-    data.apply(Event("deployed", "unit 0: deployed", unit=0, data={"g_target": g, "g_read": g * 1.01}))
-    data.apply(Event("accuracy", "probe", unit=0, data={"split": "test", "value": 0.8, "what": "probe"}))
-    data.apply(Event("accuracy", "readout", data={"split": "test", "value": 0.9, "what": "readout"}))
-    data.apply(Event("state", "paused", data={"state": "paused"}))
+    data.apply(Deployed(unit=0, revision=0, arrays={"g_target": g, "g_read": g * 1.01}))
+    data.apply(Accuracy(unit=0, split="test", value=0.8, what="probe"))
+    data.apply(Accuracy(split="test", value=0.9, what="readout"))
+    data.apply(StateChanged(state="paused"))
     assert data.accuracies == {(0, "probe", "test"): 0.8, (None, "readout", "test"): 0.9}
     np.testing.assert_array_equal(data.deployed[0]["g_read"], g * 1.01)
     assert data.state == "paused"
@@ -63,9 +63,8 @@ def test_accuracies_deployed_arrays_and_log():
 def test_remaining_time_from_the_rates_seen():
     progress = RunProgress(parse_recipe(RECIPE), clock=lambda: 100.0)
     assert progress.remaining() is None and progress.elapsed() == 0.0
-    progress.apply(Event("state", data={"state": "running"}, time=90.0))
-    progress.apply(Event("phase", "unit 0: PIB optimisation, 10 steps", unit=0,
-                         data={"phase": "optimise", "steps": 10}, time=90.0))
+    progress.apply(StateChanged(state="running", time=90.0))
+    progress.apply(PhaseStarted(unit=0, phase="optimise", steps=10, what="pib", time=90.0))
     for s in range(4):  # one step every 0.5 s
         for ev in step(0, s, t=91.0 + s / 2):
             progress.apply(ev)
@@ -73,15 +72,13 @@ def test_remaining_time_from_the_rates_seen():
     seconds, lower_bound = progress.remaining()
     assert lower_bound  # no input measured yet: measuring is left out
     assert seconds == pytest.approx(0.5 * (6 + 20))
-    progress.apply(Event("phase", "unit 0: measuring train", unit=0,
-                         data={"phase": "measure", "split": "train", "steps": 100}, time=93.0))
+    progress.apply(PhaseStarted(unit=0, phase="measure", split="train", steps=100, time=93.0))
     for done in (25, 50):  # 0.04 s per input
-        progress.apply(Event("measure", unit=0, data={"split": "train", "done": done, "total": 100},
-                             time=93.0 + done * 0.04))
+        progress.apply(Measured(unit=0, split="train", done=done, total=100, time=93.0 + done * 0.04))
     seconds, lower_bound = progress.remaining()
     inputs = (100 + 50) + (100 + 100 + 50) + 50  # unit 0: prepare + test; unit 1: all; unit 0 train rest
     assert not lower_bound
     assert seconds == pytest.approx(0.5 * 26 + 0.04 * inputs)
     assert progress.elapsed() == pytest.approx(10.0)
-    progress.apply(Event("state", data={"state": "idle"}, time=96.0))
+    progress.apply(StateChanged(state="idle", time=96.0))
     assert progress.remaining() == (0.0, False) and progress.elapsed() == pytest.approx(6.0)

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labpnn.errors import RunLogError
-from labpnn.events import Event
+from labpnn.events import InfoEvent, StateChanged, WarningEvent
 from labpnn.runlog import (
     FORMAT_VERSION, MESSAGE_BYTES, PHASES, STATES, RunLayout, RunLog, RunReader, UnitLayout,
     format_summary,
@@ -74,7 +74,7 @@ def full_run(path: Path, layout: RunLayout | None = None) -> None:
     rng = np.random.default_rng(0)
     with new_log(path, layout) as log:
         log.set_state("running")
-        log.event(Event("state", "running", data={"state": "running"}))
+        log.event(StateChanged(state="running"))
         for unit in range(2):
             for s in range(layout.units[unit].steps):
                 log.step(unit, 0, s, loss=1.0 / (s + 1), i_xz=5.0 - 0.01 * s, i_yz=0.02 * s,
@@ -373,8 +373,8 @@ def test_events_truncated_with_ellipsis(tmp_path):
     path = tmp_path / "run.h5"
     long = "é" * 1000
     with new_log(path) as log:
-        log.event(Event("warning", long, unit=1))
-        log.event(Event("info", "short"))
+        log.event(WarningEvent(text=long, unit=1))
+        log.event(InfoEvent(text="short"))
     with RunReader(path) as r:
         ev = r.events
     assert ev[0]["unit"] == 1 and ev[1]["unit"] is None
@@ -443,7 +443,7 @@ def test_reader_while_writer_live_same_process(tmp_path):
         log.step(0, 0, s, loss=1.0, i_xz=2.0, i_yz=0.5, state=state_bytes(s))
     reader.refresh()
     assert list(reader.units[0].info_plane["step"]) == list(range(5))
-    log.event(Event("info", "hello"))
+    log.event(InfoEvent(text="hello"))
     log.features(0, 0, "train", 0, np.ones((10, 16)))
     reader.refresh()
     assert reader.events[-1]["message"] == "hello"
@@ -467,7 +467,7 @@ def test_reader_while_writer_live_same_process(tmp_path):
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from labpnn.events import Event
+    from labpnn.events import InfoEvent
     from labpnn.runlog import RunLayout, RunLog, UnitLayout
 
     path, mode, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -487,7 +487,7 @@ WRITER = textwrap.dedent("""
         log.step(0, 0, s, loss=float(s), i_xz=s * 0.1, i_yz=s * 0.01,
                  state=s.to_bytes(8, "little") * 5000)
         if s % 7 == 0:
-            log.event(Event("info", f"step {s}"))
+            log.event(InfoEvent(text=f"step {s}"))
         if s % 11 == 0:
             log.features(0, 0, "train", (s * 13) % 4900, rng.standard_normal((100, 4)))
         print(s, flush=True)

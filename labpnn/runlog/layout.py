@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from labpnn.errors import RunLogError
+from labpnn.run_state import STATES  # noqa: F401  (re-exported: the states a file may record)
 
 PHASES = ("optimised", "deployed", "measured")  # checkpoint names, per unit and revision
 
 FORMAT = "labpnn-run"            # root attribute `labpnn_format`: marks a labpnn run file
 FORMAT_VERSION = 1               # root attribute `format_version`
-STATES = ("idle", "running", "pausing", "paused", "aborting", "done", "failed")
 SPLITS = ("train", "test")
 PARAM_KINDS = ("trained", "deployed")
 ACCURACY_KINDS = ("probe", "readout", "verify")

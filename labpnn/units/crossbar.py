@@ -112,6 +112,11 @@ class CrossbarUnit:
             self._weights, self._token = first["weights"], getattr(self.device, "deployment_id", None)
         return ok
 
+    @property
+    def last_frame(self) -> None:
+        """A crossbar has no image to show."""
+        return None
+
     def measure(self, h: np.ndarray) -> np.ndarray:
         """activation(device.matmul([h, 1])), (n, out_features) float32."""
         x = self._inputs(h)
