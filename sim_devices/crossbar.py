@@ -73,6 +73,8 @@ class PhysicsOptions(BaseModel):
     drift_t0: float = Field(20.0, gt=0, description="drift reference time t0 (s)")
     r_wire: float = Field(0.0, ge=0, description="series resistance of each column line "
                           "(ohm; 0: no IR drop)")
+    stuck_fraction: float = Field(0.0, ge=0, le=1, description="cells stuck from power-on, at "
+                                  "g_min or g_max alike (a board's stuck-cell yield)")
     serial: str = Field("0001", description="serial number in *IDN?")
 
     @model_validator(mode="after")
@@ -104,6 +106,9 @@ class CrossbarPhysics:
         self._levels = np.linspace(opts.g_min, opts.g_max, opts.levels)
         self._stuck = np.zeros(shape, bool)
         self._stuck_value = np.zeros(shape)
+        if opts.stuck_fraction:
+            self._inject_stuck(fraction=opts.stuck_fraction, seed=int(setup.integers(1 << 31)))
+        self._born_stuck = self._stuck.copy()
         self._adc_faults: dict[int, tuple[str, float, bool]] = {}  # col -> (mode, value, reported)
         self.applied_vectors = 0
         self.reset()
@@ -398,8 +403,9 @@ class CrossbarPhysics:
             self._adc_faults[int(c)] = (mode, float(value), bool(reported))
 
     def clear_faults(self) -> None:
-        """All faults off; stuck cells return to their programmed conductance."""
-        self._stuck[:] = False
+        """All faults off; stuck cells return to their programmed conductance (those stuck from
+        power-on, `stuck_fraction`, stay)."""
+        self._stuck[:] = self._born_stuck
         self._adc_faults.clear()
         self._invalidate()
 
