@@ -25,6 +25,7 @@ its safe state (output off).
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,9 +34,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import h5py
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
+from labpnn.config_errors import describe
 from labpnn.errors import AbortRequested, ConfigError, DeviceError, LabpnnError
 from labpnn.protocols import CrossbarArray
 from labpnn.provenance import versions
@@ -114,54 +116,66 @@ class Characterisation:
     drift re-reads wait on (a test passes a virtual clock that the twin shares); `stop`, when
     set from another thread or a signal handler, ends it at the next measurement."""
 
-    def __init__(self, board: CrossbarBoardAPI, path: str | Path, settings: CharacteriseSettings | None = None,
+    def __init__(self, board: CrossbarBoardAPI, path: str | Path | None = None, settings: CharacteriseSettings | None = None,
                  *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  progress: bool = True):
         if not isinstance(board, CrossbarBoardAPI):
             raise ConfigError(f"characterise needs a crossbar board (driver crossbar or sim-crossbar); "
                               f"{getattr(board, 'name', board)!r} ({type(board).__name__}) does not offer "
                               "program_conductances, read_conductances, mvm_voltages and the board settings")
-        self.board, self.path = board, Path(path)
+        self.board, self.path = board, Path(path) if path is not None else None
         self.settings = settings or CharacteriseSettings()
         self.clock, self.sleep = clock, sleep
         self.stop = threading.Event()
         self.progress = progress
+        self.current = "setup"
         self._bar: tqdm | None = None
+        self._t_prog = np.zeros(1)
 
     def run(self) -> Path:
-        """Measure every step; the file is complete when this returns. Raises AbortRequested
-        (stopped) or DeviceError (the board refused): the file keeps the completed steps."""
+        """Measure every step into the file; it is complete when this returns. Raises
+        AbortRequested (stopped) or DeviceError (the board refused): the file keeps the
+        completed steps, the board is reset or at least safe."""
+        board = self._prepare()
+        snap = board.snapshot()
+        snap["self_test"] = board.self_test().__dict__
+        out = CharacterisationFile(self.path, self.settings, snap)
+        try:
+            self.measure(out)
+        except AbortRequested as exc:
+            self._finish(out, f"stopped during {self.current}: {exc}")
+            raise
+        except DeviceError as exc:
+            self._finish(out, f"the board failed during {self.current}: {exc}")
+            raise DeviceError(f"characterisation stopped at step {self.current!r}: {exc}; the board is in its "
+                              f"safe state; {self.path} keeps the steps completed before it") from None
+        except BaseException as exc:
+            self._finish(out, f"{type(exc).__name__} during {self.current}: {exc}")
+            raise
+        self._finish(out, "")
+        return self.path
+
+    def measure(self, out, steps: tuple[str, ...] = STEPS) -> None:
+        """Run `steps` (in order, from a reset board), handing each result to `out.step()`
+        (a CharacterisationFile, or a board_stats.BoardData in memory)."""
+        s = self.settings
+        total = 7 + 2 * s.stuck_reads + 2 * s.levels + 2 * s.reads + (len(s.drift_times) + 1) * s.drift_reads
+        self._bar = tqdm(total=total, desc=f"characterising {self.board.name}", unit="cmd",
+                         disable=not self.progress, leave=False, dynamic_ncols=True)
+        for self.current in steps:
+            self._bar.set_description(f"characterising {self.board.name}: {self.current}")
+            getattr(self, f"_{self.current}")(out)
+        self._bar.close()
+
+    def _prepare(self) -> CrossbarBoardAPI:
         board = self.board
         if not board.connected:
             board.connect()
         board.reset()
-        rows, cols = board.array_shape
-        s = self.settings
-        if s.noise_rows > rows:
-            raise ConfigError(f"characterise: noise_rows {s.noise_rows} exceeds the board's {rows} rows")
-        snap = board.snapshot()
-        snap["self_test"] = board.self_test().__dict__
-        out = CharacterisationFile(self.path, s, snap)
-        total = 7 + 2 * s.stuck_reads + 2 * s.levels + 2 * s.reads + (len(s.drift_times) + 1) * s.drift_reads
-        self._bar = tqdm(total=total, desc=f"characterising {board.name}", unit="cmd",
-                         disable=not self.progress, leave=False, dynamic_ncols=True)
-        step = "setup"
-        try:
-            for step in STEPS:
-                self._bar.set_description(f"characterising {board.name}: {step}")
-                getattr(self, f"_{step}")(out)
-        except AbortRequested as exc:
-            self._finish(out, f"stopped during {step}: {exc}")
-            raise
-        except DeviceError as exc:
-            self._finish(out, f"the board failed during {step}: {exc}")
-            raise DeviceError(f"characterisation stopped at step {step!r}: {exc}; the board is in its safe "
-                              f"state; {self.path} keeps the steps completed before it") from None
-        except BaseException as exc:
-            self._finish(out, f"{type(exc).__name__} during {step}: {exc}")
-            raise
-        self._finish(out, "")
-        return self.path
+        if self.settings.noise_rows > board.array_shape[0]:
+            raise ConfigError(f"characterise: noise_rows {self.settings.noise_rows} exceeds the board's "
+                              f"{board.array_shape[0]} rows")
+        return board
 
     # ---------------------------------------------------------------- plumbing
 
@@ -296,3 +310,39 @@ class Characterisation:
         current = self._sweep(rows, volts)
         out.step("adc_range", {"voltages": volts, "currents": current, "expected": volts[:, None] * g.sum(axis=0)},
                  {"adc_range": board.adc_range})
+
+
+def characterise_bench(args, started: Callable[[Characterisation], None]) -> int:
+    """`labpnn characterise crossbar`: the bench's board characterised into args.out, the
+    report written, the summary printed. `started(job)` lets the caller stop it (signals)."""
+    from labpnn import board_stats
+    from labpnn.bench import Bench
+    from labpnn.board_report import write_report
+
+    given = {"noise_rows": args.noise_rows, "levels": args.levels, "reads": args.reads}
+    if args.drift_times is not None:
+        try:
+            given["drift_times"] = [float(t) for t in args.drift_times.split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"--drift-times {args.drift_times!r} is not a comma-separated list of seconds") from None
+    try:
+        settings = CharacteriseSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"characterise: {describe(exc, 'option')}") from None
+    bench = Bench.load(args.config)
+    board = bench.require(args.instrument, CrossbarBoardAPI, "labpnn characterise crossbar")
+    job = Characterisation(board, args.out, settings, progress=not args.quiet)
+    started(job)
+    try:
+        job.run()
+    except AbortRequested:
+        print(f"labpnn: characterisation interrupted; the board is reset and safe; {args.out} keeps the "
+              "completed steps", file=sys.stderr)
+        return 130
+    finally:
+        bench.close()
+    data = board_stats.load(args.out)
+    report = write_report(data, args.report or Path(args.out).with_suffix(""))
+    print(board_stats.format_table(board_stats.summary(data)))
+    print(f"labpnn: characterisation {args.out}, report {report}", file=sys.stderr)
+    return 0

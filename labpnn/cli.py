@@ -5,6 +5,8 @@
   labpnn run --resume RUN.h5      continue a killed, aborted or failed run
   labpnn inspect RUN.h5 [--json]  what a run file holds
   labpnn sim crossbar|opu ...     serve a simulated instrument on its wire protocol
+  labpnn characterise crossbar [--config BENCH] [--out board.h5]   measure a board (docs/characterise.md)
+  labpnn calibrate board.h5 --out twin.yaml                        fit the twin to it
   labpnn gui [RUN.h5]             the bench GUI
 """
 
@@ -121,6 +123,35 @@ def _sim(args: argparse.Namespace) -> int:
     return cli_main(args.rest)
 
 
+def _characterise(args: argparse.Namespace) -> int:
+    from labpnn.characterise import characterise_bench
+
+    jobs = []
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for job in jobs:
+            job.stop.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return characterise_bench(args, jobs.append)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from labpnn import board_stats
+    from labpnn.calibrate import calibrate
+
+    cal = calibrate(board_stats.load(args.board), seed=args.seed)
+    print(cal.table())
+    print(f"labpnn: twin written to {cal.write(args.out, args.instrument)} "
+          f"(use it with --config {args.out})", file=sys.stderr)
+    return 0
+
+
 def _gui(args: argparse.Namespace) -> int:
     from labpnn.gui.app import main as gui_main
 
@@ -152,6 +183,28 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("instrument", choices=["crossbar", "opu"])
     sim.add_argument("rest", nargs=argparse.REMAINDER, help="options of the simulator (--help)")
     sim.set_defaults(func=_sim)
+
+    char = sub.add_parser("characterise", help="measure a crossbar board's noise, programming, drift, "
+                                               "linearity, ADC and stuck cells (docs/characterise.md)")
+    char.add_argument("kind", choices=["crossbar"])
+    char.add_argument("--config", help="bench file (default: ./instruments.yaml, else the packaged twins)")
+    char.add_argument("--instrument", default="crossbar", help="the bench's instrument (default crossbar)")
+    char.add_argument("--out", default="board.h5", help="characterisation file (default board.h5)")
+    char.add_argument("--report", help="folder for the plots and report.md (default: OUT without .h5)")
+    char.add_argument("--noise-rows", type=int, help="rows used for noise, programming and drift (default 64)")
+    char.add_argument("--levels", type=int, help="conductance levels (default 8)")
+    char.add_argument("--reads", type=int, help="reads per cell for read noise (default 24)")
+    char.add_argument("--drift-times", help="re-read times after programming, s, comma-separated "
+                                            "(default 10,30,60,120; '' skips drift)")
+    char.add_argument("--quiet", action="store_true", help="no progress bar")
+    char.set_defaults(func=_characterise)
+
+    cal = sub.add_parser("calibrate", help="fit the crossbar twin's options to a characterisation")
+    cal.add_argument("board", help="board.h5 from labpnn characterise crossbar")
+    cal.add_argument("--out", default="twin.yaml", help="bench file to write (default twin.yaml)")
+    cal.add_argument("--instrument", default="crossbar", help="the twin's name in it (default crossbar)")
+    cal.add_argument("--seed", type=int, default=0, help="the twin's seed (default 0)")
+    cal.set_defaults(func=_calibrate)
 
     gui = sub.add_parser("gui", help="the bench GUI")
     gui.add_argument("--config", help="bench file")
