@@ -173,7 +173,7 @@ def drift(data: BoardData) -> dict[str, Any]:
     ref = data["verify"]["reads"].mean(axis=0)
     mask = data.noise_mask()
     ratio = np.array([[means[t][r][mask[r]].mean() / ref[r][mask[r]].mean() for r in data.level_rows()]
-                      for t in range(len(times))])
+                      for t in range(len(times))]).reshape(len(times), len(data.level_rows()))
     result: dict[str, Any] = {"times": times, "ratio": ratio, "nu": 0.0, "t0": None}
     if len(times) < 2 or not np.all(times > 0):
         return result
@@ -255,7 +255,8 @@ def summary(data: BoardData) -> list[tuple[str, str]]:
                                               "(levels >= 1/4 of the range)"),
             ("write-verify yield", f"{100 * prog[:, 3].min():.2f} % (worst level) .. "
                                    f"{100 * prog[:, 3].max():.2f} %"),
-            ("drift", "none beyond read noise" if dr["t0"] is None else
+            ("drift", "not measured (no re-read times)" if not dr["times"].size else
+                      "none beyond read noise" if dr["t0"] is None else
                       f"nu = {dr['nu']:.4f}, t0 = {dr['t0']:.1f} s "
                       f"(G/G0 = {dr['ratio'][-1].mean():.3f} at {dr['times'][-1]:.0f} s)"),
             ("MVM linearity", f"median gain {lin['median_gain']:.4f}, median deviation "

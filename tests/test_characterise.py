@@ -1,0 +1,157 @@
+"""Characterise a crossbar through its driver, calibrate the twin from the file: a twin with
+hidden options is characterised and its options recovered; bad input is refused by name."""
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from labpnn import backprop, board_stats, data
+from labpnn.bench import Bench
+from labpnn.calibrate import calibrate
+from labpnn.characterise import Characterisation, CharacteriseSettings
+from labpnn.errors import AbortRequested, DataError, DeviceError
+from labpnn.drivers.scpi import DataOutOfRange
+from labpnn.recipe import parse_recipe
+from labpnn.sim_devices.crossbar import SimCrossbarBoard
+
+from test_cli import labpnn
+
+# the hidden board: every fitted option away from the twin's default
+HIDDEN = {"read_noise_rel": 0.10, "read_noise_abs": 0.4e-6, "d2d": 0.3, "prog_noise": 2.0, "prog_tolerance": 0.06,
+          "drift_nu": 0.05, "stuck_fraction": 0.02, "adc_range": 150e-6}
+ARRAY = {"rows": 256, "cols": 64}
+
+
+class VirtualClock:
+    """Time the twin's drift and the characterisation's waits share: sleeping is instant."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, dt: float) -> None:
+        self.t += dt
+
+
+def characterise_twin(path, options, settings=None, **board_options):
+    board = SimCrossbarBoard(name="crossbar", **ARRAY, **options, **board_options)
+    clock = VirtualClock()
+    board.physics.clock = clock
+    settings = settings or CharacteriseSettings(noise_rows=192, drift_times=[40, 100, 300, 1000])
+    job = Characterisation(board, path, settings, clock=clock, sleep=clock.sleep, progress=False)
+    return board, job
+
+
+@pytest.fixture(scope="module")
+def hidden_board(tmp_path_factory):
+    path = tmp_path_factory.mktemp("board") / "board.h5"
+    board, job = characterise_twin(path, HIDDEN, seed=3)
+    job.run()
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibrated(hidden_board):
+    return calibrate(board_stats.load(hidden_board))
+
+
+def test_calibration_recovers_the_hidden_options(calibrated):
+    cal = calibrated
+    off = {k: cal.options[k] / v - 1 for k, v in HIDDEN.items()}
+    assert all(abs(e) < 0.10 for e in off.values()), off
+    assert cal.options["rows"] == 256 and cal.options["prog_iterations"] == 30
+    assert cal.options["r_wire"] == 0.0  # the hidden board has no IR drop
+
+
+def test_a_trained_network_deploys_alike_on_the_board_and_its_twin(calibrated, tmp_path):
+    cal = calibrated
+    twin = Bench.load(cal.write(tmp_path / "twin.yaml"))  # the file the CLI writes loads as a bench
+    assert twin["crossbar"].options.read_noise_rel == pytest.approx(cal.options["read_noise_rel"])
+    ds = data.load("digits", seed=0)
+    recipe = parse_recipe({"name": "cal", "dataset": {"name": "digits"}, "units": [
+        {"kind": "crossbar", "instrument": "crossbar", "out": 32},
+        {"kind": "crossbar", "instrument": "crossbar", "out": 16}]})
+    net = backprop.train(recipe, ds, backprop.BackpropSettings(epochs=15))
+
+    def accuracy(options: dict, seed: int) -> float:
+        board = SimCrossbarBoard(name="crossbar", **{**options, "seed": seed})
+        return backprop.deploy(net, recipe, Bench({"crossbar": board}, tmp_path), ds).test_accuracy
+
+    fitted = {k: v for k, v in cal.options.items() if k not in ("drift_nu", "drift_t0")}  # seconds, not hours
+    hidden = {**ARRAY, **{k: v for k, v in HIDDEN.items() if k != "drift_nu"}}
+    on_board = np.mean([accuracy(hidden, s) for s in range(20)])
+    on_twin = np.mean([accuracy(fitted, s) for s in range(20)])
+    assert on_board < backprop.accuracy(net, ds.x_test, ds.y_test) - 0.02  # the board costs accuracy
+    assert abs(on_board - on_twin) < 0.01, (on_board, on_twin)
+
+
+def test_the_cli_characterises_reports_and_calibrates(tmp_path):
+    bench = tmp_path / "bench.yaml"
+    bench.write_text(yaml.safe_dump({"instruments": {"xbar": {"driver": "sim-crossbar", "options": {
+        "rows": 64, "cols": 32, "seed": 1, "stuck_fraction": 0.05}}}}))
+    out = tmp_path / "board.h5"
+    done = labpnn("characterise", "crossbar", "--config", bench, "--instrument", "xbar", "--out", out,
+                  "--noise-rows", 32, "--drift-times", "", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "stuck cells" in done.stdout and " uS" in done.stdout
+    assert {p.name for p in (tmp_path / "board").iterdir()} >= {"report.md", "read_noise.png", "drift.png",
+                                                                "conductance_map.png", "programming.png",
+                                                                "mvm_adc.png"}
+    assert "| read noise |" in (tmp_path / "board" / "report.md").read_text()
+    done = labpnn("calibrate", out, "--out", tmp_path / "twin.yaml")
+    assert done.returncode == 0, done.stderr
+    options = Bench.load(tmp_path / "twin.yaml")["crossbar"].options
+    assert options.stuck_fraction == pytest.approx(0.05, rel=0.15) and options.drift_nu == 0
+
+
+def test_a_board_refusing_a_command_is_left_safe_and_the_file_keeps_what_was_measured(tmp_path, monkeypatch):
+    path = tmp_path / "board.h5"
+    board, job = characterise_twin(path, {}, CharacteriseSettings(noise_rows=16, drift_times=[]))
+    mvm = board.physics.mvm
+
+    def refuse(*args, **kwargs):
+        assert board.physics.output  # the sweep switched the output on
+        raise DataOutOfRange("read voltage refused by the test")
+
+    monkeypatch.setattr(board.physics, "mvm", refuse)
+    with pytest.raises(DeviceError, match="step 'linearity'.*read voltage refused.*safe state"):
+        job.run()
+    assert not board.physics.output and board.physics.prog_iterations == 30
+    with h5py.File(path) as h5:
+        assert not h5.attrs["complete"] and "linearity" in h5.attrs["stopped"]
+        assert {"stuck", "single_pulse", "verify", "drift"} <= set(h5)
+    with pytest.raises(DataError, match="'linearity', 'adc_range' missing.*linearity"):
+        board_stats.load(path)
+    monkeypatch.setattr(board.physics, "mvm", mvm)
+
+
+def test_an_interrupted_characterisation_stops_with_the_board_reset(tmp_path):
+    board, job = characterise_twin(tmp_path / "board.h5", {}, CharacteriseSettings(noise_rows=16))
+    sleep = job.sleep
+
+    def interrupt(dt):  # Ctrl-C while waiting for the drift re-reads
+        job.stop.set()
+        sleep(dt)
+
+    job.sleep = interrupt
+    with pytest.raises(AbortRequested):
+        job.run()
+    assert not board.physics.output
+    assert np.allclose(board.physics.conductance(), board.physics.options.g_min)  # *RST: cells to g_min
+    with pytest.raises(DataError, match="'drift'.*missing.*stopped during drift"):
+        board_stats.load(tmp_path / "board.h5")
+
+
+def test_a_file_missing_a_measurement_is_refused_by_name(hidden_board, tmp_path):
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(hidden_board.read_bytes())
+    with h5py.File(broken, "a") as h5:
+        del h5["verify/reads"]
+    with pytest.raises(DataError, match="'verify' lacks dataset.*reads"):
+        board_stats.load(broken)
+    result = labpnn("calibrate", broken, "--out", tmp_path / "twin.yaml")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "reads" in result.stderr
+    assert not (tmp_path / "twin.yaml").exists()
