@@ -31,7 +31,7 @@ from labpnn.run_state import State, StateMachine
 from labpnn.runlog import RunLayout, RunLog, UnitLayout
 from labpnn.runlog.recorder import RunRecorder
 from labpnn.schemes import SCHEMES
-from labpnn.protocols import Unit
+from labpnn.protocols import Replaying, Unit
 from labpnn.units import build_units
 
 __all__ = ["Run", "State"]
@@ -121,6 +121,9 @@ class Run:
                            n_test=self.recipe.dataset.n_test, seed=self.recipe.dataset.seed,
                            path=self.recipe.dataset.path)
             self.link.connect([self.bench[n] for n in names])
+            for name in names:  # a replay refuses, before anything runs, a recipe it has no recording for
+                if isinstance(self.bench[name], Replaying):
+                    self.bench[name].check_recipe(self.recipe)
             units = build_units(self.recipe, self.bench, ds.x_train.shape[1])
             scheme = SCHEMES.build(self.recipe.scheme_spec(), "scheme")
             if self._log is None:

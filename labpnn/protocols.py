@@ -111,6 +111,18 @@ class FaultInjectable(Protocol):
 
 
 @runtime_checkable
+class Replaying(Protocol):
+    """An instrument serving a recorded run (bench driver `replay`): the engine has it check
+    the recipe against the recorded one before anything runs."""
+
+    replay_of: str
+
+    def check_recipe(self, recipe) -> None:
+        """Raise ConfigError naming what the recording lacks for this recipe."""
+        ...
+
+
+@runtime_checkable
 class Unit(Protocol):
     """One trainable block of the deep PNN: instruments plus their digital part.
 

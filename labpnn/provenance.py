@@ -9,6 +9,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from labpnn.protocols import Replaying
+
 PACKAGES = ("labpnn", "numpy", "scipy", "torch", "h5py", "pyvisa", "pyvisa-py", "pydantic", "mnist1d")
 
 
@@ -23,8 +25,10 @@ def versions() -> dict[str, str]:
 
 
 def provenance(recipe, bench, names: list[str], dataset) -> dict[str, Any]:
-    """Versions, host, command line, seeds, data source, and whether any instrument is simulated."""
+    """Versions, host, command line, seeds, data source, whether any instrument is simulated,
+    and the run file each replay instrument serves (`replay`)."""
     simulated = {name: bool(bench[name].simulated) for name in names}
+    replay = {name: bench[name].replay_of for name in names if isinstance(bench[name], Replaying)}
     return {
         "versions": versions(),
         "host": platform.node(),
@@ -37,4 +41,5 @@ def provenance(recipe, bench, names: list[str], dataset) -> dict[str, Any]:
         "dataset": dataset.meta,
         "simulated": simulated,
         "data_simulated": any(simulated.values()),
+        "replay": replay,
     }

@@ -11,7 +11,7 @@ from labpnn.bench import Bench
 from labpnn.calibrate import calibrate
 from labpnn.characterise import Characterisation, CharacteriseSettings
 from labpnn.errors import AbortRequested, DataError, DeviceError
-from labpnn.drivers.scpi import DataOutOfRange
+from labpnn.instruments.scpi import DataOutOfRange
 from labpnn.recipe import parse_recipe
 from labpnn.sim_devices.crossbar import SimCrossbarBoard
 

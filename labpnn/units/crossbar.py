@@ -76,11 +76,15 @@ class CrossbarUnit:
         weight precision against the board's fixed programming and read errors; clipped, they
         lose a little themselves, which the units after this one and the readout, trained on
         its measured outputs, absorb."""
+        return self._program(self.deployment_matrix())
+
+    def deployment_matrix(self) -> np.ndarray:
+        """The matrix deploy() programs: the model's [W^T; b], clipped when clip is set."""
         w = self._model_matrix()
         if self.clip:
             bound = self.clip * float(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
             w = np.clip(w, -bound, bound)
-        return self._program(w)
+        return w
 
     def read_back(self) -> dict[str, np.ndarray]:
         if not self._holds_own():
