@@ -1,4 +1,5 @@
-"""`labpnn gui [--config instruments.yaml] [RUN.h5]`: the bench window."""
+"""`labpnn gui [--config instruments.yaml] [RUN.h5 | board.h5]`: the bench window (a
+characterisation file opens in its view)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shiboken6
 from PySide6.QtWidgets import QApplication
 
 from labpnn.bench import Bench
+from labpnn.board_stats import is_characterisation
 from labpnn.errors import LabpnnError
 from labpnn.gui.main_window import MainWindow
 
@@ -23,7 +25,9 @@ def main(config: str | None = None, run_file: str | None = None) -> int:
         error = f"the bench did not load: {exc}"
     window = MainWindow(bench, bench_error=error)
     window.show()
-    if run_file is not None:
+    if run_file is not None and is_characterisation(run_file):
+        window.open_characterisation(run_file)
+    elif run_file is not None:
         window.open_run(run_file)
     try:
         return app.exec()

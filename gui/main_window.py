@@ -15,6 +15,7 @@ from labpnn.engine import Run
 from labpnn.errors import LabpnnError
 from labpnn.events import Event
 from labpnn.gui.bridge import EventBridge
+from labpnn.gui.characterisation_view import CharacterisationView
 from labpnn.gui.events_dock import EventsDock, FaultBanner
 from labpnn.gui.hardware_dock import ConductanceDock, FrameDock
 from labpnn.gui.info_plane_dock import InfoPlaneDock
@@ -108,9 +109,12 @@ class MainWindow(QMainWindow):
         self.continue_action = QAction("&Continue run…", self)
         self.continue_action.setToolTip("resume a killed or aborted run from its file")
         self.continue_action.triggered.connect(self._continue_dialog)
+        board_action = QAction("Open &characterisation…", self)
+        board_action.setToolTip("a crossbar characterisation file (labpnn characterise crossbar)")
+        board_action.triggered.connect(self._characterisation_dialog)
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
-        for action in (self.open_action, self.continue_action, quit_action):
+        for action in (self.open_action, self.continue_action, board_action, quit_action):
             file.addAction(action)
         view = self.menuBar().addMenu("&View")
         for dock in (self.run_dock, self.instruments, self.info_plane, self.training, self.conductance,
@@ -299,6 +303,21 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "Continue run", "runs", "Run files (*.h5);;All files (*)")
         if path:
             self.continue_run(path)
+
+    def open_characterisation(self, path: str | Path) -> CharacterisationView | None:
+        """Show a crossbar characterisation file in its own window."""
+        try:
+            view = CharacterisationView.open(path, self)
+        except LabpnnError as exc:
+            QMessageBox.warning(self, "Cannot open the characterisation", str(exc))
+            return None
+        view.show()
+        return view
+
+    def _characterisation_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open characterisation", "", "Characterisations (*.h5);;All files (*)")
+        if path:
+            self.open_characterisation(path)
 
     # -- closing
     def confirm_abort_on_close(self) -> bool:

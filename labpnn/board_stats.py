@@ -69,6 +69,15 @@ class BoardData:
         return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def is_characterisation(path: str | Path) -> bool:
+    """Whether `path` is a characterisation file (not a run file)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return h5.attrs.get("labpnn_format") == FORMAT
+    except OSError:
+        return False
+
+
 def load(path: str | Path, require: tuple[str, ...] = STEPS) -> BoardData:
     """Read a characterisation file; a missing or incomplete measurement is a DataError naming it."""
     path = Path(path)

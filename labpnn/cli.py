@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gui = sub.add_parser("gui", help="the bench GUI")
     gui.add_argument("--config", help="bench file")
-    gui.add_argument("run", nargs="?", help="a run file to open")
+    gui.add_argument("run", nargs="?", help="a run file, or a characterisation file, to open")
     gui.set_defaults(func=_gui)
     return parser
 
