@@ -1,89 +1,64 @@
 """Characterise a crossbar through its driver, calibrate the twin from the file: a twin with
 hidden options is characterised and its options recovered; bad input is refused by name."""
 
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 import yaml
 
-from labpnn import backprop, board_stats, data
+from labpnn import backprop, board_stats
 from labpnn.bench import Bench
-from labpnn.calibrate import calibrate
-from labpnn.characterise import Characterisation, CharacteriseSettings
+from labpnn.characterise import CharacteriseSettings
 from labpnn.errors import AbortRequested, DataError, DeviceError
 from labpnn.instruments.scpi import DataOutOfRange
-from labpnn.recipe import parse_recipe
-from labpnn.sim_devices.crossbar import SimCrossbarBoard
 
 from test_cli import labpnn
 
-# the hidden board: every fitted option away from the twin's default
-HIDDEN = {"read_noise_rel": 0.10, "read_noise_abs": 0.4e-6, "d2d": 0.3, "prog_noise": 2.0, "prog_tolerance": 0.06,
-          "drift_nu": 0.05, "stuck_fraction": 0.02, "adc_range": 150e-6}
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_calibrate import HIDDEN, characterise_twin, deployed_accuracy, network, recover  # noqa: E402
+
+HIDDEN = HIDDEN["noisy"]  # every fitted option away from the twin's default
 ARRAY = {"rows": 256, "cols": 64}
 
 
-class VirtualClock:
-    """Time the twin's drift and the characterisation's waits share: sleeping is instant."""
-
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, dt: float) -> None:
-        self.t += dt
-
-
-def characterise_twin(path, options, settings=None, **board_options):
-    board = SimCrossbarBoard(name="crossbar", **ARRAY, **options, **board_options)
-    clock = VirtualClock()
-    board.physics.clock = clock
-    settings = settings or CharacteriseSettings(noise_rows=192, drift_times=[40, 100, 300, 1000])
-    job = Characterisation(board, path, settings, clock=clock, sleep=clock.sleep, progress=False)
-    return board, job
+def small_job(path, settings, **options):
+    return characterise_twin(path, {**ARRAY, **options}, settings)
 
 
 @pytest.fixture(scope="module")
-def hidden_board(tmp_path_factory):
+def characterised(tmp_path_factory):
     path = tmp_path_factory.mktemp("board") / "board.h5"
-    board, job = characterise_twin(path, HIDDEN, seed=3)
-    job.run()
-    return path
+    return path, recover(HIDDEN, ARRAY, noise_rows=192, path=path)
 
 
 @pytest.fixture(scope="module")
-def calibrated(hidden_board):
-    return calibrate(board_stats.load(hidden_board))
+def hidden_board(characterised):
+    return characterised[0]
 
 
-def test_calibration_recovers_the_hidden_options(calibrated):
-    cal = calibrated
-    off = {k: cal.options[k] / v - 1 for k, v in HIDDEN.items()}
-    assert all(abs(e) < 0.10 for e in off.values()), off
+@pytest.fixture(scope="module")
+def calibrated(characterised):
+    return characterised[1][0]
+
+
+def test_calibration_recovers_the_hidden_options(characterised):
+    cal, errors = characterised[1]
+    assert all(abs(e) < 0.10 for e in errors.values()), errors
     assert cal.options["rows"] == 256 and cal.options["prog_iterations"] == 30
     assert cal.options["r_wire"] == 0.0  # the hidden board has no IR drop
 
 
 def test_a_trained_network_deploys_alike_on_the_board_and_its_twin(calibrated, tmp_path):
-    cal = calibrated
-    twin = Bench.load(cal.write(tmp_path / "twin.yaml"))  # the file the CLI writes loads as a bench
-    assert twin["crossbar"].options.read_noise_rel == pytest.approx(cal.options["read_noise_rel"])
-    ds = data.load("digits", seed=0)
-    recipe = parse_recipe({"name": "cal", "dataset": {"name": "digits"}, "units": [
-        {"kind": "crossbar", "instrument": "crossbar", "out": 32},
-        {"kind": "crossbar", "instrument": "crossbar", "out": 16}]})
-    net = backprop.train(recipe, ds, backprop.BackpropSettings(epochs=15))
-
-    def accuracy(options: dict, seed: int) -> float:
-        board = SimCrossbarBoard(name="crossbar", **{**options, "seed": seed})
-        return backprop.deploy(net, recipe, Bench({"crossbar": board}, tmp_path), ds).test_accuracy
-
-    fitted = {k: v for k, v in cal.options.items() if k not in ("drift_nu", "drift_t0")}  # seconds, not hours
-    hidden = {**ARRAY, **{k: v for k, v in HIDDEN.items() if k != "drift_nu"}}
-    on_board = np.mean([accuracy(hidden, s) for s in range(20)])
-    on_twin = np.mean([accuracy(fitted, s) for s in range(20)])
+    twin = Bench.load(calibrated.write(tmp_path / "twin.yaml"))  # the file the CLI writes loads as a bench
+    assert twin["crossbar"].options.read_noise_rel == pytest.approx(calibrated.options["read_noise_rel"])
+    net, recipe, ds = network("digits", [32, 16], epochs=15)
+    on_board = deployed_accuracy(net, recipe, ds, {**ARRAY, **HIDDEN}, range(20)).mean()
+    on_twin = deployed_accuracy(net, recipe, ds, calibrated.options, range(20)).mean()
     assert on_board < backprop.accuracy(net, ds.x_test, ds.y_test) - 0.02  # the board costs accuracy
     assert abs(on_board - on_twin) < 0.01, (on_board, on_twin)
 
@@ -109,7 +84,7 @@ def test_the_cli_characterises_reports_and_calibrates(tmp_path):
 
 def test_a_board_refusing_a_command_is_left_safe_and_the_file_keeps_what_was_measured(tmp_path, monkeypatch):
     path = tmp_path / "board.h5"
-    board, job = characterise_twin(path, {}, CharacteriseSettings(noise_rows=16, drift_times=[]))
+    board, job = small_job(path, CharacteriseSettings(noise_rows=16, drift_times=[]))
     mvm = board.physics.mvm
 
     def refuse(*args, **kwargs):
@@ -129,7 +104,7 @@ def test_a_board_refusing_a_command_is_left_safe_and_the_file_keeps_what_was_mea
 
 
 def test_an_interrupted_characterisation_stops_with_the_board_reset(tmp_path):
-    board, job = characterise_twin(tmp_path / "board.h5", {}, CharacteriseSettings(noise_rows=16))
+    board, job = small_job(tmp_path / "board.h5", CharacteriseSettings(noise_rows=16))
     sleep = job.sleep
 
     def interrupt(dt):  # Ctrl-C while waiting for the drift re-reads

@@ -10,15 +10,16 @@ from PySide6.QtWidgets import QMessageBox
 from labpnn.gui.characterisation_view import CharacterisationView
 from labpnn.gui.main_window import MainWindow
 
-from test_characterise import characterise_twin
 from labpnn.characterise import CharacteriseSettings
+
+from test_characterise import small_job
 
 
 @pytest.fixture(scope="module")
 def board_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("view") / "board.h5"
-    _, job = characterise_twin(path, {"stuck_fraction": 0.01, "drift_nu": 0.05},
-                               CharacteriseSettings(noise_rows=32, levels=6, drift_times=[40, 200]), seed=2)
+    _, job = small_job(path, CharacteriseSettings(noise_rows=32, levels=6, drift_times=[40, 200]),
+                       stuck_fraction=0.01, drift_nu=0.05, seed=2)
     job.run()
     return path
 
