@@ -9,8 +9,8 @@ calibrated twin with the same seeds: test accuracy (mean and std over the seeds)
 the difference, in points. Drift is characterised on a virtual clock (re-reads up to 1000 s
 in no time); the deployments take seconds, so drift plays no part in them.
 
---quick: 256 x 64 arrays, two option sets, digits, 10 seeds (about a minute);
-full: 1024 x 128 arrays, four option sets, digits and MNIST-1D, 20 seeds.
+--quick: 256 x 64 arrays, two option sets, digits, 20 seeds (about a minute);
+full: 1024 x 128 arrays, four option sets, digits and MNIST-1D, 40 seeds.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> None:
     array = {"rows": 256, "cols": 64} if args.quick else {"rows": 1024, "cols": 128}
     noise_rows = 192 if args.quick else 512
     sets = dict(list(HIDDEN.items())[:2]) if args.quick else HIDDEN
-    seeds = range(10 if args.quick else 20)
+    seeds = range(20 if args.quick else 40)
     nets = {"digits": network("digits", [32, 16], 30)}
     if not args.quick:
         nets["mnist1d"] = network("mnist1d", [64, 32], 100)
@@ -124,10 +124,12 @@ def main() -> None:
                 deploy_rows.append((name, dataset, ideal, on_board, on_twin))
     print(f"deployed test accuracy, backprop network, {len(seeds)} seeds (same seeds on both twins)")
     print(f"  {'option set':<14} {'dataset':<8} {'in silico':>9} {'hidden twin':>15} {'calibrated twin':>17} "
-          f"{'difference':>11}")
+          f"{'difference (± standard error)':>30}")
     for name, dataset, ideal, a, b in deploy_rows:
+        se = np.std(b - a) / np.sqrt(len(a))
         print(f"  {name:<14} {dataset:<8} {100 * ideal:>7.1f} % {100 * a.mean():>6.1f} ± {100 * a.std():>3.1f} % "
-              f"{100 * b.mean():>8.1f} ± {100 * b.std():>3.1f} % {100 * (b.mean() - a.mean()):>+7.2f} pt")
+              f"{100 * b.mean():>8.1f} ± {100 * b.std():>3.1f} % {100 * (b.mean() - a.mean()):>+12.2f} ± "
+              f"{100 * se:.2f} pt")
 
 
 if __name__ == "__main__":

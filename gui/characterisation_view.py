@@ -41,7 +41,7 @@ class CharacterisationView(QMainWindow):
         self.map_plot.invertY(True)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.map_plot.addItem(self.image)
-        self.stuck = pg.ScatterPlotItem(symbol="x", size=6, pen=pg.mkPen("#d62728", width=1.5), brush=None)
+        self.stuck = pg.ScatterPlotItem(symbol="s", size=3, pen=None, brush="#d62728")
         self.map_plot.addItem(self.stuck)
         self.colour_bar = pg.ColorBarItem(colorMap="viridis", label="G (µS)", interactive=False, width=15)
         self.colour_bar.setImageItem(self.image)
@@ -54,7 +54,8 @@ class CharacterisationView(QMainWindow):
         self.drift_plot.setLogMode(x=True, y=False)
         self.drift_plot.setLabel("bottom", "time after programming (s)")
         self.drift_plot.setLabel("left", "G(t) / G(0)")
-        self.drift_plot.addLegend(offset=(10, 10), **LEGEND)
+        self.drift_plot.getAxis("left").enableAutoSIPrefix(False)
+        self.drift_plot.addLegend(offset=(10, -10), **LEGEND)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["quantity", "value"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
@@ -108,6 +109,7 @@ class CharacterisationView(QMainWindow):
                 self.drift_curves.append(self.drift_plot.plot(
                     dr["times"], dr["ratio"][:, i], pen=pg.mkPen(colour), symbol="o", symbolSize=5,
                     symbolBrush=colour, name=f"{target * US:.1f} µS"))
+            self.drift_plot.getAxis("bottom").setTicks([[(np.log10(t), f"{t:.0f}") for t in dr["times"]], []])
             if dr["t0"] is not None:
                 t = np.geomspace(dr["times"].min(), dr["times"].max(), 50)
                 self.drift_plot.plot(t, np.maximum(t / dr["t0"], 1) ** -dr["nu"], pen=pg.mkPen("k", style=Qt.PenStyle.DashLine),
@@ -123,7 +125,7 @@ class CharacterisationView(QMainWindow):
             self.table.setItem(r, 1, QTableWidgetItem(v))
         board = data.board
         self.note.setText(f"{data.source}: {board.get('identity', board.get('name'))}, "
-                          f"{board['array_shape'][0]} × {board['array_shape'][1]} cells; stuck cells (×): "
+                          f"{board['array_shape'][0]} × {board['array_shape'][1]} cells; stuck cells (red): "
                           f"{st['high']} at g_max, {st['low']} at g_min"
                           + (f". Not measured: {', '.join(missing)} (the summary needs every step)" if missing else ""))
 
@@ -144,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         for _ in range(20):
             app.processEvents()
-        shot = view.screen().grabWindow(0) if app.platformName() == "xcb" else view.grab()
+        frame = view.frameGeometry()
+        shot = (view.screen().grabWindow(0, frame.x(), frame.y(), frame.width(), frame.height())
+                if app.platformName() == "xcb" else view.grab())
         shot.save(args.screenshot)
         print(f"saved {args.screenshot} ({shot.width()} x {shot.height()})")
         return 0

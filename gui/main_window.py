@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyqtgraph as pg
 import yaml
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
@@ -33,8 +32,6 @@ from labpnn.runlog import RunReader
 REDRAW_MS = 100          # plots redraw at most 10 times a second, however fast events come
 FOLLOW_MS = 1000         # a run file being written elsewhere is re-read once a second
 LIVE_STATES = frozenset(s.value for s in LIVE)  # a run file in one of these is being written
-
-pg.setConfigOptions(background="w", foreground="k", antialias=True)
 
 
 class MainWindow(QMainWindow):

@@ -11,6 +11,8 @@ SPLIT_COLOURS = {"train": "#90a4ae", "test": "#37474f"}
 SHADES = 32
 LEGEND = {"brush": (255, 255, 255, 215), "pen": (180, 180, 180)}  # legends stay readable over data
 
+pg.setConfigOptions(background="w", foreground="k", antialias=True)  # every plot of the GUI
+
 
 def unit_colour(unit: int | None) -> QColor:
     return QColor("#455a64") if unit is None else QColor(UNIT_COLOURS[unit % len(UNIT_COLOURS)])

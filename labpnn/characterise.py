@@ -3,8 +3,9 @@
 
 Steps, in order (each is written to the characterisation file when it completes):
 
-- `stuck`: the whole array programmed to g_max, then to g_min (PROG:COND, PROG:STAT?), read back
-  (MEAS:COND?); cells that do not follow are the stuck-cell map.
+- `stuck`: the whole array programmed to g_max, then to g_min (twice each: PROG:COND, PROG:STAT?), read back
+  (MEAS:COND?, `stuck_reads` averaged); cells left within a quarter of the range of the other
+  end are the stuck-cell map.
 - `single_pulse`: the first `noise_rows` rows, in blocks at `levels` conductance levels,
   programmed from g_min with PROG:ITER 1: the error of one write pulse.
 - `verify`: the same levels with the board's own write-verify (PROG:TOL?, PROG:ITER?): the
@@ -75,7 +76,7 @@ class CharacteriseSettings(BaseModel):
     noise_rows: int = Field(64, ge=2, description="rows used for read noise, programming and drift")
     levels: int = Field(8, ge=3, description="conductance levels, equally spaced in [g_min, g_max]")
     reads: int = Field(24, ge=4, description="reads of every cell for read noise")
-    stuck_reads: int = Field(3, ge=1, description="reads averaged for the stuck-cell map")
+    stuck_reads: int = Field(5, ge=1, description="reads averaged for the stuck-cell map")
     drift_times: list[float] = Field([10.0, 30.0, 60.0, 120.0], description="re-read times after "
                                      "programming (s); [] skips drift")
     drift_reads: int = Field(4, ge=1, description="reads averaged at each drift time")
@@ -159,7 +160,7 @@ class Characterisation:
         """Run `steps` (in order, from a reset board), handing each result to `out.step()`
         (a CharacterisationFile, or a board_stats.BoardData in memory)."""
         s = self.settings
-        total = 7 + 2 * s.stuck_reads + 2 * s.levels + 2 * s.reads + (len(s.drift_times) + 1) * s.drift_reads
+        total = 9 + 2 * s.stuck_reads + 2 * s.levels + 2 * s.reads + (len(s.drift_times) + 1) * s.drift_reads
         self._bar = tqdm(total=total, desc=f"characterising {self.board.name}", unit="cmd",
                          disable=not self.progress, leave=False, dynamic_ncols=True)
         for self.current in steps:
@@ -234,12 +235,14 @@ class Characterisation:
     def _stuck(self, out: CharacterisationFile) -> None:
         rows = self.board.array_shape[0]
         g_min, g_max = self.board.g_range
-        status_high = self._fill(rows, g_max)
+        # each end programmed twice: a cell a noisy verify read passed by chance follows the second time
+        status_high = [self._fill(rows, g_max) for _ in range(2)][-1]
         high = self._read(rows, self.settings.stuck_reads).mean(axis=0)
-        status_low = self._fill(rows, g_min)
+        status_low = [self._fill(rows, g_min) for _ in range(2)][-1]
         low = self._read(rows, self.settings.stuck_reads).mean(axis=0)
-        mid = (g_min + g_max) / 2
-        stuck = np.where(high < mid, -1, 0) + np.where(low > mid, 1, 0)
+        # stuck: within a quarter of the range of the other end (read noise alone stays far from it)
+        quarter = (g_max - g_min) / 4
+        stuck = np.where(high < g_min + quarter, -1, 0) + np.where(low > g_max - quarter, 1, 0)
         out.step("stuck", {"after_g_max": high, "after_g_min": low, "map": stuck.astype(np.int8),
                            "status": np.array([status_high, status_low])},
                  {"g_min": g_min, "g_max": g_max})
