@@ -174,6 +174,20 @@ def pulsed_rms(data: BoardData, step: str) -> float:
     return float(np.sqrt(np.mean(levels[far, 2] ** 2)))
 
 
+def pulsed_yield(data: BoardData) -> float:
+    """Fraction of the (non-stuck) cells of those levels whose first write pulse passed the
+    board's verify (PROG:STAT? of the single-pulse step): set by the window against the
+    pulse and read errors, the statistic the calibration matches the tolerance to."""
+    d = data["single_pulse"]
+    g_min, g_max = d["targets"][[0, -1]]
+    mask = data.noise_mask()
+    ok = cells = 0
+    for r, target, (n_ok, n_failed) in zip(data.level_rows(), d["targets"], d["status"]):
+        if target >= g_min + 0.25 * (g_max - g_min):
+            ok, cells = ok + n_ok, cells + int(mask[r].sum())
+    return ok / max(cells, 1)
+
+
 def drift(data: BoardData) -> dict[str, Any]:
     """G(t)/G(0) per level and time, and nu, t0 (s) of G(t) = G0 (t/t0)^-nu fitted to it
     (nu 0 and t0 None when nothing drifted beyond the read noise)."""

@@ -6,8 +6,10 @@ statistics, written as a bench file.
   cells (`stuck_fraction`), the ADC's clipping level (`adc_range`) and IR drop (`r_wire`, from
   the MVM gain) come from the statistics directly (labpnn.board_stats);
 - programming (`prog_noise`, `prog_tolerance`) is fitted by simulation: reference twins with the
-  fitted read noise are put through the same single-pulse and write-verify steps, and the two
-  options are chosen so that their RMS programming errors match the board's;
+  fitted read noise are put through the same single-pulse and write-verify steps; prog_noise
+  matches the single-pulse RMS error, prog_tolerance the fraction of single pulses that passed
+  the verify (PROG:STAT?), and the write-verify RMS error of the result is reported beside the
+  board's;
 - the array size, conductance range, voltage limit, ADC bits and write-verify pulses are the
   board's settings as it reported them.
 
@@ -30,7 +32,6 @@ from labpnn.board_stats import BoardData
 from labpnn.characterise import Characterisation, CharacteriseSettings
 
 SIM_SCALE = 4            # reference twins programme this many times the board's noise rows
-RESOLVED = 1.05          # tolerance is resolved when the RMS error moves this much over 0.7x..1.3x
 FITTED = ("read_noise_rel", "read_noise_abs", "d2d", "prog_noise", "prog_tolerance", "drift_nu", "drift_t0",
           "stuck_fraction", "adc_range", "r_wire")
 
@@ -141,7 +142,8 @@ def _reference(cal: Calibration, data: BoardData, **changes: Any) -> BoardData:
 
 def _fit_programming(data: BoardData, cal: Calibration, rn: dict) -> None:
     """prog_noise from the single-pulse RMS error (RMS^2 = a prog_noise^2 + b, the read noise of
-    the averaged reads in b); prog_tolerance by bisection on the write-verify RMS error."""
+    the averaged reads in b); prog_tolerance by bisection on the fraction of single pulses the
+    verify passed."""
     opts = cal.options
     one = board_stats.pulsed_rms(data, "single_pulse")
     setting = data.attrs["verify"]["prog_tolerance"]  # the window the board's single pulses were checked in
@@ -152,21 +154,25 @@ def _fit_programming(data: BoardData, cal: Calibration, rn: dict) -> None:
     opts["prog_noise"] = noise
     cal.notes["prog_noise"] = (f"single-pulse RMS error {one * 1e6:.2f} uS against {sp[1.0] * 1e6:.2f} uS "
                                "of the reference (Wan et al. 2022) at 1")
-    target = board_stats.pulsed_rms(data, "verify")
+    # the window: the fraction of first pulses the verify passed grows with it
+    target = board_stats.pulsed_yield(data)
 
-    def rms(tol: float) -> float:
-        return board_stats.pulsed_rms(_reference(cal, data, prog_noise=noise, prog_tolerance=tol), "verify")
+    def passed(tol: float) -> float:
+        return board_stats.pulsed_yield(_reference(cal, data, prog_noise=noise, prog_tolerance=tol))
 
-    lo, hi = np.log(0.005), np.log(1.0)
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if rms(float(np.exp(mid))) < target else (lo, mid)
-    tol = float(np.exp((lo + hi) / 2))
-    if rms(min(1.3 * tol, 1.0)) / rms(0.7 * tol) < RESOLVED:
+    if not 0.02 < target < 0.98:
         opts["prog_tolerance"] = float(setting)
-        cal.notes["prog_tolerance"] = (f"the board's setting (PROG:TOL?): the write-verify error "
-                                       f"({target * 1e6:.2f} uS RMS) barely depends on the window here")
-    else:
-        opts["prog_tolerance"] = tol
-        cal.notes["prog_tolerance"] = (f"write-verify RMS error {target * 1e6:.2f} uS (the board's "
-                                       f"PROG:TOL? says {setting:g})")
+        cal.notes["prog_tolerance"] = (f"the board's setting (PROG:TOL?): {100 * target:.1f} % of first pulses "
+                                       "passed verify, too close to 0 or 100 % to place the window")
+        return
+    lo, hi = np.log(0.002), np.log(1.0)
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if passed(float(np.exp(mid))) < target else (lo, mid)
+    tol = float(np.exp((lo + hi) / 2))
+    opts["prog_tolerance"] = tol
+    wv = board_stats.pulsed_rms(data, "verify")
+    twin = board_stats.pulsed_rms(_reference(cal, data, prog_noise=noise, prog_tolerance=tol), "verify")
+    cal.notes["prog_tolerance"] = (f"{100 * target:.1f} % of first pulses passed verify (PROG:STAT?; the board's "
+                                   f"PROG:TOL? says {setting:g}); write-verify RMS error {wv * 1e6:.2f} uS, the "
+                                   f"twin's {twin * 1e6:.2f} uS")
