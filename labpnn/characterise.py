@@ -48,18 +48,13 @@ FORMAT_VERSION = 1
 STEPS = ("stuck", "single_pulse", "verify", "drift", "linearity", "adc_range")
 
 
+SETTINGS = ("output", "g_range", "v_limit", "adc_bits", "adc_range", "prog_tolerance", "prog_iterations")
+
+
 @runtime_checkable
 class CrossbarBoardAPI(CrossbarArray, Protocol):
-    """The board primitives and settings a characterisation uses (the crossbar driver and
-    its twin both offer them)."""
-
-    output: bool
-    g_range: tuple[float, float]
-    v_limit: float
-    adc_bits: int
-    adc_range: float
-    prog_tolerance: float
-    prog_iterations: int
+    """The board primitives a characterisation uses, besides the board settings of SETTINGS
+    (properties of the driver and the twin, checked on the class: reading one talks to the board)."""
 
     def program_conductances(self, r0: int, c0: int, g: np.ndarray) -> tuple[int, int]: ...
 
@@ -120,7 +115,7 @@ class Characterisation:
     def __init__(self, board: CrossbarBoardAPI, path: str | Path | None = None, settings: CharacteriseSettings | None = None,
                  *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  progress: bool = True):
-        if not isinstance(board, CrossbarBoardAPI):
+        if not isinstance(board, CrossbarBoardAPI) or not all(hasattr(type(board), n) for n in SETTINGS):
             raise ConfigError(f"characterise needs a crossbar board (driver crossbar or sim-crossbar); "
                               f"{getattr(board, 'name', board)!r} ({type(board).__name__}) does not offer "
                               "program_conductances, read_conductances, mvm_voltages and the board settings")
@@ -333,8 +328,7 @@ def characterise_bench(args, started: Callable[[Characterisation], None]) -> int
     except ValidationError as exc:
         raise ConfigError(f"characterise: {describe(exc, 'option')}") from None
     bench = Bench.load(args.config)
-    board = bench.require(args.instrument, CrossbarBoardAPI, "labpnn characterise crossbar")
-    job = Characterisation(board, args.out, settings, progress=not args.quiet)
+    job = Characterisation(bench[args.instrument], args.out, settings, progress=not args.quiet)
     started(job)
     try:
         job.run()

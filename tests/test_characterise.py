@@ -11,9 +11,12 @@ import yaml
 
 from labpnn import backprop, board_stats
 from labpnn.bench import Bench
-from labpnn.characterise import CharacteriseSettings
+from labpnn.characterise import Characterisation, CharacteriseSettings
+from labpnn.drivers.crossbar import CrossbarBoard
 from labpnn.errors import AbortRequested, DataError, DeviceError
 from labpnn.instruments.scpi import DataOutOfRange
+from labpnn.sim_devices.crossbar import CrossbarPhysics
+from labpnn.sim_devices.scpi_server import serve_tcp
 
 from test_cli import labpnn
 
@@ -130,3 +133,30 @@ def test_a_file_missing_a_measurement_is_refused_by_name(hidden_board, tmp_path)
     result = labpnn("calibrate", broken, "--out", tmp_path / "twin.yaml")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "reads" in result.stderr
     assert not (tmp_path / "twin.yaml").exists()
+
+
+@pytest.fixture
+def wire_board():
+    """The driver on the SCPI wire, against a twin with stuck cells served over TCP."""
+    physics = CrossbarPhysics(rows=32, cols=16, seed=4, stuck_fraction=0.05)
+    server, address = serve_tcp(physics)
+    yield physics, CrossbarBoard(resource=address, timeout_ms=5000)
+    server.close()
+
+
+def test_characterisation_through_the_driver_on_the_wire(wire_board, tmp_path):
+    physics, board = wire_board
+    Characterisation(board, tmp_path / "board.h5", CharacteriseSettings(noise_rows=16, drift_times=[]),
+                     progress=False).run()
+    found = board_stats.stuck(board_stats.load(tmp_path / "board.h5"))
+    assert found["high"] + found["low"] == len(physics.stuck_cells) > 0
+    assert not physics.output and board.connected
+
+
+def test_a_board_fault_reported_mid_characterisation_names_the_step_over_the_wire(wire_board, tmp_path):
+    physics, board = wire_board
+    physics.inject_fault("broken_adc", columns=[3], reported=True)  # MEAS:MVM? on it fails with -310
+    with pytest.raises(DeviceError, match=r"step 'linearity'.*-310.*ADC fault on columns \[3\].*safe state"):
+        Characterisation(board, tmp_path / "board.h5", CharacteriseSettings(noise_rows=16, drift_times=[]),
+                         progress=False).run()
+    assert not physics.output
