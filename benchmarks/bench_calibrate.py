@@ -11,6 +11,8 @@ in no time); the deployments take seconds, so drift plays no part in them.
 
 --quick: 256 x 64 arrays, two option sets, digits, 20 seeds (about a minute);
 full: 1024 x 128 arrays, four option sets, digits and MNIST-1D, 40 seeds.
+--example board.h5: only write the characterisation of docs/characterise.md's screenshot (a
+1024 x 128 twin with the 'noisy' options and garbage on ADC columns 17 and 90).
 """
 
 from __future__ import annotations
@@ -94,7 +96,14 @@ def network(dataset: str, outs: list[int], epochs: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small arrays, two option sets, digits only")
+    ap.add_argument("--example", metavar="board.h5", help="write the screenshot's characterisation and exit")
     args = ap.parse_args()
+    if args.example:
+        board, job = characterise_twin(Path(args.example), {"rows": 1024, "cols": 128, **HIDDEN["noisy"]},
+                                       CharacteriseSettings(noise_rows=256, drift_times=DRIFT_TIMES), seed=5)
+        board.inject_fault("broken_adc", columns=[17, 90], mode="garbage")
+        print(f"wrote {job.run()}")
+        return
     array = {"rows": 256, "cols": 64} if args.quick else {"rows": 1024, "cols": 128}
     noise_rows = 192 if args.quick else 512
     sets = dict(list(HIDDEN.items())[:2]) if args.quick else HIDDEN
