@@ -255,6 +255,7 @@ def adc_range(data: BoardData) -> dict[str, Any]:
         healthy[list(linearity(data)["faulty"])] = False
     use = clipped & healthy
     return {"peak": peak, "clipped": clipped, "range": float(np.median(peak[use])) if use.any() else None,
+            "columns": int(use.sum()),
             "reachable": float(np.max(np.abs(d["expected"])))}
 
 

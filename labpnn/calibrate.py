@@ -58,8 +58,9 @@ class Calibration:
 
     def table(self) -> str:
         width = max(map(len, FITTED))
-        return "\n".join(f"{k:<{width}}  {_fmt(k, self.options.get(k))}   {self.notes.get(k, '')}"
-                         for k in FITTED if k in self.options)
+        rows = [f"{k:<{width}}  {_fmt(k, self.options.get(k))}   {self.notes.get(k, '')}"
+                for k in FITTED if k in self.options]
+        return "\n".join(rows + [f"{k}: {v}" for k, v in self.notes.items() if k not in FITTED])
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -98,7 +99,7 @@ def calibrate(data: BoardData, seed: int = 0) -> Calibration:
     cal.notes["stuck_fraction"] = f"{st['high']} cells stuck at g_max, {st['low']} at g_min of {st['cells']}"
     if adc["range"] is not None:
         opts["adc_range"] = adc["range"]
-        cal.notes["adc_range"] = f"clipping level of {int(adc['clipped'].sum())} columns"
+        cal.notes["adc_range"] = f"clipping level of {adc['columns']} healthy columns"
     else:
         opts["adc_range"] = b["adc_range"]
         cal.notes["adc_range"] = (f"the board's setting: the sweep did not clip (up to {adc['reachable'] * 1e6:.1f} "

@@ -20,7 +20,6 @@ run, and regression tests driven by recordings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
