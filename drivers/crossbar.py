@@ -94,7 +94,7 @@ class CrossbarBoard(MappedCrossbar):
         except TransportError as exc:
             self._close()
             reason = str(exc).removeprefix(f"{self.name}: ")
-            raise TransportError(f"cannot reach {self.resource}: {reason}", self.name) from None
+            raise TransportError(f"{reason} (resource {self.resource})", self.name) from None
         if len(idn.split(",")) != 4:
             raise DeviceError(f"expected '<maker>,<model>,<serial>,<firmware>' in reply to "
                               f"'*IDN?', got {idn[:80]!r}", self.name)
