@@ -86,10 +86,15 @@ class CrossbarBoard(MappedCrossbar):
         except Exception as exc:  # pyvisa raises several kinds for an unreachable resource
             raise TransportError(f"cannot open {self.resource}: {exc}", self.name) from None
         self.scpi = scpi.SCPISession(resource, self.name)
-        if self.resource.upper().startswith("ASRL"):
-            self.scpi.resync()  # bytes a previous session left in the port
-        self.scpi.write("*CLS", check=False)
-        idn = self.identity()
+        try:   # a TCPIP socket resource connects here, at the first exchange
+            if self.resource.upper().startswith("ASRL"):
+                self.scpi.resync()  # bytes a previous session left in the port
+            self.scpi.write("*CLS", check=False)
+            idn = self.identity()
+        except TransportError as exc:
+            self._close()
+            reason = str(exc).removeprefix(f"{self.name}: ")
+            raise TransportError(f"{reason} (resource {self.resource})", self.name) from None
         if len(idn.split(",")) != 4:
             raise DeviceError(f"expected '<maker>,<model>,<serial>,<firmware>' in reply to "
                               f"'*IDN?', got {idn[:80]!r}", self.name)

@@ -108,6 +108,9 @@ class _RemoteCore:
     def inject_fault(self, kind: str, **params: Any) -> None:
         self._call({"op": "inject_fault", "kind": kind, "params": params})
 
+    def check_fault(self, kind: str, **params: Any) -> None:
+        self._call({"op": "check_fault", "kind": kind, "params": params})
+
     def clear_faults(self) -> None:
         self._call({"op": "clear_faults"})
 
@@ -185,6 +188,9 @@ class _LightonmlCore:
     def reset(self) -> None:
         self._opu.close()
         self._opu.open()
+
+    def check_fault(self, kind: str, **params: Any) -> None:
+        raise ValueError("faults can be injected into a twin only, not the real OPU")
 
     def inject_fault(self, kind: str, **params: Any) -> None:
         raise DeviceError("faults can be injected into a twin only, not the real OPU", self.name)

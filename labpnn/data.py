@@ -183,11 +183,12 @@ def _stratified(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def _subsample(x, y, k: int | None, seed: int, what: str):
+def _subsample(x, y, k: int | None, seed: int, what: str, name: str):
     if k is None or k == len(y):
         return x, y
     if k > len(y):
-        raise ValueError(f"{what}: {k} requested but the split has {len(y)} samples")
+        raise DataError(f"{what}: {k:,} requested, but the {name} {what[2:]} split has "
+                        f"{len(y):,} samples")
     idx = _stratified(y, int(k), seed)
     return x[idx], y[idx]
 
@@ -211,8 +212,8 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, se
         x_tr, y_tr, x_te, y_te, meta = _load_digits()
     else:
         x_tr, y_tr, x_te, y_te, meta = _load_idx(name, path)
-    x_tr, y_tr = _subsample(x_tr, y_tr, n_train, seed, "n_train")
-    x_te, y_te = _subsample(x_te, y_te, n_test, seed, "n_test")
+    x_tr, y_tr = _subsample(x_tr, y_tr, n_train, seed, "n_train", name)
+    x_te, y_te = _subsample(x_te, y_te, n_test, seed, "n_test", name)
     meta |= {"seed": int(seed), "n_train": len(y_tr), "n_test": len(y_te)}
     n_classes = int(np.concatenate([y_tr, y_te]).max()) + 1
     return Dataset(name, np.ascontiguousarray(x_tr), y_tr, np.ascontiguousarray(x_te), y_te,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from labpnn import data
 from labpnn.bench import Bench
-from labpnn.errors import AbortRequested, ConfigError, DeviceError, LabpnnError
+from labpnn.errors import AbortRequested, ConfigError, DataError, DeviceError, LabpnnError
 from labpnn.events import Event, EventBus, InfoEvent, StateChanged, WarningEvent
 from labpnn.health import describe_channels
 from labpnn.link import MeasurementLink
@@ -31,7 +31,7 @@ from labpnn.run_state import State, StateMachine
 from labpnn.runlog import RunLayout, RunLog, UnitLayout
 from labpnn.runlog.recorder import RunRecorder
 from labpnn.schemes import SCHEMES
-from labpnn.protocols import Replaying, Unit
+from labpnn.protocols import FaultInjectable, Replaying, Unit
 from labpnn.units import build_units
 
 __all__ = ["Run", "State"]
@@ -106,6 +106,27 @@ class Run:
         self.bus.emit(event)
 
     # -- the run
+    def _dataset(self) -> data.Dataset:
+        spec = self.recipe.dataset
+        try:
+            return data.load(spec.name, n_train=spec.n_train, n_test=spec.n_test, seed=spec.seed, path=spec.path)
+        except DataError as exc:
+            raise ConfigError(f"{self.recipe.source}: dataset: {exc}") from None
+
+    def _check_injections(self) -> None:
+        """Every fault the recipe injects, checked against its twin before the run file exists: a
+        twin, a kind it knows, parameters it takes (FaultInjectable.check_fault)."""
+        for i, fault in enumerate(self.recipe.faults.inject):
+            where = f"{self.recipe.source}: faults.inject.{i}"
+            device = self.bench[fault.instrument]
+            if not isinstance(device, FaultInjectable):
+                raise ConfigError(f"{where}: instrument {fault.instrument!r} is not a twin that can simulate "
+                                  "faults")
+            try:
+                device.check_fault(fault.kind, **fault.params)
+            except (ValueError, TypeError, DeviceError) as exc:  # DeviceError: a twin behind a server
+                raise ConfigError(f"{where}: {exc}") from None
+
     def execute(self) -> State:
         """Run to the end (done), an abort (back to idle) or a failure (failed, re-raised)."""
         if self._executed:
@@ -117,15 +138,14 @@ class Run:
         unsubscribe = self.bus.subscribe(RunRecorder(self._log), critical=True) if self._log else None
         try:
             self.states.move(State.RUNNING)
-            ds = data.load(self.recipe.dataset.name, n_train=self.recipe.dataset.n_train,
-                           n_test=self.recipe.dataset.n_test, seed=self.recipe.dataset.seed,
-                           path=self.recipe.dataset.path)
+            ds = self._dataset()
             self.link.connect([self.bench[n] for n in names])
             for name in names:  # a replay refuses, before anything runs, a recipe it has no recording for
                 if isinstance(self.bench[name], Replaying):
                     self.bench[name].check_recipe(self.recipe)
             units = build_units(self.recipe, self.bench, ds.x_train.shape[1])
             scheme = SCHEMES.build(self.recipe.scheme_spec(), "scheme")
+            self._check_injections()
             if self._log is None:
                 self._log = RunLog.create(self.path, self._layout(units, ds), recipe=self.recipe.model_dump(),
                                           bench=self.bench.snapshot(names),

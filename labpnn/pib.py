@@ -8,7 +8,6 @@ minibatch with the matrix-based Renyi entropy of labpnn.info (bits).
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from labpnn import info
+from labpnn import info, state_image
 from labpnn.protocols import Batch, Objective
 
 __all__ = ["PIBSettings", "PIBTerms", "StepRecord", "UnitOptimiser", "check_index", "pib_terms"]
@@ -129,17 +128,21 @@ class UnitOptimiser:
         return StepRecord(step, loss.item(), {k: float(v) for k, v in values.items()})
 
     def state_bytes(self) -> bytes:
-        """The model's, the objective's and the optimiser's state, for a checkpoint."""
-        buf = io.BytesIO()
-        torch.save({"model": self.model.state_dict(), "objective": [p.detach() for p in self._own],
-                    "optimiser": self.optimiser.state_dict()}, buf)
-        return buf.getvalue()
+        """The model's, the objective's and the optimiser's state, for a checkpoint: plain
+        HDF5 arrays and attributes (labpnn.state_image), no pickle."""
+        return state_image.dump({"model": self.model.state_dict(),
+                                 "objective": [p.detach() for p in self._own],
+                                 "optimiser": self.optimiser.state_dict()})
 
     def load_state_bytes(self, b: bytes) -> None:
-        """Restore a state_bytes() checkpoint (one without "objective": written before objectives
-        had parameters)."""
+        """Restore a state_bytes() checkpoint (or an older run file's torch archive; one
+        without "objective": written before objectives had parameters); ValueError when it
+        is damaged or does not fit this model."""
         try:
-            state = torch.load(io.BytesIO(b), weights_only=True)
+            state = state_image.load(bytes(b))
+        except state_image.StateError as exc:
+            raise ValueError(f"b: the optimiser state is damaged: {exc}") from None
+        try:
             own = state.get("objective", [])
             if len(own) != len(self._own):
                 raise ValueError(f"{len(own)} objective parameters saved, {len(self._own)} expected")
@@ -148,6 +151,6 @@ class UnitOptimiser:
                 for p, saved in zip(self._own, own):
                     p.copy_(saved)
             self.optimiser.load_state_dict(state["optimiser"])
-        except Exception as exc:  # torch.load and load_state_dict raise many kinds
+        except Exception as exc:  # load_state_dict raises many kinds
             raise ValueError(f"b: not a state saved by UnitOptimiser.state_bytes() "
-                             f"for this model ({type(exc).__name__}: {exc})") from exc
+                             f"for this model ({type(exc).__name__}: {exc})") from None

@@ -107,6 +107,11 @@ class FaultInjectable(Protocol):
 
     def inject_fault(self, kind: str, **params: Any) -> None: ...
 
+    def check_fault(self, kind: str, **params: Any) -> None:
+        """ValueError or TypeError when inject_fault(kind, **params) would refuse it: an
+        unknown kind, a parameter it does not take or out of range. Changes nothing."""
+        ...
+
     def clear_faults(self) -> None: ...
 
 

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from labpnn.config_errors import read_yaml, validate
 from labpnn.errors import ConfigError
@@ -30,7 +30,7 @@ class DatasetSpec(Strict):
     n_train: int | None = Field(None, ge=10)
     n_test: int | None = Field(None, ge=10)
     path: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seed of the stratified subsamples")
 
 
 class UnitSpec(Strict):
@@ -46,6 +46,13 @@ class UnitSpec(Strict):
     clip: float | None = Field(None, gt=0, description="crossbar: deploy weights clipped to +-clip x their RMS")
     pib: dict = Field(default_factory=dict, description="per-unit overrides of the recipe's pib")
     objective: str | dict | None = Field(None, description="this unit's objective, if not the recipe's")
+
+    @model_validator(mode="after")
+    def _bits_need_bitplanes(self):
+        if self.bits != 1 and self.encoding != "bitplane":
+            raise ValueError(f"bits: {self.bits} bits need encoding: bitplane (encoding "
+                             f"{self.encoding!r} sends 1 bit per feature)")
+        return self
 
     @property
     def instruments(self) -> list[str]:
@@ -84,7 +91,7 @@ class FaultPolicy(Strict):
 class Recipe(Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     dataset: DatasetSpec
     units: list[UnitSpec] = Field(min_length=1)
     scheme: str | dict | None = Field(None, description="who trains when and where; None: cascade")
@@ -93,6 +100,20 @@ class Recipe(Strict):
     readout: ReadoutSpec = Field(default_factory=ReadoutSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     faults: FaultPolicy = Field(default_factory=FaultPolicy)
+
+    _source: str = PrivateAttr("recipe")   # where it came from, for messages: parse_recipe()
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @model_validator(mode="after")
+    def _injections_at_units(self):
+        for i, fault in enumerate(self.faults.inject):
+            if fault.at != "verify" and not 0 <= fault.at < len(self.units):
+                raise ValueError(f"faults.inject.{i}.at: there is no unit {fault.at} (the recipe "
+                                 f"has units 0..{len(self.units) - 1}, or 'verify')")
+        return self
 
     @model_validator(mode="after")
     def _plug_ins_and_overrides(self):
@@ -146,4 +167,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
-    return validate(Recipe, data, where)
+    recipe = validate(Recipe, data, where)
+    recipe._source = where
+    return recipe

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from labpnn import readout
-from labpnn.errors import ConfigError, LabpnnError
+from labpnn.errors import ConfigError, LabpnnError, RunLogError
 from labpnn.events import (
     Accuracy, Deployed, Event, Fault, FaultKind, Frame, InfoEvent, InfoPlane, PhaseStarted, Step, WarningEvent,
 )
@@ -126,7 +126,11 @@ class RunContext:
         live = self.log.live_state(index, rev)
         if live is not None:
             last, state = live
-            opt.load_state_bytes(state)
+            try:
+                opt.load_state_bytes(state)
+            except ValueError as exc:
+                raise RunLogError(f"{self.log.path}: cannot resume unit {index} (revision {rev}) from "
+                                  f"its optimiser state saved at step {last}: {exc}") from None
             start = last + 1
         self.emit(PhaseStarted(unit=index, phase="optimise", steps=settings.steps, start=start,
                                what=objective.name))

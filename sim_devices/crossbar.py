@@ -367,16 +367,32 @@ class CrossbarPhysics:
         - "broken_adc": columns=[...], mode="constant" (value=0.0 A) or "garbage" (uniform in
           the ADC range); reported=False keeps DIAG:ADC? and *TST? healthy.
         """
+        self.check_fault(kind, **params)
         if kind == "stuck_cells":
             self._inject_stuck(**params)
-        elif kind == "broken_adc":
-            self._inject_adc(**params)
         else:
-            raise ValueError(f"unknown fault {kind!r}; kinds: {FAULT_KINDS}")
+            self._inject_adc(**params)
         self._invalidate()
 
-    def _inject_stuck(self, count: int | None = None, fraction: float | None = None,
-                      at: str = "either", seed: int | None = None) -> None:
+    def check_fault(self, kind: str, **params: Any) -> None:
+        """ValueError (TypeError for a parameter it does not take) when inject_fault would
+        refuse the fault; changes nothing."""
+        import inspect
+
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; kinds: {', '.join(FAULT_KINDS)}")
+        inject = self._inject_stuck if kind == "stuck_cells" else self._inject_adc
+        try:
+            bound = inspect.signature(inject).bind(**params)
+        except TypeError as exc:
+            raise TypeError(f"{kind}: {exc} (it takes "
+                            f"{', '.join(inspect.signature(inject).parameters)})") from None
+        bound.apply_defaults()
+        (self._check_stuck if kind == "stuck_cells" else self._check_adc)(**bound.arguments)
+
+    def _check_stuck(self, count: int | None, fraction: float | None, at: str,
+                     seed: int | None) -> int:
+        """How many cells the stuck_cells fault sticks; ValueError when it is refused."""
         size = self._stuck.size
         if (count is None) == (fraction is None):
             raise ValueError("stuck_cells needs exactly one of count= or fraction=")
@@ -385,6 +401,12 @@ class CrossbarPhysics:
             raise ValueError(f"stuck_cells: {k} cells is not within 0..{size}")
         if at not in ("g_min", "g_max", "either"):
             raise ValueError(f"stuck_cells: at={at!r} is not 'g_min', 'g_max' or 'either'")
+        return k
+
+    def _inject_stuck(self, count: int | None = None, fraction: float | None = None,
+                      at: str = "either", seed: int | None = None) -> None:
+        k = self._check_stuck(count, fraction, at, seed)
+        size = self._stuck.size
         rng = self._fault_rng if seed is None else np.random.default_rng(seed)
         cells = rng.choice(size, k, replace=False)
         high = {"g_min": np.zeros(k, bool), "g_max": np.ones(k, bool),
@@ -392,13 +414,19 @@ class CrossbarPhysics:
         self._stuck.flat[cells] = True
         self._stuck_value.flat[cells] = np.where(high, self.options.g_max, self.options.g_min)
 
-    def _inject_adc(self, columns: list[int], mode: str = "constant", value: float = 0.0,
-                    reported: bool = False) -> None:
+    def _check_adc(self, columns: list[int], mode: str, value: float, reported: bool) -> None:
         if mode not in ("constant", "garbage"):
             raise ValueError(f"broken_adc: mode={mode!r} is not 'constant' or 'garbage'")
+        if not isinstance(columns, (list, tuple)) or not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in columns):
+            raise ValueError(f"broken_adc: columns must be a list of column indices, got {columns!r}")
         bad = [c for c in columns if not 0 <= c < self.options.cols]
         if bad:
-            raise ValueError(f"broken_adc: columns {bad} outside 0..{self.options.cols - 1}")
+            raise ValueError(f"broken_adc: columns {bad} outside the array's 0..{self.options.cols - 1}")
+
+    def _inject_adc(self, columns: list[int], mode: str = "constant", value: float = 0.0,
+                    reported: bool = False) -> None:
+        self._check_adc(columns, mode, value, reported)
         for c in columns:
             self._adc_faults[int(c)] = (mode, float(value), bool(reported))
 
@@ -511,6 +539,10 @@ class SimCrossbarBoard(MappedCrossbar):
     def inject_fault(self, kind: str, **params: Any) -> None:
         with self._lock:
             self.physics.inject_fault(kind, **params)
+
+    def check_fault(self, kind: str, **params: Any) -> None:
+        with self._lock:
+            self.physics.check_fault(kind, **params)
 
     def clear_faults(self) -> None:
         with self._lock:

@@ -143,10 +143,13 @@ class _Twin(Instrument):
         self._connected = True
 
 
-    def inject_fault(self, kind: str, **params: Any) -> None:
+    def check_fault(self, kind: str, **params: Any) -> None:
         if kind not in self.FAULTS:
             raise ValueError(f"{self.name!r}: unknown fault {kind!r}; known: "
                              + ", ".join(f"{k} ({v})" for k, v in self.FAULTS.items()))
+
+    def inject_fault(self, kind: str, **params: Any) -> None:
+        self.check_fault(kind, **params)
         with self._lock:
             self.faults[kind] = params
 

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labpnn.errors import DeviceError
 from labpnn.instruments.opu import OPUFront
@@ -45,6 +45,23 @@ class SimOPUSettings(BaseModel):
     shot_noise: bool = True
 
 
+def matrix_too_large(n_components: int, max_n_features: int) -> str | None:
+    """Why the twin's transmission matrix R cannot be held in memory, or None when it can:
+    past MAX_MATRIX_BYTES, or past the memory this machine has free."""
+    need = 8 * int(n_components) * int(max_n_features)
+    try:
+        import psutil
+        free = int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil is a dependency
+        free = MAX_MATRIX_BYTES
+    if need <= min(MAX_MATRIX_BYTES, free):
+        return None
+    limit = (f"the twin's limit is {MAX_MATRIX_BYTES / 2**30:.0f} GiB" if need > MAX_MATRIX_BYTES
+             else f"this machine has {free / 2**30:.1f} GiB free")
+    return (f"R of {max_n_features} x {n_components} (max_n_features x n_components) would "
+            f"take {need / 2**30:.1f} GiB of memory; {limit}")
+
+
 class SimOPU:
     """The OPU twin's physics; driven by SimOPUDevice (in process) or the OPU server."""
 
@@ -52,10 +69,9 @@ class SimOPU:
         if n_components < 1 or max_n_features < 1:
             raise ValueError(f"OPU twin: n_components ({n_components}) and max_n_features "
                              f"({max_n_features}) must be >= 1")
-        if 8 * n_components * max_n_features > MAX_MATRIX_BYTES:
-            raise ValueError(f"OPU twin: R of {max_n_features}x{n_components} would take "
-                             f"{8 * n_components * max_n_features / 2**30:.1f} GiB (limit "
-                             f"{MAX_MATRIX_BYTES / 2**30:.0f} GiB)")
+        problem = matrix_too_large(n_components, max_n_features)
+        if problem:
+            raise ValueError(f"OPU twin: {problem}")
         self.n_components = int(n_components)
         self.max_n_features = int(max_n_features)
         self.settings = SimOPUSettings(**settings)
@@ -150,10 +166,13 @@ class SimOPU:
             ok = mean >= 1 and saturated < 0.5
             return Health(ok, 0 if ok else 3, f"probe mean {mean:.1f} counts, {saturated:.1%} saturated")
 
-    def inject_fault(self, kind: str, **params: Any) -> None:
+    def check_fault(self, kind: str, **params: Any) -> None:
         if kind not in FAULTS:
             raise ValueError(f"unknown OPU fault {kind!r}; known: "
                              + ", ".join(f"{k} ({v})" for k, v in FAULTS.items()))
+
+    def inject_fault(self, kind: str, **params: Any) -> None:
+        self.check_fault(kind, **params)
         with self._lock:
             self.faults[kind] = params
 
@@ -180,6 +199,13 @@ class SimOPUDevice(OPUFront):
         seed: int = Field(0, description="seed of R and of the noise")
         exposure_us: float = Field(400.0, gt=0, description="base exposure")
         frametime_us: float = Field(0.0, ge=0, description="time per input frame (real OPU ~500)")
+
+        @model_validator(mode="after")
+        def _fits_in_memory(self):
+            problem = matrix_too_large(self.n_components, self.max_n_features)
+            if problem:
+                raise ValueError(problem)
+            return self
 
     @classmethod
     def check_resource(cls, resource: str | None) -> None:

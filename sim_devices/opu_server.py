@@ -126,6 +126,8 @@ class _Session(socketserver.BaseRequestHandler):
                 return {"snapshot": twin.snapshot()}, None
             case "self_test":
                 return {"health": dataclasses.asdict(twin.self_test())}, None
+            case "check_fault":
+                twin.check_fault(header["kind"], **header.get("params", {}))
             case "inject_fault":
                 twin.inject_fault(header["kind"], **header.get("params", {}))
             case "close":
@@ -138,7 +140,7 @@ class _Session(socketserver.BaseRequestHandler):
 
 
 OPS = ("close", "fit", "transform", "identify", "snapshot", "self_test", "reset",
-       "inject_fault", "clear_faults")
+       "check_fault", "inject_fault", "clear_faults")
 
 
 def _bind_address(text: str) -> tuple[str, int]:

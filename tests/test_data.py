@@ -140,7 +140,7 @@ def test_subsampling_is_stratified_and_deterministic(tmp_path):
     assert np.array_equal(np.bincount(a.y_test), np.full(10, 5))
     assert np.array_equal(a.x_train, b.x_train) and not np.array_equal(a.x_train, c.x_train)
     assert (a.meta["seed"], a.meta["n_train"], a.meta["n_test"]) == (1, 100, 50)
-    with pytest.raises(ValueError, match="^n_train: 301 requested"):
+    with pytest.raises(DataError, match="^n_train: 301 requested, but the mnist train split has 300 samples"):
         data.load("mnist", path=tmp_path, n_train=301)
     with pytest.raises(ValueError, match="^n_test: "):
         data.load("mnist", path=tmp_path, n_test=0)

@@ -172,7 +172,57 @@ def test_optimiser_rejects_bad_arguments():
     opt = pib_optimiser(unit(), x, x, y, s, seed=0)
     with pytest.raises(ValueError, match=r"^step: "):
         opt.step(-1)
-    with pytest.raises(ValueError, match=r"^b: not a state saved"):
+    with pytest.raises(ValueError, match=r"^b: the optimiser state is damaged"):
         opt.load_state_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"^b: not a state saved"):
         opt.load_state_bytes(pib_optimiser(unit(0, 20, 5), x, x, y, s, seed=0).state_bytes())
+
+
+def test_state_bytes_hold_no_pickle_and_damage_is_reported_as_such():
+    """The state is an HDF5 image of plain arrays and attributes; a tampered copy is
+    reported as damaged (never advice to unpickle it), and older torch archives load."""
+    import io
+
+    import h5py
+
+    x, y = blobs(64, 0)
+    s = PIBSettings(steps=3, batch_size=32, lr=0.02)
+    opt = pib_optimiser(unit(), x, x, y, s, seed=0)
+    opt.step(0)
+    raw = opt.state_bytes()
+    assert raw.startswith(b"\x89HDF\r\n\x1a\n") and b"PK\x03\x04" not in raw[:8]
+    with h5py.File(h5py.h5f.open_file_image(raw)) as f:
+        assert f.attrs["format"] == "labpnn-state" and f["tensors"].dtype == np.uint8
+        data_at = f["tensors"].id.get_chunk_info(0).byte_offset
+    tampered = bytearray(raw)
+    tampered[data_at + 5] ^= 0x10            # one weight changed: the checksum fails
+    with pytest.raises(ValueError, match=r"^b: the optimiser state is damaged"):
+        pib_optimiser(unit(), x, x, y, s, seed=0).load_state_bytes(bytes(tampered))
+    refused = 0
+    for seed in range(20):      # a flipped bit anywhere: restored exactly, or refused as damage
+        bad = bytearray(raw)
+        rng = np.random.default_rng(seed)
+        bad[int(rng.integers(len(raw)))] ^= 1 << int(rng.integers(8))
+        other = pib_optimiser(unit(), x, x, y, s, seed=0)
+        try:
+            other.load_state_bytes(bytes(bad))
+        except ValueError as exc:
+            assert str(exc).startswith("b: the optimiser state is damaged"), exc
+            refused += 1
+            continue
+        assert other.state_bytes() == raw
+    assert refused >= 3           # (most of a small image is unused space)
+    legacy = io.BytesIO()        # what run files held before: a torch.save archive
+    torch.save({"model": opt.model.state_dict(), "optimiser": opt.optimiser.state_dict()}, legacy)
+    old = pib_optimiser(unit(), x, x, y, s, seed=0)
+    old.load_state_bytes(legacy.getvalue())
+    assert old.state_bytes() == raw
+    evil = io.BytesIO()          # an archive that needs more than tensors unpickled
+    torch.save({"model": Payload()}, evil)
+    with pytest.raises(ValueError) as info:
+        pib_optimiser(unit(), x, x, y, s, seed=0).load_state_bytes(evil.getvalue())
+    assert "damaged" in str(info.value) and "weights_only" not in str(info.value)
+
+
+class Payload:
+    """Stands for a crafted object in a tampered archive (unpickling it would run code)."""

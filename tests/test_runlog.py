@@ -68,8 +68,8 @@ def deployed0(scale: float = 1.0) -> dict[str, np.ndarray]:
             "g_read": np.full((40, 32), 1.1e-6 * scale)}
 
 
-def full_run(path: Path, layout: RunLayout | None = None) -> None:
-    """A complete, finished two-unit run with a fault and a retraining."""
+def full_run(path: Path, layout: RunLayout | None = None, final: str = "done") -> None:
+    """A complete two-unit run with a fault and a retraining, ending in state `final`."""
     layout = layout or make_layout()
     rng = np.random.default_rng(0)
     with new_log(path, layout) as log:
@@ -101,7 +101,7 @@ def full_run(path: Path, layout: RunLayout | None = None) -> None:
         log.readout({"weight": np.ones((10, 8)), "bias": np.zeros(10)}, 0)
         log.accuracy(None, 0, "train", 0.95, "readout")
         log.accuracy(None, 0, "test", 0.91, "readout")
-        log.set_state("done", "finished")
+        log.set_state(final, "finished" if final == "done" else "aborted")
 
 
 # ----------------------------------------------------------------------------- basics
@@ -569,13 +569,14 @@ def test_sigkill_then_read_and_resume(tmp_path):
     proc = spawn_writer(tmp_path, path, "resume", limit=150)
     proc.stdout.read()
     assert proc.wait() == 0, proc.stderr.read()
-    assert path.stat().st_ino != inode                   # repaired by copy + os.replace
+    copied = path.stat().st_ino != inode                # in place, unless a torn chunk ...
     assert not list(tmp_path.glob(".run.h5.*"))         # no temporary left behind
     with RunReader(path) as r:
         steps = r.units[0].info_plane["step"]
         assert list(steps) == list(range(150))          # every step exactly once
         assert [w["action"] for w in r.writers] == ["create", "resume", "close"]
         assert r.state == "done"
+        assert copied == any(e["message"].startswith("resume:") for e in r.events)
         r.verify()
 
 
@@ -861,3 +862,178 @@ def test_newer_format_is_refused(finished, tmp_path):
         f.attrs["format_version"] = FORMAT_VERSION + 1
     with pytest.raises(RunLogError, match="newer labpnn"):
         RunReader(newer)
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+def bit_flipped(src: Path, dst: Path, seed: int, flips: int = 8) -> bytes:
+    """A copy of `src` with `flips` random bits flipped (seeded); returns its bytes."""
+    raw = bytearray(src.read_bytes())
+    rng = np.random.default_rng(seed)
+    for offset in rng.integers(0, len(raw), flips):
+        raw[offset] ^= 1 << int(rng.integers(8))
+    dst.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+RESUME_EACH = textwrap.dedent("""
+    import sys
+    from labpnn.errors import RunLogError
+    from labpnn.runlog import RunLog
+    for path in sys.argv[1:]:
+        try:
+            RunLog.resume(path).close()
+            print("resumed", flush=True)
+        except RunLogError as exc:
+            print("refused", str(exc).replace("\\n", " "), flush=True)
+""")
+
+
+def resume_each(paths: list[Path], timeout: float = 120) -> list[str]:
+    """RunLog.resume of each file in another process (a hang fails, never blocks the suite):
+    one line per file, "resumed" or "refused <message>"; any other exception fails."""
+    out = subprocess.run([sys.executable, "-c", RESUME_EACH, *map(str, paths)],
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.splitlines()
+
+
+def test_resuming_damaged_copies_refuses_them_untouched(tmp_path):
+    """Bit-flipped copies of an aborted run: each is resumed (the flips hit nothing read) or
+    refused with a RunLogError naming it, promptly, and a refused file keeps every byte."""
+    base = tmp_path / "aborted.h5"
+    full_run(base, final="idle")
+    paths, originals = [], []
+    for seed in range(24):
+        paths.append(tmp_path / f"flipped{seed}.h5")
+        originals.append(bit_flipped(base, paths[-1], seed))
+    lines = resume_each(paths)
+    assert len(lines) == len(paths)
+    refused = 0
+    for path, raw, line in zip(paths, originals, lines):
+        if line.startswith("refused"):
+            refused += 1
+            assert path.name in line and ("damaged" in line or "truncated" in line), line
+            assert path.read_bytes() == raw, f"{path.name} was changed: {line}"
+        else:
+            assert line == "resumed"
+            with RunReader(path) as r:
+                assert [w["action"] for w in r.writers][-2:] == ["resume", "close"]
+    assert refused >= 12
+
+
+def test_resuming_a_finished_run_changes_nothing(finished):
+    before = finished.read_bytes()
+    with pytest.raises(RunLogError, match=r"finished\.h5: the run finished \(state done\)"):
+        RunLog.resume(finished)
+    assert finished.read_bytes() == before
+
+
+def test_a_fifo_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "run.h5"
+    os.mkfifo(fifo)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom labpnn.errors import RunLogError\n"
+         "from labpnn.runlog import RunLog, RunReader\nfor f in (RunReader, RunLog.resume):\n"
+         "    try:\n        f(sys.argv[1])\n    except RunLogError as exc:\n        print(exc)",
+         str(fifo)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.count("run.h5: is a FIFO (named pipe), not a run file") == 2, out
+
+
+def as_other_user(fn) -> str:
+    """fn() in a forked child running as user nobody (uid/gid 65534): "ok", or the
+    RunLogError's message. A root test can show the kernel's refusal this way only: root
+    itself may write any file."""
+    import fcntl  # noqa: F401  (loaded here: nobody cannot read the interpreter's files)
+    import pwd  # noqa: F401
+
+    import psutil  # noqa: F401
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child
+        try:
+            os.close(rfd)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                fn()
+                msg = "ok"
+            except RunLogError as exc:
+                msg = str(exc)
+            except BaseException as exc:
+                msg = f"{type(exc).__name__}: {exc}"
+            os.write(wfd, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as fh:
+        msg = fh.read().decode()
+    os.waitpid(pid, 0)
+    return msg
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.parametrize("killed", [False, True])
+def test_resume_never_replaces_a_file_its_owner_protected(tmp_path, killed):
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix="labpnn-protected-"))   # nobody reaches /tmp only
+    try:
+        folder.chmod(0o777)                       # anyone may create and rename files here
+        path = folder / "theirs.h5"
+        if killed:
+            proc = spawn_writer(tmp_path, path, "create")
+            read_steps(proc, 5)
+            kill_writer(proc)
+        else:
+            full_run(path, final="idle")
+        path.chmod(0o444)                          # root's file, protected
+        before, st = path.read_bytes(), path.stat()
+        msg = as_other_user(lambda: RunLog.resume(path).close())
+        assert "theirs.h5: cannot resume: you may not write this run file" in msg, msg
+        assert "-r--r--r--" in msg and "owner root" in msg
+        after = path.stat()
+        assert (after.st_ino, after.st_uid, after.st_mode) == (st.st_ino, st.st_uid, st.st_mode)
+        assert path.read_bytes() == before
+        path.chmod(0o666)                          # ... unless they may write it
+        assert as_other_user(lambda: RunLog.resume(path).close()) == "ok"
+        with RunReader(path) as r:
+            assert r.writers[-2]["action"] == "resume"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+PLAIN_READER = textwrap.dedent("""
+    import sys, h5py
+    with h5py.File(sys.argv[1], "r", swmr=True) as f:   # the pattern of docs/runlog.md
+        ip = f["units/0/info_plane"]
+        for line in sys.stdin:
+            ip.refresh()
+            print(ip.shape[0], int(ip[-1]["step"]), flush=True)
+""")
+
+
+def test_a_plain_h5py_reader_follows_a_resume(tmp_path):
+    """A reader holding the file with h5py (refresh() in a loop) across a kill and a resume
+    sees the rows the resumed run appends: the file is resumed in place."""
+    path = tmp_path / "run.h5"
+    proc = spawn_writer(tmp_path, path, "create")
+    read_steps(proc, 20)
+    kill_writer(proc)
+    reader = subprocess.Popen([sys.executable, "-c", PLAIN_READER, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        def look() -> tuple[int, int]:
+            reader.stdin.write("\n")
+            reader.stdin.flush()
+            n, step = reader.stdout.readline().split()
+            return int(n), int(step)
+        rows, _ = look()
+        log = RunLog.resume(path)
+        step, _ = log.live_state(0, 0)
+        for s in range(step + 1, step + 31):
+            log.step(0, 0, s, loss=0, i_xz=0, i_yz=0, state=b"")
+        assert look() == (step + 31, step + 30)
+        log.close()
+    finally:
+        reader.stdin.close()
+        assert reader.wait(10) == 0

@@ -166,6 +166,10 @@ class OPUFront(Instrument):
         with self._lock:
             self._connected_core().inject_fault(kind, **params)
 
+    def check_fault(self, kind: str, **params: Any) -> None:
+        with self._lock:
+            self._connected_core().check_fault(kind, **params)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._connected_core().clear_faults()

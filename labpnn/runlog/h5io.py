@@ -8,6 +8,7 @@ import enum
 import json
 import math
 import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,9 @@ import h5py
 import numpy as np
 
 from labpnn.errors import RunLogError
-from labpnn.runlog.layout import ELLIPSIS, FORMAT, FORMAT_VERSION, RunLayout, _required_paths
+from labpnn.runlog.layout import (
+    _COPY_SLAB_BYTES, ELLIPSIS, FORMAT, FORMAT_VERSION, RunLayout, _required_paths,
+)
 
 def _jsonable(obj: Any) -> Any:
     """Plain JSON types: NumPy scalars/arrays unpacked, NaN/inf -> None, the rest str()."""
@@ -135,12 +138,13 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 # attempts turns one damaged block into minutes of sleeping; 26 attempts wait at most
 # ~0.1 s in total, still far longer than any metadata write of a live writer.
 _READ_ATTEMPTS = 26
-_set_read_attempts: Any = None   # H5Pset_metadata_read_attempts of h5py's libhdf5, or False
+_libhdf5_cache: list[Any] = []   # [the libhdf5 h5py uses, as a ctypes.CDLL, or None]
 
 
-def _find_read_attempts_setter() -> Any:
-    """H5Pset_metadata_read_attempts from the libhdf5 h5py is linked to (h5py does not
-    wrap it); False when that library cannot be found."""
+def _find_libhdf5() -> Any:
+    """The libhdf5 that h5py is linked to, as a ctypes.CDLL (for the two calls h5py does not
+    wrap: H5Pset_metadata_read_attempts, and H5Pset of the "clear_status_flags" property
+    h5clear uses); None when that library cannot be found."""
     import ctypes
     import glob
 
@@ -161,6 +165,8 @@ def _find_read_attempts_setter() -> Any:
         try:
             lib = ctypes.CDLL(cand)
             setter, getter = lib.H5Pset_metadata_read_attempts, lib.H5Pget_metadata_read_attempts
+            lib.H5Pset.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_void_p]
+            lib.H5Pset.restype = ctypes.c_int
         except (OSError, AttributeError):
             continue
         setter.argtypes, setter.restype = [ctypes.c_int64, ctypes.c_uint], ctypes.c_int
@@ -170,26 +176,59 @@ def _find_read_attempts_setter() -> Any:
         got = ctypes.c_uint(0)
         if setter(probe.id, 7) >= 0 and getter(probe.id, ctypes.byref(got)) >= 0 \
                 and got.value == 7:
-            return setter
-    return False
+            return lib
+    return None
+
+
+def _libhdf5() -> Any:
+    if not _libhdf5_cache:
+        try:
+            _libhdf5_cache.append(_find_libhdf5())
+        except Exception:
+            _libhdf5_cache.append(None)
+    return _libhdf5_cache[0]
 
 
 def _open_swmr_read(path: Path) -> h5py.File:
     """h5py.File(path, "r", swmr=True), with few metadata read attempts."""
-    global _set_read_attempts
-    if _set_read_attempts is None:
-        try:
-            _set_read_attempts = _find_read_attempts_setter()
-        except Exception:
-            _set_read_attempts = False
-    if not _set_read_attempts:
+    lib = _libhdf5()
+    if lib is None:
         return h5py.File(path, "r", swmr=True)
+    for locking in (True, False):
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+        lib.H5Pset_metadata_read_attempts(fapl.id, _READ_ATTEMPTS)
+        if not locking:
+            fapl.set_file_locking(False, True)
+        try:
+            return h5py.File(h5py.h5f.open(
+                os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl))
+        except OSError as exc:   # this process writes it, resumed without the file lock
+            if not locking or "locking flag values don't match" not in str(exc):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _can_clear_flags() -> bool:
+    """Whether _open_in_place can reopen a file a killed writer left flagged open."""
+    return _libhdf5() is not None
+
+
+def _open_in_place(path: Path) -> h5py.File:
+    """The run file opened for writing where it lies, its "open for (SWMR) write" flags
+    cleared as `h5clear -s` does (a killed writer leaves them set), and without HDF5's file
+    lock, which the SWMR readers watching it hold: the caller has made sure that no writer
+    is alive and switches SWMR on before changing anything."""
+    import ctypes
+
+    lib = _libhdf5()
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
-    _set_read_attempts(fapl.id, _READ_ATTEMPTS)
-    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
-                        fapl=fapl)
-    return h5py.File(fid)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_file_locking(False, True)
+    clear = ctypes.c_bool(True)
+    if lib.H5Pset(fapl.id, b"clear_status_flags", ctypes.byref(clear)) < 0:
+        raise OSError("this HDF5 has no clear_status_flags property")
+    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, fapl=fapl))
 
 
 def _superblock_eof(path: Path) -> tuple[int, int] | None:
@@ -234,13 +273,27 @@ def _check_not_truncated(path: Path, tries: int = 5) -> None:
                       "incompletely?) and cannot be read reliably")
 
 
+def _check_regular_file(path: Path) -> None:
+    """RunLogError unless `path` is a regular file (a FIFO would block every open)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise RunLogError(f"{path}: no such run file") from None
+    except OSError as exc:
+        raise RunLogError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise RunLogError(f"{path}: is a directory, not a run file")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise RunLogError(f"{path}: is {kind}, not a run file (a run file is a regular "
+                          "HDF5 file)")
+
+
 def _open_run_file(path: Path) -> h5py.File:
     """An existing run file opened for SWMR reading, or a RunLogError saying what is wrong:
     missing, a directory, truncated, or not readable as HDF5."""
-    if not path.exists():
-        raise RunLogError(f"{path}: no such run file")
-    if path.is_dir():
-        raise RunLogError(f"{path}: is a directory, not a run file")
+    _check_regular_file(path)
     _check_not_truncated(path)
     try:
         return _open_swmr_read(path)
@@ -373,8 +426,55 @@ def _check_format(f: h5py.File, path: Path) -> RunLayout:
         layout = RunLayout.from_dict(_read_json_dataset(f["meta/layout"]))
     except _READ_ERRORS as exc:
         raise _damaged(path, "the run layout (meta/layout)", exc) from exc
-    missing = [p for p in _required_paths(layout) if p not in f]
+    try:
+        missing = [p for p in _required_paths(layout) if p not in f]
+    except _READ_ERRORS as exc:
+        raise _damaged(path, "the file structure", exc) from exc
     if missing:
         raise RunLogError(f"{path}: not a complete labpnn run file: missing "
                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     return layout
+
+
+def _optimiser_extents(f: h5py.File, layout: RunLayout) -> dict[str, int]:
+    """{slot dataset: bytes that matter}: the slot the pointer names holds its state, the
+    spare slot is scratch (0: a kill may have cut a write into it)."""
+    out: dict[str, int] = {}
+    for i in range(len(layout.units)):
+        _, _, slot, nbytes = (int(v) for v in f[f"units/{i}/optimiser/pointer"][...])
+        for k in (0, 1):
+            out[f"/units/{i}/optimiser/slot{k}"] = nbytes if k == slot else 0
+    return out
+
+
+def _read_everything(f: h5py.File, path: Path, layout: RunLayout,
+                     damaged: dict[str, str] | None = None) -> None:
+    """Read every attribute and every byte of every dataset (checksums checked) except the
+    spare optimiser slots; RunLogError naming what cannot be read. With `damaged`, a chunk
+    failing its checksum that decodes as stored is noted there instead (a torn write)."""
+    try:
+        extents = _optimiser_extents(f, layout)
+        objects: list[h5py.HLObject] = [f]
+        f.visititems(lambda _n, o: objects.append(o))
+    except _READ_ERRORS as exc:
+        raise _damaged(path, "the file structure", exc) from exc
+    for obj in objects:
+        try:
+            for key in obj.attrs:
+                obj.attrs[key]
+            if not isinstance(obj, h5py.Dataset):
+                continue
+            n = extents.get(obj.name, obj.shape[0] if obj.shape else None)
+            if n is None:
+                obj[()]
+                continue
+            row_bytes = max(1, obj.dtype.itemsize * int(np.prod(obj.shape[1:], dtype=np.int64)))
+            slab = max(1, _COPY_SLAB_BYTES // row_bytes)
+            for a in range(0, n, slab):
+                sel = slice(a, min(n, a + slab))
+                if damaged is None:
+                    obj[sel]
+                else:
+                    _tolerant_read(obj, sel, damaged)
+        except _READ_ERRORS as exc:
+            raise _damaged(path, obj.name, exc) from exc

@@ -18,10 +18,10 @@ import numpy as np
 from labpnn.errors import RunLogError
 from labpnn.runlog.h5io import (
     _READ_ERRORS, _check_format, _check_not_truncated, _damaged, _is_checksum_error,
-    _jsonable, _open_run_file, _read_json_dataset, _text, _tolerant_read,
+    _jsonable, _open_run_file, _read_everything, _read_json_dataset, _text, _tolerant_read,
 )
 from labpnn.runlog.layout import (
-    _COPY_SLAB_BYTES, INFO_DTYPE, PARAM_KINDS, SPLITS, RunLayout, UnitLayout, _key,
+    INFO_DTYPE, PARAM_KINDS, SPLITS, RunLayout, UnitLayout, _key,
 )
 from labpnn.runlog.repair import _writer_alive
 from labpnn.runlog.writer import _OPEN_LOCK, _OPEN_WRITERS
@@ -387,29 +387,7 @@ class RunReader:
         """Read every byte of every dataset (checksums included); RunLogError if any is
         damaged."""
         _check_not_truncated(self.path)
-        active: dict[str, int] = {}
-        for i in range(len(self.layout.units)):
-            with self._reading(f"units/{i}/optimiser/pointer"):
-                _, _, slot, nbytes = (int(v) for v in
-                                      self._file()[f"units/{i}/optimiser/pointer"][...])
-            for k in (0, 1):
-                active[f"/units/{i}/optimiser/slot{k}"] = nbytes if k == slot else 0
-        for ds in self._datasets:
-            with self._reading(ds.name):
-                if ds.name in active:   # the spare slot may hold a write cut short: scratch
-                    if active[ds.name]:
-                        ds[: active[ds.name]]
-                    continue
-                if ds.shape == ():
-                    ds[()]
-                    continue
-                if not ds.size:
-                    continue
-                row_bytes = max(1, ds.dtype.itemsize
-                                * int(np.prod(ds.shape[1:], dtype=np.int64)))
-                slab = max(1, _COPY_SLAB_BYTES // row_bytes)
-                for a in range(0, ds.shape[0], slab):
-                    ds[a: a + slab]
+        _read_everything(self._file(), self.path, self.layout)
 
     def summary(self) -> dict[str, Any]:
         """What `labpnn inspect --json` prints."""

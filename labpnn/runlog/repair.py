@@ -1,12 +1,15 @@
-"""Resuming a killed run: is its writer still alive, dropping optimisation rows past the
-last saved optimiser state, and copying a file whose writer was killed into a fresh one."""
+"""Resuming a run: what refuses it (a live writer, a finished run, a file its owner
+protected), one resume at a time per folder, dropping optimisation rows past the last saved
+optimiser state, and copying a file into a fresh one when it cannot be resumed in place."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,60 @@ def _refuse_live_writer(f: h5py.File, path: Path) -> None:
     if _writer_alive(w):
         raise RunLogError(f"{path}: is still being written by process {w['pid']} on "
                           f"{w['host']}; stop that run before resuming it")
+
+
+def _refuse_finished(f: h5py.File, path: Path) -> None:
+    try:
+        state = f["state"]
+        last = _text(state[-1]["state"]) if state.shape[0] else "idle"
+    except _READ_ERRORS as exc:
+        raise _damaged(path, "the state table", exc) from exc
+    if last == "done":
+        raise RunLogError(f"{path}: the run finished (state done): there is nothing to resume, "
+                          "and the file was left as it is")
+
+
+def _refuse_protected(path: Path) -> None:
+    """RunLogError unless this user may write the run file: resuming a file its owner made
+    read-only would replace it (the folder being writable) behind the owner's back."""
+    if os.access(path, os.W_OK):
+        return
+    st = path.stat()
+    try:
+        import pwd
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except (ImportError, KeyError):
+        owner = f"uid {st.st_uid}"
+    raise RunLogError(f"{path}: cannot resume: you may not write this run file (mode "
+                      f"{stat.filemode(st.st_mode)}, owner {owner}); resuming it would replace "
+                      "a file its owner protected. Resume a copy of it (cp, then labpnn run "
+                      "--resume COPY), or ask its owner")
+
+
+@contextlib.contextmanager
+def _resume_lock(path: Path, patience_s: float = 5.0) -> Iterator[None]:
+    """One resume at a time in the run file's folder (an advisory lock on the folder): two
+    processes resuming the same run would both find its writer gone."""
+    try:
+        import fcntl
+        fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (ImportError, OSError):   # no flock here: the writers table is the only guard
+        yield
+        return
+    try:
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RunLogError(f"{path}: another run in {path.parent} is being resumed "
+                                      "right now; try again in a moment") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)   # releases the lock
 
 
 def _drop_unsaved_steps(f: h5py.File, layout: RunLayout) -> None:

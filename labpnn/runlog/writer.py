@@ -18,8 +18,9 @@ import numpy as np
 from labpnn.errors import RunLogError
 from labpnn.events import Event
 from labpnn.runlog.h5io import (
-    _append, _check_format, _damaged, _dumps, _fixed, _open_error, _open_run_file,
-    _process_started, _read_json_dataset, _row, _text,
+    _append, _can_clear_flags, _check_format, _damaged, _dumps, _fixed, _open_error,
+    _open_in_place, _open_run_file, _process_started, _read_everything, _read_json_dataset,
+    _row, _superblock_eof, _text,
 )
 from labpnn.runlog.layout import (
     _ARRAY_CHUNK_BYTES, _FEATURE_CHUNK_ROWS, _SLOT_CHUNK, ACCURACY_DTYPE, ACCURACY_KINDS,
@@ -27,7 +28,10 @@ from labpnn.runlog.layout import (
     MESSAGE_BYTES, PARAM_KINDS, PHASES, RAGGED_INDEX_DTYPE, REASON_BYTES, SPLITS, STATE_DTYPE,
     STATES, WRITER_DTYPE, RunLayout, _array_chunks, _check_layout, _key, _table_chunk,
 )
-from labpnn.runlog.repair import _drop_unsaved_steps, _refuse_live_writer, _repair_by_copy
+from labpnn.runlog.repair import (
+    _drop_unsaved_steps, _refuse_finished, _refuse_live_writer, _refuse_protected,
+    _repair_by_copy, _resume_lock,
+)
 
 _OPEN_WRITERS: set[str] = set()   # resolved paths this process holds open for writing
 _OPEN_LOCK = threading.Lock()
@@ -122,17 +126,40 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
 
 # --------------------------------------------------------------------------- writer
 
-def _open_for_writing(path: Path, patience_s: float = 5.0) -> h5py.File:
-    """h5py.File(path, "r+"), waiting out a reader that holds the file's lock for a moment (a
-    poll, a GUI refresh) for up to patience_s; any other failure at once."""
+def _open_resumable(path: Path, patience_s: float = 5.0) -> h5py.File | None:
+    """The checked run file opened for writing in place, or None when it cannot be: a
+    reader in this process has it open (HDF5 shares one handle per process), or a killed
+    writer's flags are set and no libhdf5 call is at hand to clear them. Without that call,
+    a reader in another process holding the file's lock for a moment (a poll, a GUI
+    refresh) is waited out for up to patience_s."""
+    if _can_clear_flags():
+        try:
+            return _open_in_place(path)
+        except Exception as exc:
+            if "already open for read-only" in str(exc).lower():
+                return None
+            raise _open_error(path, exc) from exc
     deadline = time.monotonic() + patience_s
     while True:
         try:
             return h5py.File(path, "r+", libver="latest")
         except OSError as exc:
-            if "unable to lock file" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            if "unable to lock file" in str(exc).lower() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            elif "already open" in str(exc).lower():
+                return None
+            else:
+                raise _open_error(path, exc) from exc
+
+
+def _clear_spare_slots(f: h5py.File, layout: RunLayout) -> None:
+    """Empty each unit's spare optimiser slot (scratch, which a kill mid-write may have left
+    failing its checksum: the next step writes it afresh)."""
+    for i in range(len(layout.units)):
+        slot = int(f[f"units/{i}/optimiser/pointer"][2])
+        for k in (0, 1):
+            if k != slot:
+                f[f"units/{i}/optimiser/slot{k}"].resize((0,))
 
 
 def _writes(method: Any) -> Any:
@@ -230,7 +257,8 @@ class RunLog:
         """Switch f to SWMR, register it as this process's writer of path and record the
         writer's `action` (create, resume)."""
         f.flush()
-        f.swmr_mode = True
+        if not f.swmr_mode:
+            f.swmr_mode = True
         key = str(path.resolve())
         with _OPEN_LOCK:
             if key in _OPEN_WRITERS:
@@ -247,12 +275,16 @@ class RunLog:
 
     @classmethod
     def resume(cls, path: str | Path) -> RunLog:
-        """Reopen a killed, aborted or failed run for writing, keeping everything it holds.
+        """Reopen an aborted, failed or killed run for writing, keeping everything it holds.
         Optimisation rows past the last saved optimiser state are dropped.
 
-        A file whose writer was killed still carries HDF5's "open for SWMR write" flags
-        and cannot be reopened for writing (HDF5 has no public call to clear them); it is
-        then copied whole into a fresh file next to it, which atomically replaces it.
+        Nothing is written before the whole file was read back (every attribute and chunk,
+        checksums checked): a damaged, finished, protected or still-written run is refused
+        and the file left byte for byte as it was. Then the file is resumed in place (the
+        "open for write" flags a killed writer leaves are cleared, as `h5clear -s` does), so
+        readers keep following it. Only a file with a chunk torn by a kill mid-write, or
+        with bytes past the end its superblock records, is copied into a fresh file that
+        atomically replaces it (the copy heals the chunk).
         """
         path = Path(path)
         key = str(path.resolve())
@@ -260,32 +292,37 @@ class RunLog:
             if key in _OPEN_WRITERS:
                 raise RunLogError(f"{path}: still open for writing in this process; close it "
                                   "before resuming")
-        # Look first (read-only): is it a run, and is its writer gone?
-        src = _open_run_file(path)
-        try:
-            layout = _check_format(src, path)
-            _refuse_live_writer(src, path)
-        finally:
-            src.close()
-        try:
-            f = _open_for_writing(path)
-        except OSError:
-            f = None  # killed writer: the consistency flags are set -> repair by copying
-        if f is None:
-            _repair_by_copy(path, layout)
+        with _resume_lock(path):
+            src = _open_run_file(path)
+            torn: dict[str, str] = {}
             try:
-                f = _open_for_writing(path)
-            except Exception as exc:
-                raise _open_error(path, exc) from exc
-        try:
-            _drop_unsaved_steps(f, layout)
-            return cls._bind(f, path, layout, "resume")
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                f.close()
-            if isinstance(exc, RunLogError) or not isinstance(exc, Exception):
-                raise
-            raise RunLogError(f"{path}: cannot resume the run ({exc})") from exc
+                layout = _check_format(src, path)
+                _refuse_live_writer(src, path)
+                _refuse_finished(src, path)
+                _read_everything(src, path, layout, torn)
+            finally:
+                src.close()
+            _refuse_protected(path)
+            f = None
+            ends = _superblock_eof(path)
+            if not torn and (ends is None or ends[0] == ends[1]):
+                f = _open_resumable(path)
+            if f is None:
+                _repair_by_copy(path, layout)
+                f = _open_resumable(path)
+            if f is None:
+                raise RunLogError(f"{path}: cannot be reopened for writing after the copy")
+            try:
+                f.swmr_mode = True               # before any change: readers may be watching
+                _drop_unsaved_steps(f, layout)
+                _clear_spare_slots(f, layout)
+                return cls._bind(f, path, layout, "resume")
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    f.close()
+                if isinstance(exc, RunLogError) or not isinstance(exc, Exception):
+                    raise
+                raise RunLogError(f"{path}: cannot resume the run ({exc})") from exc
 
     # -- plumbing
     def _live(self) -> h5py.File:
