@@ -34,7 +34,7 @@ class StateError(ValueError):
 
 def dump(state: Any) -> bytes:
     """The bytes of an in-memory HDF5 file holding `state`."""
-    blobs: list[bytes] = []
+    arrays: list[np.ndarray] = []
     offset = 0
 
     def tree(obj: Any) -> Any:
@@ -42,7 +42,7 @@ def dump(state: Any) -> bytes:
         if isinstance(obj, torch.Tensor):
             a = obj.detach().cpu().contiguous().numpy()
             a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-            blobs.append(a.tobytes())
+            arrays.append(a)
             offset += a.nbytes
             return {"tensor": [offset - a.nbytes, a.dtype.str, list(a.shape),
                                str(obj.dtype).removeprefix("torch.")]}
@@ -55,10 +55,14 @@ def dump(state: Any) -> bytes:
         raise TypeError(f"cannot store a {type(obj).__name__} in a training state")
 
     skeleton = json.dumps(tree(state))
-    data = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    data = np.empty(offset, dtype=np.uint8)
+    at = 0
+    for a in arrays:   # each tensor's bytes copied once, into place
+        data[at: at + a.nbytes] = a.reshape(-1).view(np.uint8)
+        at += a.nbytes
     # the core driver without a backing store: a file in memory, its image taken at the end
     with h5py.File(f"labpnn-state-{next(_names)}", "w", driver="core", backing_store=False,
-                   libver="latest") as f:
+                   block_size=data.size + 2**16, libver="latest") as f:   # one allocation
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
         f.attrs["tree"] = skeleton
