@@ -16,6 +16,7 @@ from labpnn.events import Event
 from labpnn.gui.bridge import EventBridge
 from labpnn.gui.characterisation_view import CharacterisationView
 from labpnn.gui.events_dock import EventsDock, FaultBanner
+from labpnn.gui.feature_map_dock import FeatureMapDock
 from labpnn.gui.hardware_dock import ConductanceDock, FrameDock
 from labpnn.gui.info_plane_dock import InfoPlaneDock
 from labpnn.gui.instruments_dock import InstrumentsDock
@@ -60,6 +61,7 @@ class MainWindow(QMainWindow):
         self.conductance = ConductanceDock(self)
         self.frame = FrameDock(self)
         self.events = EventsDock(self)
+        self.feature_map = FeatureMapDock(self)
         self.views = (self.info_plane, self.training, self.conductance, self.frame, self.events)
         self._arrange()
         self._menus()
@@ -92,6 +94,7 @@ class MainWindow(QMainWindow):
         self.splitDockWidget(self.info_plane, self.conductance, Qt.Orientation.Vertical)
         self.splitDockWidget(self.training, self.events, Qt.Orientation.Vertical)
         self.tabifyDockWidget(self.conductance, self.frame)
+        self.tabifyDockWidget(self.frame, self.feature_map)
         self.conductance.raise_()
         self.resize(1600, 1000)
         self.resizeDocks([self.run_dock, self.info_plane, self.training], [420, 640, 540],
@@ -115,7 +118,7 @@ class MainWindow(QMainWindow):
             file.addAction(action)
         view = self.menuBar().addMenu("&View")
         for dock in (self.run_dock, self.instruments, self.info_plane, self.training, self.conductance,
-                     self.frame, self.events):
+                     self.frame, self.feature_map, self.events):
             view.addAction(dock.toggleViewAction())
 
     def _restore(self) -> None:
@@ -194,6 +197,7 @@ class MainWindow(QMainWindow):
         self._stop_following()
         self.banner.hide()
         self.show_data(data)
+        self.feature_map.set_run(None, [])
         self.progress = RunProgress(run.recipe)
         for (unit, _), traj in data.trajectories.items():  # steps a continued run has done already
             self.progress.steps_done[unit] = max(self.progress.steps_done[unit], traj.steps[-1] + 1)
@@ -222,6 +226,7 @@ class MainWindow(QMainWindow):
         self._set_state(state)
         self.instruments.refresh_all()
         self.redraw()
+        self.feature_map.set_run(path, list(self.data.units.values()))
         if state == "failed":
             self.run_dock.show_message(f"the run failed: {error}", error=True)
         elif state == "idle":
@@ -266,6 +271,7 @@ class MainWindow(QMainWindow):
         self.progress = None
         self.run_dock.show_progress(None)
         self.show_data(data)
+        self.feature_map.set_run(path, list(data.units.values()))
         self.setWindowTitle(f"labpnn bench: {path} ({data.state})")
         if data.state in LIVE_STATES:
             self.follow_timer.start()

@@ -1,5 +1,8 @@
 """A 2-D map of features, coloured by label: UMAP (umap-learn, the optional extra `umap`) when
-installed, else scikit-learn's t-SNE; PCA on request (instant, linear). docs/unsupervised.md."""
+installed, else scikit-learn's t-SNE; PCA on request (instant, linear). docs/unsupervised.md.
+
+`run_map` maps the measured test features of a run file's unit (the GUI's feature map, the
+benchmark's PNG); the labels come from the run's dataset, loaded again as its recipe says."""
 
 from __future__ import annotations
 
@@ -9,6 +12,10 @@ from typing import Literal
 
 import numpy as np
 from sklearn.preprocessing import StandardScaler
+
+from labpnn import data
+from labpnn.errors import DataError
+from labpnn.runlog import RunReader
 
 Method = Literal["auto", "umap", "tsne", "pca"]
 METHODS = ("auto", "umap", "tsne", "pca")
@@ -70,3 +77,25 @@ def save_png(coords: np.ndarray, labels: np.ndarray, path: str | Path, title: st
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def run_map(path: str | Path, unit: int | None = None, method: Method = "auto",
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(coordinates, test labels, a title) of the measured test features of unit `unit` (None:
+    the last) of a run file. A DataError when the file holds no such features yet."""
+    with RunReader(path) as reader:
+        units = reader.units
+        view = units[-1 if unit is None else unit]
+        features = view.features("test")
+        recipe, meta = reader.recipe, reader.provenance.get("dataset", {})
+        name = f"{view.name} ({view.kind})"
+    if features is None or not np.isfinite(features).all():
+        raise DataError(f"{path}: {name} has no measured test features yet")
+    spec = recipe["dataset"]
+    ds = data.load(spec["name"], n_train=spec.get("n_train"), n_test=spec.get("n_test"), seed=spec.get("seed", 0),
+                   path=spec.get("path") or meta.get("folder"))
+    if len(ds.y_test) != len(features):
+        raise DataError(f"{path}: {len(features)} test features, but its dataset {spec['name']!r} has "
+                        f"{len(ds.y_test)} test samples")
+    coords, used = embed(features, method, seed)
+    return coords, ds.y_test, f"{recipe.get('name', '?')}: {name}, test set, {used.upper()}"
