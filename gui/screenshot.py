@@ -1,9 +1,12 @@
-"""The screenshot in docs/gui.md: the window during a live run on the simulated bench.
+"""The screenshots in docs/: the window during a live run on the simulated bench, or the
+feature map of a finished run.
 
     xvfb-run -s "-screen 0 1600x1000x24" python -m labpnn.gui.screenshot docs/img/gui-live-run.png
+    xvfb-run -s "-screen 0 1600x1000x24" python -m labpnn.gui.screenshot --run RUN.h5 docs/img/gui-feature-map.png
 
 Starts the recipe in a fresh layout, waits until the last unit has drawn some PIB steps,
-saves the screen, aborts the run and exits.
+saves the screen, aborts the run and exits. With --run: opens that run file, maps its last
+unit in the Feature map dock, saves the screen once the map is drawn, and exits.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="mnist1d-memristor", help="packaged recipe name or file")
     parser.add_argument("--config", help="bench file (default: the twins)")
     parser.add_argument("--steps", type=int, default=40, help="PIB steps of the last unit to wait for")
+    parser.add_argument("--run", help="a finished run file: shoot its feature map instead of a live run")
+    parser.add_argument("--method", default="auto", help="the feature map's method (with --run)")
     args = parser.parse_args(argv)
 
     app = QApplication(sys.argv[:1])
@@ -35,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench.load(args.config)
     window = MainWindow(bench, QSettings(str(scratch / "layout.ini"), QSettings.Format.IniFormat))
     window.show()
+    if args.run:
+        return _feature_map(app, window, bench, args)
     if Path(args.recipe).is_file():
         window.run_dock.load_file(args.recipe)
     else:
@@ -61,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         poll.stop()
         window.redraw()
         app.processEvents()
-        shot = window.screen().grabWindow(0) if app.platformName() == "xcb" else window.grab()
-        shot.save(args.out)
-        print(f"saved {args.out} ({shot.width()} x {shot.height()})")
+        _save(app, window, args.out)
         window.confirm_abort_on_close = lambda: True
         window.close()
 
@@ -74,6 +79,27 @@ def main(argv: list[str] | None = None) -> int:
         return app.exec()
     finally:
         shiboken6.delete(window)  # now, while the QApplication lives: not in random order at exit
+        bench.close()
+
+
+def _save(app: QApplication, window: MainWindow, out: str) -> None:
+    shot = window.screen().grabWindow(0) if app.platformName() == "xcb" else window.grab()
+    shot.save(out)
+    print(f"saved {out} ({shot.width()} x {shot.height()})")
+
+
+def _feature_map(app: QApplication, window: MainWindow, bench: Bench, args) -> int:
+    if not window.open_run(args.run):
+        return 1
+    dock = window.feature_map
+    dock.raise_()
+    dock.method.setCurrentText(args.method)
+    dock.mapped.connect(lambda _: QTimer.singleShot(500, lambda: (_save(app, window, args.out), window.close())))
+    dock.compute()
+    try:
+        return app.exec()
+    finally:
+        shiboken6.delete(window)
         bench.close()
 
 

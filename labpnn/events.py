@@ -12,7 +12,7 @@ per recovery from a fault):
 - InfoPlane (info_plane): step, I_XZ, I_YZ (bits), revision; objectives that log both
 - Deployed (deployed):   revision, arrays as read back ("weights", "g_target", "g_read" in siemens, ...)
 - Measured (measure):    split, done, total (inputs)
-- Accuracy (accuracy):   split ("train"|"test"), value (0..1), what ("probe"|"readout"|"verify"), revision
+- Accuracy (accuracy):   split ("train"|"test"), value (0..1), what ("probe"|"readout"|"verify"|"linear"), revision
 - Frame (frame):         frame (2-D array), what (the instrument names, e.g. "opu" or "slm, camera")
 - Fault (fault):         fault (FaultKind), channels, split, action (the policy), diagnoses (channel:
                          health.Diagnosis), detail (what was found), then (what the run does)
@@ -177,6 +177,8 @@ class Accuracy(Event):
     def message(self) -> str:
         if self.what == "probe":
             return f"unit {self.unit} linear probe, {self.split}: {100 * self.value:.1f} %"
+        if self.what == "linear":
+            return f"unit {self.unit} linear evaluation (logistic regression), {self.split}: {100 * self.value:.1f} %"
         if self.what == "verify":
             return f"verification on the hardware, {self.split}: {100 * self.value:.2f} %"
         return f"readout accuracy, {self.split}: {100 * self.value:.2f} %"

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from labpnn.augment import Pipeline, parse_pipeline
 from labpnn.config_errors import read_yaml, validate
 from labpnn.errors import ConfigError
 from labpnn.objectives import DEFAULT as DEFAULT_OBJECTIVE
@@ -100,6 +101,8 @@ class Recipe(Strict):
     readout: ReadoutSpec = Field(default_factory=ReadoutSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     faults: FaultPolicy = Field(default_factory=FaultPolicy)
+    augment: list = Field(default_factory=list, description="the transforms that make an unsupervised "
+                          "objective's two views, in order (labpnn.augment, docs/unsupervised.md)")
 
     _source: str = PrivateAttr("recipe")   # where it came from, for messages: parse_recipe()
 
@@ -121,7 +124,12 @@ class Recipe(Strict):
             SCHEMES.parse(self.scheme_spec(), "scheme")
             for i in range(len(self.units)):
                 self.unit_pib(i)
-                OBJECTIVES.parse(self.objective_spec(i), self.objective_field(i))
+                name, options = OBJECTIVES.parse(self.objective_spec(i), self.objective_field(i))
+                if getattr(options, "needs", frozenset()) & {"x2", "h2"} and not self.augment:
+                    raise ConfigError(f"augment: objective {name!r} ({self.objective_field(i)}) compares two "
+                                      "augmented views of every input; list the augmentations that make them, "
+                                      "e.g. augment: [{name: shift, pixels: 2}] (docs/unsupervised.md)")
+            self.augmentations()
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return self
@@ -139,6 +147,10 @@ class Recipe(Strict):
             if spec is not None:
                 return spec
         return DEFAULT_OBJECTIVE
+
+    def augmentations(self) -> Pipeline:
+        """The `augment:` list as a seeded pipeline for this recipe's dataset."""
+        return parse_pipeline(self.augment, self.dataset.name)
 
     def unit_pib(self, index: int) -> PIBSettings:
         """The recipe's PIB settings with unit `index`'s overrides applied."""

@@ -39,3 +39,4 @@ def register_objective(name: str, options: type[BaseModel],
 
 
 from labpnn.objectives import pib as _pib  # noqa: E402,F401  (registers "pib")
+from labpnn.objectives import two_view as _two_view  # noqa: E402,F401  (registers "pib-2view")

@@ -14,12 +14,13 @@ for the features; None: the median rule).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn import info
+from labpnn.objectives import ObjectiveContext, register_objective
 
 __all__ = ["TwoViewOptions", "TwoViewPIB", "TwoViewTerms", "two_view_terms"]
 
@@ -63,6 +64,7 @@ class TwoViewOptions(BaseModel):
     """A recipe's `objective: {name: pib-2view, ...}` options."""
 
     model_config = ConfigDict(extra="forbid")
+    needs: ClassVar[frozenset[str]] = frozenset({"x2", "h2"})  # what the recipe must provide (augment:)
 
     beta: float | None = Field(None, ge=0, description="weight of I(X1;Z1) + I(X2;Z2); None: the pib section's beta")
 
@@ -72,7 +74,7 @@ class TwoViewPIB:
     targets "h2", "x2" of view 2; never labels."""
 
     name = "pib-2view"
-    needs = frozenset({"x2", "h2"})
+    needs = TwoViewOptions.needs
 
     def __init__(self, *, beta: float, alpha: float = 1.01, sigma_x: float | None = None,
                  sigma_z: float | None = None):
@@ -88,3 +90,12 @@ class TwoViewPIB:
                                alpha=self.alpha, sigma_x=self.sigma_x, sigma_z=self.sigma_z)
         return terms.loss, {"I_Z1Z2": terms.i_z1z2.item(),
                             "I_XZ": 0.5 * (terms.i_x1z1.item() + terms.i_x2z2.item())}
+
+
+def _build(options: TwoViewOptions, ctx: ObjectiveContext) -> TwoViewPIB:
+    s = ctx.settings
+    return TwoViewPIB(beta=s.beta if options.beta is None else options.beta, alpha=s.alpha, sigma_x=s.sigma_x,
+                      sigma_z=s.sigma_z)
+
+
+register_objective("pib-2view", TwoViewOptions, _build)

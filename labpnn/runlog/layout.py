@@ -18,7 +18,7 @@ FORMAT = "labpnn-run"            # root attribute `labpnn_format`: marks a labpn
 FORMAT_VERSION = 1               # root attribute `format_version`
 SPLITS = ("train", "test")
 PARAM_KINDS = ("trained", "deployed")
-ACCURACY_KINDS = ("probe", "readout", "verify")
+ACCURACY_KINDS = ("probe", "readout", "verify", "linear")
 
 MESSAGE_BYTES = 512              # events/message: fixed-length UTF-8, truncated with "…"
 REASON_BYTES = 1024              # state/reason

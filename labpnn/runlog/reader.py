@@ -423,6 +423,8 @@ class RunReader:
             "units": units,
             "test_accuracy": test,
             "train_accuracy": self.train_accuracy,
+            "probe_accuracy": next((a["value"] for a in reversed(accuracies) if a["what"] == "linear"
+                                    and a["split"] == "test"), None),
             "accuracies": accuracies,
             "checkpoints": [{"unit": None if u < 0 else u, "revision": r, "phase": p}
                             for u, r, p in checkpoints],

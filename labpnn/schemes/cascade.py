@@ -6,6 +6,10 @@ the digital readout on the last unit's measured features. With `faults.verify`, 
 network is measured again on the test set, channel by channel, and a fault found then (broken
 channels, or an accuracy drop with every channel passing) is recovered from as a new revision:
 the faulty unit re-measured as it is now, every later unit retrained on those measurements.
+
+Objectives that read two augmented views ("x2", "h2": pib-2view) get them from labpnn.views:
+both views of every training input measured through each unit, never a label; the run then
+ends with the linear evaluation (labpnn.linear_eval) of the last unit, recorded as "linear".
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from labpnn import readout
+from labpnn import readout, views
+from labpnn.linear_eval import linear_probe
 from labpnn.batches import sampler
 from labpnn.events import Accuracy, Fault, FaultKind, InfoEvent, PhaseStarted, Recovered
 from labpnn.health import describe_channels, significant_drop
@@ -34,29 +39,38 @@ class Cascade:
     def run(self, ctx: RunContext) -> None:
         ds = ctx.dataset
         h_train, h_test = ds.x_train, ds.x_test
+        pair = views.Views(ctx) if views.wanted(ctx) else None
         for index, unit in enumerate(ctx.units):
             if not ctx.done(index, 0, "measured"):
                 ctx.inject(index)
-            h_train, h_test = self.unit(ctx, index, 0, unit, h_train, h_test)
+            h_train, h_test = self.unit(ctx, index, 0, unit, h_train, h_test, pair)
         accuracy = ctx.readout(h_train, h_test, 0)
+        if pair is not None:
+            self.linear(ctx, 0, h_train, h_test)
         if ctx.recipe.faults.verify:
             ctx.inject("verify")
             self.verify(ctx, accuracy)
 
     def unit(self, ctx: RunContext, index: int, rev: int, unit: Unit, h_train: np.ndarray, h_test: np.ndarray,
-             train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+             pair: views.Views | None = None, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Optimise (with train False: keep the previous revision's parameters), deploy and
-        measure one unit on its inputs; returns its measured (train, test) features."""
+        measure one unit on its inputs (and on `pair`'s two views, which it then carries one
+        unit on); returns its measured (train, test) features."""
         if not train:
             ctx.keep_parameters(index, rev, unit)
         elif ctx.done(index, rev, "optimised"):
             ctx.restore(index, rev, unit)
         else:
-            inputs = ctx.prepare(index, unit, h_train)
             settings = ctx.recipe.unit_pib(index)
-            ctx.optimise(index, rev, unit, sampler(ctx.dataset.x_train, inputs, ctx.supervised_targets(),
-                                                   settings.batch_size, ctx.unit_seed(index, rev)))
+            if pair is not None:
+                sample = pair.sample(ctx, index, rev, unit, settings.batch_size)
+            else:
+                sample = sampler(ctx.dataset.x_train, ctx.prepare(index, unit, h_train), ctx.supervised_targets(),
+                                 settings.batch_size, ctx.unit_seed(index, rev))
+            ctx.optimise(index, rev, unit, sample)
         if ctx.done(index, rev, "measured"):
+            if pair is not None:  # the views are not in the run file: measured again
+                pair.measure(ctx, index, unit)
             return ctx.log.read_features(index, rev, "train"), ctx.log.read_features(index, rev, "test")
         ctx.deploy(index, rev, unit)
         # re-measuring unchanged parameters: the previous revision is the channels' history
@@ -66,7 +80,17 @@ class Cascade:
         f_test = ctx.measure(index, rev, unit, h_test, "test", monitor=monitor)
         ctx.checkpoint_phase(index, rev, "measured")
         ctx.probe(index, rev, f_train, f_test)
+        if pair is not None:
+            pair.measure(ctx, index, unit)
         return f_train, f_test
+
+    def linear(self, ctx: RunContext, rev: int, f_train: np.ndarray, f_test: np.ndarray) -> float:
+        """The linear evaluation of the frozen units: logistic regression on the last unit's
+        measured features (recorded as accuracy "linear"); its test accuracy."""
+        ds = ctx.dataset
+        value = linear_probe(f_train, ds.y_train, f_test, ds.y_test)
+        ctx.emit(Accuracy(unit=len(ctx.units) - 1, split="test", value=value, what="linear", revision=rev))
+        return value
 
     def verify(self, ctx: RunContext, accuracy_before: float) -> None:
         """Re-measure the deployed network on the test set, channel by channel; recover from a
@@ -114,9 +138,16 @@ class Cascade:
             h_train, h_test = (ctx.log.read_features(first - 1, last, s) for s in ("train", "test"))
         else:
             h_train, h_test = ctx.dataset.x_train, ctx.dataset.x_test
+        pair = views.Views(ctx) if views.wanted(ctx) else None
+        for index in range(first if pair is not None else 0):  # the views as the units before measure them
+            pair.measure(ctx, index, ctx.units[index])
         for index in range(first, len(ctx.units)):
-            h_train, h_test = self.unit(ctx, index, rev, ctx.units[index], h_train, h_test, train=index > first)
-        return ctx.readout(h_train, h_test, rev)
+            h_train, h_test = self.unit(ctx, index, rev, ctx.units[index], h_train, h_test, pair,
+                                        train=index > first)
+        accuracy = ctx.readout(h_train, h_test, rev)
+        if pair is not None:
+            self.linear(ctx, rev, h_train, h_test)
+        return accuracy
 
 
 register_scheme("cascade", CascadeOptions, lambda options: Cascade())

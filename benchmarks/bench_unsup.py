@@ -1,0 +1,299 @@
+"""Unsupervised PIB (issue 13): the linear probe against PIB iterations per unit, and baselines.
+
+    python benchmarks/bench_unsup.py [--quick] [--seeds 3] [--mnist DIR] [--out DIR] [--report docs/results.md]
+
+Full: recipe unsup-mnist-memristor (MNIST 8,000/2,000, 784 -> 64 -> 32 on the crossbar twin),
+0, 10, 50, 200 and 1000 PIB iterations per unit, each a run of the real engine
+(labpnn.engine.Run, one HDF5 file each) for every seed. 0 iterations: the units as initialised,
+deployed and measured, never optimised ("random deployed units"). The probe: labpnn.linear_eval
+(scikit-learn logistic regression) on the last unit's measured features. Baselines of the same
+width (32): raw inputs (784 wide), PCA to 32 and supervised PIB (recipe mnist-memristor, 300
+steps per unit, on the same twin). Seed s: recipe seed s, crossbar twin seed 100 + s.
+--quick: unsup-digits, iterations 0, 10, 50, one seed, no report (a smoke test).
+
+Prints the table and keeps every job's result in OUT/results.json; with --report, replaces
+its section of that markdown file (between the markers) and writes the plots
+docs/img/results-unsup-probe.png and -map.png beside it. --report-only redraws the report from
+OUT/results.json without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
+START, END = "<!-- bench_unsup: start -->", "<!-- bench_unsup: end -->"
+WIDTH_NOTE = "same width as the last unit"
+
+
+def _bench(out: Path, seed: int) -> Path:
+    path = out / f"bench-seed{seed}.yaml"
+    path.write_text(yaml.safe_dump({"instruments": {"crossbar": {"driver": "sim-crossbar",
+                                                                  "options": {"seed": 100 + seed}}}}))
+    return path
+
+
+def _recipe(name: str, seed: int, steps: int, mnist: Path | None) -> dict:
+    from labpnn.recipe import load_recipe
+
+    data = load_recipe(name).model_dump(mode="json", exclude_none=True)
+    data["seed"] = seed
+    data["pib"]["steps"] = max(steps, 1)
+    if mnist is not None and data["dataset"]["name"] == "mnist":
+        data["dataset"]["path"] = str(mnist)
+    return data
+
+
+def job(args: tuple) -> dict:
+    """One engine run (or, at 0 iterations, the units deployed untrained); its probe accuracy."""
+    import torch
+
+    torch.set_num_threads(1)
+    from labpnn import data
+    from labpnn.bench import Bench
+    from labpnn.engine import Run
+    from labpnn.linear_eval import linear_probe
+    from labpnn.recipe import parse_recipe
+    from labpnn.runlog import RunReader
+    from labpnn.units import build_units
+
+    what, name, seed, steps, mnist, out = args
+    recipe = parse_recipe(_recipe(name, seed, steps, mnist))
+    ds = data.load(recipe.dataset.name, n_train=recipe.dataset.n_train, n_test=recipe.dataset.n_test,
+                   seed=recipe.dataset.seed, path=recipe.dataset.path)
+    bench = Bench.load(_bench(out, seed))
+    t0 = time.time()
+    try:
+        path = out / f"{what}-{name}-steps{steps}-seed{seed}.h5"
+        if steps == 0:  # untrained: as the engine initialises them, deployed and measured
+            bench["crossbar"].connect()
+            h_train, h_test = ds.x_train, ds.x_test
+            for unit in build_units(recipe, bench, ds.x_train.shape[1]):
+                unit.deploy()
+                h_train, h_test = unit.measure(h_train), unit.measure(h_test)
+            f_train, f_test = h_train, h_test
+        else:
+            if path.exists():
+                path.unlink()
+            Run(recipe, bench, path).execute()
+            with RunReader(path) as reader:
+                last = reader.units[-1]
+                f_train, f_test = last.features("train"), last.features("test")
+                readout = reader.test_accuracy
+    finally:
+        bench.close()
+    result = {"what": what, "recipe": name, "seed": seed, "steps": steps,
+              "probe": linear_probe(f_train, ds.y_train, f_test, ds.y_test), "seconds": time.time() - t0}
+    if steps:
+        result |= {"file": str(path), "readout": readout}
+    return result
+
+
+def baselines(name: str, mnist: Path | None) -> dict:
+    """Probe accuracy of the raw inputs and of PCA to the last unit's width (fitted on the training set)."""
+    from sklearn.decomposition import PCA
+
+    from labpnn import data
+    from labpnn.linear_eval import linear_probe
+    from labpnn.recipe import parse_recipe
+
+    recipe = parse_recipe(_recipe(name, 0, 1, mnist))
+    ds = data.load(recipe.dataset.name, path=recipe.dataset.path, seed=recipe.dataset.seed)
+    width = recipe.units[-1].out
+    pca = PCA(width, random_state=0).fit(ds.x_train)
+    return {"raw": linear_probe(ds.x_train, ds.y_train, ds.x_test, ds.y_test),
+            "pca": linear_probe(pca.transform(ds.x_train), ds.y_train, pca.transform(ds.x_test), ds.y_test),
+            "width": width, "in": ds.x_train.shape[1], "dataset": ds.meta}
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, float) * 100
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def fmt(values: list[float]) -> str:
+    m, s = stats(values)
+    return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
+
+
+def plot_curve(iterations, curve, base, supervised, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    xs = [max(i, 1) for i in iterations]  # 0 iterations drawn at 1 on the log axis
+    m, s = zip(*(stats(curve[i]) for i in iterations))
+    ax.errorbar(xs, m, yerr=s, marker="o", capsize=4, label="unsupervised PIB (pib-2view), mean ± std")
+    for value, label, style in ((base["pca"], f"PCA to {base['width']}", "--"), (base["raw"], "raw inputs", ":")):
+        ax.axhline(100 * value, color="grey", ls=style, label=label)
+    if supervised:
+        ax.axhline(stats(supervised)[0], color="tab:green", ls="-.", label="supervised PIB (300 steps)")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [str(i) for i in iterations])
+    ax.set_xlabel("PIB iterations per unit (0: random deployed units)")
+    ax.set_ylabel("linear probe, test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def versions() -> str:
+    from labpnn.provenance import versions as v
+
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    return ", ".join(f"{k} {x}" for k, x in v().items()) + f"; labpnn commit {commit}"
+
+
+def markdown(args, iterations, curve, base, supervised, readouts, wall: float, load, map_png: str) -> str:
+    last = iterations[-1]
+    rows = ["| PIB iterations per unit | linear probe, test (%) |", "|---|---|"]
+    rows += [f"| {i}{' (random deployed units)' if i == 0 else ''} | {fmt(curve[i])} |" for i in iterations]
+    gain = stats(curve[last])[0] - stats(curve[0])[0]
+    vs_pca = stats(curve[last])[0] - 100 * base["pca"]
+    rising = all(stats(curve[a])[0] <= stats(curve[b])[0] for a, b in zip(iterations, iterations[1:]))
+    lines = [
+        START,
+        "## Unsupervised PIB: linear probe against PIB iterations (MNIST)",
+        "",
+        f"Recipe `unsup-mnist-memristor` ({base['in']} → 64 → {base['width']} on the crossbar twin, objective "
+        "`pib-2view`, augmentations crop 0.7, rotate ±15°, pixel noise 0.2; both views of every sample "
+        "measured through the twin; no label reaches training). Probe: scikit-learn logistic regression on the "
+        "last unit's measured features (standardised), trained on the 8,000 training images, scored on the "
+        f"2,000 test images; {len(args.seeds)} seeds (mean ± std, ddof 1).",
+        "",
+        "```",
+        f"python benchmarks/bench_unsup.py --seeds {' '.join(map(str, args.seeds))} --report docs/results.md",
+        "```",
+        "",
+        *rows,
+        "",
+        f"| baseline ({base['width']} features unless said) | linear probe, test (%) |",
+        "|---|---|",
+        f"| raw inputs ({base['in']} pixels) | {100 * base['raw']:.1f} |",
+        f"| PCA to {base['width']} (fitted on the training images) | {100 * base['pca']:.1f} |",
+        f"| random (untrained) deployed units | {fmt(curve[0])} |",
+        f"| supervised PIB (`mnist-memristor`, 300 steps per unit, same twin) | {fmt(supervised)} |",
+        "",
+        f"Targets: the curve rises with iterations: **{'yes' if rising else 'no'}** (means "
+        f"{' → '.join(f'{stats(curve[i])[0]:.1f}' for i in iterations)} %); the final probe beats random deployed "
+        f"units by ≥ 15 points: **{'yes' if gain >= 15 else 'no'}** ({gain:+.1f} points); it at least matches PCA "
+        f"of the same width: **{'yes' if vs_pca >= 0 else 'no'}** ({vs_pca:+.1f} points). The engine's digital "
+        f"readout on the same features (softmax regression, L-BFGS) after {last} iterations: {fmt(readouts)} %.",
+        "",
+        f"- wall time {wall / 60:.1f} min on {args.workers} worker process(es), one thread each (load average at "
+        f"the start {' / '.join(f'{x:.1f}' for x in load)}: the machine was shared)",
+        f"- data: {base['dataset'].get('folder', base['dataset'].get('source'))} ({base['dataset'].get('split')})",
+        f"- versions: {versions()}",
+        "",
+        "![probe against iterations](img/results-unsup-probe.png)",
+        "",
+        f"![UMAP of the test features]({map_png})",
+        "",
+        f"The map: the last unit's measured test features after {last} iterations (seed {args.seeds[0]}), "
+        "embedded in 2-D (labpnn.embedding, UMAP when umap-learn is installed, else t-SNE), coloured by the label "
+        "that training never saw.",
+        "",
+        "Fashion-MNIST (`--fashion DIR`, the paper's three-group probe) is not run here: no Fashion-MNIST files "
+        "were given.",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(report: Path, section: str) -> None:
+    text = report.read_text() if report.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    report.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="digits, 0/10/50 iterations, one seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, nargs="+", default=[0, 10, 50, 200, 1000])
+    p.add_argument("--mnist", type=Path, default=DEFAULT_MNIST, help="folder of the MNIST IDX files")
+    p.add_argument("--out", type=Path, default=Path("/tmp/labpnn-bench-unsup"), help="run files go here")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--report", type=Path, help="markdown file whose section to (re)write, e.g. docs/results.md")
+    p.add_argument("--report-only", action="store_true", help="redraw the report from OUT/results.json")
+    args = p.parse_args(argv)
+    name, supervised_name = "unsup-mnist-memristor", "mnist-memristor"
+    if args.quick:
+        name, supervised_name, args.seeds, args.iterations = "unsup-digits", None, args.seeds[:1], [0, 10, 50]
+    args.out.mkdir(parents=True, exist_ok=True)
+    iterations = sorted(set(args.iterations) | {0})
+    jobs = [("unsup", name, s, i, args.mnist, args.out) for i in sorted(iterations, reverse=True) for s in args.seeds]
+    if supervised_name:
+        jobs += [("supervised", supervised_name, s, 300, args.mnist, args.out) for s in args.seeds]
+    saved = args.out / "results.json"
+    if args.report_only:
+        done = json.loads(saved.read_text())
+        base, results, wall, load = done["baselines"], done["jobs"], done["wall_s"], done["load"]
+    else:
+        t0 = time.time()
+        load = os.getloadavg()
+        base = baselines(name, args.mnist)
+        results = []
+        with ProcessPoolExecutor(args.workers) as pool:
+            for r in pool.map(job, jobs):
+                print(f"{r['what']:>10} {r['recipe']} seed {r['seed']} {r['steps']:>4} steps: linear probe "
+                      f"{100 * r['probe']:.1f} % ({r['seconds']:.0f} s)", flush=True)
+                results.append(r)
+        wall = time.time() - t0
+        saved.write_text(json.dumps({"baselines": base, "jobs": results, "wall_s": wall, "load": load,
+                                     "versions": versions()}, indent=1))
+    curve: dict[int, list[float]] = {i: [] for i in iterations}
+    supervised, readouts, files = [], [], {}
+    for r in results:
+        if r["what"] == "supervised":
+            supervised.append(r["probe"])
+        else:
+            curve[r["steps"]].append(r["probe"])
+            files[(r["steps"], r["seed"])] = r.get("file")
+            if r["steps"] == iterations[-1]:
+                readouts.append(r["readout"])
+    print(f"\nlinear probe, test accuracy (%), {name}, seeds {args.seeds}:")
+    for i in iterations:
+        print(f"  {i:>5} PIB iterations per unit: {fmt(curve[i])}")
+    print(f"  raw inputs: {100 * base['raw']:.1f}; PCA to {base['width']}: {100 * base['pca']:.1f}"
+          + (f"; supervised PIB: {fmt(supervised)}" if supervised else "") + f"  (wall {wall / 60:.1f} min, "
+          f"load average {load[0]:.1f})")
+    if args.report:
+        from labpnn.embedding import run_map, save_png
+
+        img = args.report.parent / "img"
+        plot_curve(iterations, curve, base, supervised, img / "results-unsup-probe.png")
+        coords, labels, title = run_map(files[(iterations[-1], args.seeds[0])])
+        save_png(coords, labels, img / "results-unsup-map.png", title)
+        write_section(args.report, markdown(args, iterations, curve, base, supervised, readouts, wall, load,
+                                            "img/results-unsup-map.png"))
+        print(f"wrote {args.report} and {img}/results-unsup-*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
