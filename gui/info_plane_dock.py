@@ -36,6 +36,8 @@ class InfoPlaneDock(QDockWidget):
     def render(self, data: RunData) -> None:
         for key, traj in sorted(data.trajectories.items()):
             unit, revision = key
+            if not np.isfinite(traj.i_yz).any():  # no labels (unsupervised): not in this plane
+                continue
             if key not in self.items:
                 colour = unit_colour(unit)
                 curve = self.plot.plot(pen=pg.mkPen(colour, width=1.2))

@@ -61,7 +61,10 @@ class RunData:
     def apply(self, ev: Event) -> None:
         """Take in one engine event."""
         d = ev.data
-        if ev.kind == "step":  # comes just before the step's info_plane event, which draws the point
+        if ev.kind == "step" and "I_YZ" not in d:  # no labels (unsupervised): no info_plane event follows
+            self._point(ev.unit, int(d.get("revision", 0)), int(d["step"]), float(d.get("I_XZ", "nan")),
+                        float("nan"), float(d["loss"]))
+        elif ev.kind == "step":  # comes just before the step's info_plane event, which draws the point
             self._loss[ev.unit] = (d["step"], float(d["loss"]))
         elif ev.kind == "info_plane":
             step, loss = self._loss.pop(ev.unit, (None, float("nan")))

@@ -7,6 +7,7 @@ from tqdm import tqdm
 from labpnn.events import Event, EventBus
 
 MESSAGE_KINDS = {"accuracy", "warning", "fault", "info"}
+NAMES = {"I_XZ": "I(X;Z)", "I_YZ": "I(Y;Z)", "I_Z1Z2": "I(Z1;Z2)"}  # an objective's logged quantities (bits)
 
 
 class Progress:
@@ -33,7 +34,8 @@ class Progress:
             self.bar = tqdm(total=ev.data["steps"], initial=ev.data.get("start", 0), desc=ev.message,
                             unit=unit, disable=self.disable, leave=False, dynamic_ncols=True)
         elif ev.kind == "step" and self.bar is not None:
-            self.bar.set_postfix_str(f"I(X;Z)={ev.data['I_XZ']:.2f} bit, I(Y;Z)={ev.data['I_YZ']:.2f} bit",
+            values = {k: v for k, v in ev.data.items() if k.startswith("I_")}
+            self.bar.set_postfix_str(", ".join(f"{NAMES.get(k, k)}={v:.2f} bit" for k, v in values.items()),
                                      refresh=False)
             self.bar.update(1)
         elif ev.kind == "measure" and self.bar is not None:

@@ -1,13 +1,17 @@
-"""The GUI's feature map (pytest-qt, offscreen): a finished run's test features in 2-D, by label."""
+"""The GUI's feature map (pytest-qt, offscreen): a finished run's test features in 2-D, by label;
+and an unsupervised run (no I(Y;Z)) shown live and from its file."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyqtgraph as pg
 import pytest
 from PySide6.QtCore import QSettings, Qt
 
 from labpnn.bench import Bench
 from labpnn.engine import Run, State
+from labpnn.events import Step
+from labpnn.gui.run_data import RunData
 from labpnn.gui.main_window import MainWindow
 from tests.engine_helpers import tiny_recipe, twin_bench
 
@@ -20,7 +24,9 @@ def finished_run(tmp_path_factory):
     bench = twin_bench(tmp)
     try:
         path = tmp / "run.h5"
-        assert Run(tiny_recipe(pib={"steps": 5, "batch_size": 64}), bench, path).execute() is State.DONE
+        recipe = tiny_recipe(pib={"steps": 5, "batch_size": 64}, objective="pib-2view",
+                             augment=[{"name": "shift", "pixels": 1}])
+        assert Run(recipe, bench, path).execute() is State.DONE
     finally:
         bench.close()
     return path
@@ -53,6 +59,16 @@ def test_maps_a_finished_run_by_label(qtbot, window, finished_run):
     found = points(dock)
     assert sorted(found) == [str(c) for c in range(10)] and sum(found.values()) == 100  # n_test
     assert "PCA" in dock.plot.getPlotItem().titleLabel.text and "100 test samples" in dock.note.text()
+    traj = window.data.trajectories[(1, 0)]  # the run's own curves: loss and I(X;Z), no I(Y;Z)
+    assert len(traj.steps) == 5 and np.isfinite(traj.loss).all() and np.isnan(traj.i_yz).all()
+
+
+def test_unsupervised_steps_draw_live():
+    data = RunData()
+    data.apply(Step(unit=0, step=0, steps=3, loss=-1.5, values={"I_Z1Z2": 1.6, "I_XZ": 1.2}))
+    traj = data.trajectories[(0, 0)]
+    assert traj.steps == [0] and traj.loss == [-1.5] and traj.i_xz == [1.2] and np.isnan(traj.i_yz[0])
+    assert {"info_plane", "training"} <= data.changed
 
 
 def test_a_run_without_features_says_so(qtbot, window, tmp_path):
