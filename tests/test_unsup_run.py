@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine_helpers import TINY, TWIN_BENCH, tiny_recipe, twin_bench, write_yaml
+from fault_helpers import fault_recipe
 from labpnn import data
 from labpnn.engine import Run, State
 from labpnn.errors import ConfigError
@@ -79,6 +80,19 @@ def test_views_change_what_a_unit_learns(tmp_path):
         tmp_path / "b" / "run.h5").execute()
     a, b = trained(tmp_path / "a" / "run.h5")[0], trained(tmp_path / "b" / "run.h5")[0]
     assert not np.allclose(a["0.weight"], b["0.weight"])
+
+
+def test_recovery_retrains_on_both_views(tmp_path):
+    """A broken ADC found at verification: unit 1 is retrained on the views as the faulty
+    unit 0 measures them now, without labels, and a new linear evaluation is recorded."""
+    recipe = fault_recipe({"verify": True, "mask": True, "inject": [
+        {"at": "verify", "instrument": "crossbar", "kind": "broken_adc",
+         "params": {"columns": [16, 19, 21, 25, 28], "mode": "garbage"}}]}, objective="pib-2view", augment=AUGMENT)
+    assert Run(recipe, twin_bench(tmp_path), tmp_path / "run.h5").execute() is State.DONE
+    with RunReader(tmp_path / "run.h5") as reader:
+        assert {(0, 1, "measured"), (1, 1, "optimised"), (1, 1, "measured")} <= set(reader.checkpoints)
+        linear = [a["revision"] for a in reader.accuracies if a["what"] == "linear"]
+    assert linear == [0, 1]
 
 
 @pytest.mark.parametrize("changes, says", [

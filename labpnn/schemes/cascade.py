@@ -18,10 +18,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from labpnn import readout, views
-from labpnn.linear_eval import linear_probe
 from labpnn.batches import sampler
 from labpnn.events import Accuracy, Fault, FaultKind, InfoEvent, PhaseStarted, Recovered
 from labpnn.health import describe_channels, significant_drop
+from labpnn.linear_eval import linear_probe
 from labpnn.protocols import Unit
 from labpnn.run_context import READOUT, RunContext
 from labpnn.schemes import register_scheme
@@ -139,8 +139,9 @@ class Cascade:
         else:
             h_train, h_test = ctx.dataset.x_train, ctx.dataset.x_test
         pair = views.Views(ctx) if views.wanted(ctx) else None
-        for index in range(first if pair is not None else 0):  # the views as the units before measure them
-            pair.measure(ctx, index, ctx.units[index])
+        if pair is not None:
+            for index in range(first):  # the views through the units before the faulty one
+                pair.measure(ctx, index, ctx.units[index])
         for index in range(first, len(ctx.units)):
             h_train, h_test = self.unit(ctx, index, rev, ctx.units[index], h_train, h_test, pair,
                                         train=index > first)
