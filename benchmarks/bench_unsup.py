@@ -165,6 +165,10 @@ def versions() -> str:
 
 
 def markdown(args, iterations, curve, base, supervised, readouts, wall: float, load, map_png: str) -> str:
+    from labpnn.recipe import load_recipe
+
+    recipe = load_recipe("unsup-mnist-memristor")
+    pib = recipe.pib
     last = iterations[-1]
     rows = ["| PIB iterations per unit | linear probe, test (%) |", "|---|---|"]
     rows += [f"| {i}{' (random deployed units)' if i == 0 else ''} | {fmt(curve[i])} |" for i in iterations]
@@ -176,13 +180,15 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         "## Unsupervised PIB: linear probe against PIB iterations (MNIST)",
         "",
         f"Recipe `unsup-mnist-memristor` ({base['in']} → 64 → {base['width']} on the crossbar twin, objective "
-        "`pib-2view`, augmentations crop 0.7, rotate ±15°, pixel noise 0.2; both views of every sample "
-        "measured through the twin; no label reaches training). Probe: scikit-learn logistic regression on the "
+        f"`pib-2view`, β = {pib.beta}, α = {pib.alpha}, Adam lr {pib.lr}, batch {pib.batch_size}; augmentations "
+        f"{recipe.augmentations().describe()}; both views of every sample measured through the twin; no label "
+        "reaches training). Probe: scikit-learn logistic regression on the "
         "last unit's measured features (standardised), trained on the 8,000 training images, scored on the "
         f"2,000 test images; {len(args.seeds)} seeds (mean ± std, ddof 1).",
         "",
         "```",
-        f"python benchmarks/bench_unsup.py --seeds {' '.join(map(str, args.seeds))} --report docs/results.md",
+        f"python benchmarks/bench_unsup.py --seeds {' '.join(map(str, args.seeds))} --report docs/results.md"
+        + (f" --map-method {args.map_method}" if args.map_method != "auto" else ""),
         "```",
         "",
         *rows,
@@ -207,11 +213,11 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         "",
         "![probe against iterations](img/results-unsup-probe.png)",
         "",
-        f"![UMAP of the test features]({map_png})",
+        f"![2-D map of the test features]({map_png})",
         "",
         f"The map: the last unit's measured test features after {last} iterations (seed {args.seeds[0]}), "
-        "embedded in 2-D (labpnn.embedding, UMAP when umap-learn is installed, else t-SNE), coloured by the label "
-        "that training never saw.",
+        f"embedded in 2-D (labpnn.embedding, method {args.map_method}: UMAP when umap-learn is installed, else "
+        "t-SNE), coloured by the label that training never saw.",
         "",
         "Fashion-MNIST (`--fashion DIR`, the paper's three-group probe) is not run here: no Fashion-MNIST files "
         "were given.",
@@ -240,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--report", type=Path, help="markdown file whose section to (re)write, e.g. docs/results.md")
     p.add_argument("--report-only", action="store_true", help="redraw the report from OUT/results.json")
+    p.add_argument("--map-method", default="auto", choices=["auto", "umap", "tsne", "pca"],
+                   help="the 2-D map's method (labpnn.embedding; auto: UMAP when installed, else t-SNE)")
     args = p.parse_args(argv)
     name, supervised_name = "unsup-mnist-memristor", "mnist-memristor"
     if args.quick:
@@ -287,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
         img = args.report.parent / "img"
         plot_curve(iterations, curve, base, supervised, img / "results-unsup-probe.png")
-        coords, labels, title = run_map(files[(iterations[-1], args.seeds[0])])
+        coords, labels, title = run_map(files[(iterations[-1], args.seeds[0])], method=args.map_method)
         save_png(coords, labels, img / "results-unsup-map.png", title)
         write_section(args.report, markdown(args, iterations, curve, base, supervised, readouts, wall, load,
                                             "img/results-unsup-map.png"))

@@ -19,7 +19,7 @@ class TrainingDock(QDockWidget):
     def __init__(self, parent=None):
         super().__init__("Training", parent)
         self.setObjectName("training")
-        self.loss = pg.PlotWidget(title="PIB loss = β·I(X;Z) − I(Y;Z)")
+        self.loss = pg.PlotWidget(title="Loss: PIB β·I(X;Z) − I(Y;Z); two views β·ΣI(X;Z) − I(Z1;Z2)")
         self.loss.setLabel("bottom", "PIB step")
         self.loss.setLabel("left", "loss", units="bits")
         self.loss.getAxis("left").enableAutoSIPrefix(False)
@@ -67,7 +67,7 @@ class TrainingDock(QDockWidget):
 
     def _bars(self, accuracies: dict) -> None:
         groups = sorted({(u, what) for u, what, _ in accuracies}, key=lambda g: (g[0] is None, g[0] or 0, g[1]))
-        names = [(what if u is None else f"unit{u} probe") for u, what in groups]  # readout, verify
+        names = [(what if u is None else f"unit{u} {what}") for u, what in groups]  # probe, linear; readout, verify
         self.acc.getAxis("bottom").setTicks([list(enumerate(names))])
         for label in self.labels:
             self.acc.removeItem(label)

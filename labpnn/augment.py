@@ -23,8 +23,9 @@ from scipy.ndimage import gaussian_filter1d
 from labpnn.config_errors import validate
 from labpnn.errors import ConfigError
 
-__all__ = ["AUGMENTATIONS", "Augmentation", "Pipeline", "data_kind", "parse_pipeline", "register_augmentation"]
+__all__ = ["AUGMENTATIONS", "VIEW_TARGETS", "Augmentation", "Pipeline", "data_kind", "parse_pipeline", "register_augmentation"]
 
+VIEW_TARGETS = frozenset({"x2", "h2"})  # what an objective that compares two views reads of a batch
 Kind = Literal["image", "signal"]
 KINDS: dict[str, Kind] = {"digits": "image", "mnist": "image", "fashion-mnist": "image", "mnist1d": "signal"}
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from labpnn.augment import Pipeline, parse_pipeline
+from labpnn.augment import VIEW_TARGETS, Pipeline, parse_pipeline
 from labpnn.config_errors import read_yaml, validate
 from labpnn.errors import ConfigError
 from labpnn.objectives import DEFAULT as DEFAULT_OBJECTIVE
@@ -125,7 +125,7 @@ class Recipe(Strict):
             for i in range(len(self.units)):
                 self.unit_pib(i)
                 name, options = OBJECTIVES.parse(self.objective_spec(i), self.objective_field(i))
-                if getattr(options, "needs", frozenset()) & {"x2", "h2"} and not self.augment:
+                if getattr(options, "needs", frozenset()) & VIEW_TARGETS and not self.augment:
                     raise ConfigError(f"augment: objective {name!r} ({self.objective_field(i)}) compares two "
                                       "augmented views of every input; list the augmentations that make them, "
                                       "e.g. augment: [{name: shift, pixels: 2}] (docs/unsupervised.md)")

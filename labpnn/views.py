@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from labpnn.augment import VIEW_TARGETS
 from labpnn.batches import sampler
 from labpnn.protocols import Batch, Unit
-
-VIEW_TARGETS = frozenset({"x2", "h2"})
 
 
 def wanted(ctx) -> bool:

@@ -20,7 +20,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn import info
+from labpnn.augment import VIEW_TARGETS
 from labpnn.objectives import ObjectiveContext, register_objective
+from labpnn.protocols import Batch
 
 __all__ = ["TwoViewOptions", "TwoViewPIB", "TwoViewTerms", "two_view_terms"]
 
@@ -64,7 +66,7 @@ class TwoViewOptions(BaseModel):
     """A recipe's `objective: {name: pib-2view, ...}` options."""
 
     model_config = ConfigDict(extra="forbid")
-    needs: ClassVar[frozenset[str]] = frozenset({"x2", "h2"})  # what the recipe must provide (augment:)
+    needs: ClassVar[frozenset[str]] = VIEW_TARGETS  # what the recipe must provide (augment:)
 
     beta: float | None = Field(None, ge=0, description="weight of I(X1;Z1) + I(X2;Z2); None: the pib section's beta")
 
@@ -83,7 +85,7 @@ class TwoViewPIB:
     def parameters(self) -> tuple[torch.nn.Parameter, ...]:
         return ()
 
-    def loss(self, model: torch.nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss and, in bits, I(Z1;Z2) and I(X;Z) (the mean of I(X1;Z1) and I(X2;Z2))."""
         t = batch.targets
         terms = two_view_terms(batch.x, t["x2"], model(batch.h), model(t["h2"]), beta=self.beta,
