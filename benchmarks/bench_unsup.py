@@ -164,7 +164,8 @@ def versions() -> str:
     return ", ".join(f"{k} {x}" for k, x in v().items()) + f"; labpnn commit {commit}"
 
 
-def markdown(args, iterations, curve, base, supervised, readouts, wall: float, load, map_png: str) -> str:
+def markdown(args, iterations, curve, base, supervised, readouts, wall: float, load, made_by: str,
+             map_png: str) -> str:
     from labpnn.recipe import load_recipe
 
     recipe = load_recipe("unsup-mnist-memristor")
@@ -209,7 +210,7 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         f"- wall time {wall / 60:.1f} min on {args.workers} worker process(es), one thread each (load average at "
         f"the start {' / '.join(f'{x:.1f}' for x in load)}: the machine was shared)",
         f"- data: {base['dataset'].get('folder', base['dataset'].get('source'))} ({base['dataset'].get('split')})",
-        f"- versions: {versions()}",
+        f"- versions: {made_by} (jobs; report code as of this file's commit)",
         "",
         "![probe against iterations](img/results-unsup-probe.png)",
         "",
@@ -260,20 +261,26 @@ def main(argv: list[str] | None = None) -> int:
     saved = args.out / "results.json"
     if args.report_only:
         done = json.loads(saved.read_text())
-        base, results, wall, load = done["baselines"], done["jobs"], done["wall_s"], done["load"]
+        base, results, wall, load, made_by = (done[k] for k in ("baselines", "jobs", "wall_s", "load", "versions"))
+        args.workers = done["workers"]
     else:
         t0 = time.time()
-        load = os.getloadavg()
+        load, made_by = os.getloadavg(), versions()  # before the jobs: the code that runs them
         base = baselines(name, args.mnist)
         results = []
+
+        def save(wall: float | None) -> None:  # after every job: a crash loses nothing finished
+            saved.write_text(json.dumps({"baselines": base, "jobs": results, "wall_s": wall, "load": load,
+                                         "versions": made_by, "workers": args.workers}, indent=1))
+
         with ProcessPoolExecutor(args.workers) as pool:
             for r in pool.map(job, jobs):
                 print(f"{r['what']:>10} {r['recipe']} seed {r['seed']} {r['steps']:>4} steps: linear probe "
                       f"{100 * r['probe']:.1f} % ({r['seconds']:.0f} s)", flush=True)
                 results.append(r)
+                save(None)
         wall = time.time() - t0
-        saved.write_text(json.dumps({"baselines": base, "jobs": results, "wall_s": wall, "load": load,
-                                     "versions": versions()}, indent=1))
+        save(wall)
     curve: dict[int, list[float]] = {i: [] for i in iterations}
     supervised, readouts, files = [], [], {}
     for r in results:
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         coords, labels, title = run_map(files[(iterations[-1], args.seeds[0])], method=args.map_method)
         save_png(coords, labels, img / "results-unsup-map.png", title)
         write_section(args.report, markdown(args, iterations, curve, base, supervised, readouts, wall, load,
-                                            "img/results-unsup-map.png"))
+                                            made_by, "img/results-unsup-map.png"))
         print(f"wrote {args.report} and {img}/results-unsup-*.png")
     return 0
 
