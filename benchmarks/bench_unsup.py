@@ -220,8 +220,8 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         f"embedded in 2-D (labpnn.embedding, method {args.map_method}: UMAP when umap-learn is installed, else "
         "t-SNE), coloured by the label that training never saw.",
         "",
-        "Fashion-MNIST (`--fashion DIR`, the paper's three-group probe) is not run here: no Fashion-MNIST files "
-        "were given.",
+        "Not done: Fashion-MNIST and the paper's three-group probe (no Fashion-MNIST files here; the benchmark has "
+        "no `--fashion` option yet).",
         END,
     ]
     return "\n".join(lines) + "\n"
