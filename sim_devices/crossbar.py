@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labpnn.instruments.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions
+from labpnn.instruments.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions, abs_max
 from labpnn.instruments.scpi import DataOutOfRange, DeviceSpecificError, SCPIError, SettingsConflict
 
 # Programming error (one write attempt) of ReRAM, sigma in uS as a polynomial in G/g_max,
@@ -53,6 +53,8 @@ class PhysicsOptions(BaseModel):
     levels: int = Field(64, ge=2, description="programmable conductance levels in [g_min, g_max]")
     v_max: float = Field(0.5, gt=0, description="hardware maximum read voltage (V)")
     v_limit: float = Field(0.2, gt=0, description="default read voltage limit (V)")
+    dac_bits: int = Field(8, ge=2, le=8, description="DAC resolution of the row drivers (bits; "
+                          "codes travel as int8)")
     adc_bits: int = Field(10, ge=2, le=24, description="default ADC resolution (bits)")
     adc_range: float = Field(200e-6, gt=0, description="default ADC full-scale current (A)")
     adc_range_max: float = Field(10e-3, gt=0, description="largest settable ADC range (A)")
@@ -286,6 +288,20 @@ class CrossbarPhysics:
 
     # ---------------------------------------------------------------- compute
 
+    @property
+    def dac_bits(self) -> int:
+        return self.options.dac_bits
+
+    @property
+    def dac_lsb(self) -> float:
+        """Volts per DAC code: the largest code is the voltage limit."""
+        return self._v_limit / (2 ** (self.options.dac_bits - 1) - 1)
+
+    @property
+    def adc_lsb(self) -> float:
+        """Amperes per ADC code."""
+        return self._adc_range / 2 ** (self._adc_bits - 1)
+
     def mvm(self, x: np.ndarray, r0: int, c0: int, cols: int, scale: np.ndarray | None = None,
             peak: np.ndarray | None = None) -> np.ndarray:
         """ADC output currents (n, cols) in A for read voltages V = x * scale[:, None]
@@ -296,6 +312,31 @@ class CrossbarPhysics:
         the cells' read variance), i.e. the sum of independent cell fluctuations with a
         column-average variance (exact when the variance is uniform along the column).
         """
+        current = self._analog(x, r0, c0, cols, scale, peak)
+        self._adc(current, c0)
+        current *= np.float32(self.adc_lsb)
+        return current
+
+    def mvm_codes(self, codes: np.ndarray, r0: int, c0: int, cols: int) -> np.ndarray:
+        """As mvm, with the inputs as DAC codes (V = code * dac_lsb, int8) and the outputs as
+        ADC codes (I = code * adc_lsb, int16). Codes beyond the DAC's range are refused."""
+        if self._adc_bits > 16:
+            raise SettingsConflict(f"{self._adc_bits}-bit ADC codes do not fit int16 "
+                                   "(CONF:ADC:BITS 16 or fewer)")
+        top = 2 ** (self.options.dac_bits - 1) - 1
+        x = codes.astype(np.float32)
+        peak = abs_max(x)
+        if peak.size and peak.max() > top:
+            raise DataOutOfRange(f"DAC code {int(peak.max())} beyond +-{top}")
+        current = self._analog(x, r0, c0, cols, np.float32(self.dac_lsb), peak)
+        self._adc(current, c0)
+        np.rint(current, out=current)
+        return np.clip(current, -(1 << 15), (1 << 15) - 1, out=current).astype(np.int16)
+
+    def _analog(self, x: np.ndarray, r0: int, c0: int, cols: int,
+                scale: np.ndarray | np.float32 | None, peak: np.ndarray | None) -> np.ndarray:
+        """Column currents (n, cols) in A before the ADC, for V = x * scale (per vector or
+        one factor); refusals first, and nothing applied when one is raised."""
         if not self.output:
             raise SettingsConflict("MVM with the output off (OUTP ON first)")
         n, rows = x.shape
@@ -304,7 +345,7 @@ class CrossbarPhysics:
                  if reported and c0 <= c < c0 + cols]
         if known:
             raise DeviceSpecificError(f"ADC fault on columns {sorted(known)}")
-        amax = np.maximum(x.max(axis=1), -x.min(axis=1)) if peak is None else peak
+        amax = abs_max(x) if peak is None else peak
         if scale is not None:
             amax = amax * np.abs(scale)
         v_peak = float(amax.max())
@@ -319,27 +360,26 @@ class CrossbarPhysics:
         noise *= np.sqrt(self._variance()[region].mean(axis=0))
         noise *= rms[:, None]
         if scale is not None:
-            current *= scale[:, None]
+            current *= scale[:, None] if np.ndim(scale) else scale
         current += noise
         if self.options.r_wire:
             current /= (1 + self.options.r_wire * g.sum(axis=0, dtype=np.float64)).astype(np.float32)
-        self._digitise(current, c0)
         self.applied_vectors += n
         return current
 
-    def _digitise(self, current: np.ndarray, c0: int) -> None:
-        """ADC in place: quantise to 2^bits codes over +-range (clipping), then faults."""
+    def _adc(self, current: np.ndarray, c0: int) -> None:
+        """ADC in place: currents (A) to codes, 2^bits over +-range (clipping), then faults
+        (a constant fault reads its value / lsb, garbage is uniform over the range)."""
         half = 2 ** (self._adc_bits - 1)
-        step = np.float32(self._adc_range / half)
+        step = np.float32(self.adc_lsb)
         current /= step
         np.rint(current, out=current)
         np.clip(current, -half, half, out=current)
-        current *= step
         for col, (mode, value, _) in self._adc_faults.items():
             j = col - c0
             if 0 <= j < current.shape[1]:
-                current[:, j] = value if mode == "constant" else self._fault_rng.uniform(
-                    -self._adc_range, self._adc_range, current.shape[0])
+                current[:, j] = value / step if mode == "constant" else self._fault_rng.uniform(
+                    -half, half, current.shape[0])
 
     # ---------------------------------------------------------------- health and faults
 

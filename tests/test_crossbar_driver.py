@@ -158,7 +158,7 @@ def test_queued_errors_surface_with_the_oldest_first(tcp_twin):
     physics, address, server = tcp_twin
     with CrossbarBoard(resource=address) as b:
         for _ in range(20):
-            server.front.errors.push(-113, "stray")
+            b.scpi.write("STRAY", check=False)  # into this session's queue
         with pytest.raises(CommandError) as info:
             b.prog_tolerance = 0.05
         assert info.value.code == -113 and "15 more queued" in str(info.value)
