@@ -9,18 +9,21 @@ primitives as commands, and the error queue checked after every write that can f
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from labpnn.drivers import scpi
-from labpnn.instruments.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions
+from labpnn.instruments.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions, dac_codes
 from labpnn.drivers.scpi import control, measurement
-from labpnn.instruments.scpi import BOOL, FLOAT_PAIR, INT, INT_PAIR, fmt_float
+from labpnn.instruments.scpi import BOOL, FLOAT32, FLOAT_PAIR, INT, INT_PAIR, fmt_float
 from labpnn.errors import DeviceError, TransportError
 
 _RESOURCE = re.compile(r"^(ASRL[^\s:]+::INSTR|TCPIP\d*::[^\s:]+::\d+::SOCKET)$", re.IGNORECASE)
+_IPV6 = re.compile(r"^TCPIP\d*::\[[0-9a-f:.]+\]::\d+::SOCKET$", re.IGNORECASE)
+I8, I16 = np.dtype("i1"), np.dtype("<i2")
 
 
 def _pair(value: tuple[float, float]) -> str:
@@ -39,6 +42,12 @@ class CrossbarBoard(MappedCrossbar):
         baud_rate: int = Field(115200, gt=0, description="serial baud rate (ASRL only)")
         max_block_bytes: int = Field(16 << 20, ge=1024, description="largest MVM input block "
                                      "sent at once; larger batches are split")
+        pipeline_block_bytes: int = Field(256 << 10, ge=1024, description="TCP: MVM input "
+                                          "blocks of about this size go out in a pipeline")
+        exclusive: bool = Field(True, description="hold the board's lock (SYST:LOCK) while "
+                                "connected; refuse to connect when another session holds it")
+        watchdog_s: float = Field(5.0, ge=0, description="board watchdog (SYST:WATC) while "
+                                  "connected, kept alive between calls; 0: off")
         g_range: tuple[float, float] | None = Field(None, description="narrow the conductance "
                                                     "range used (S)")
         v_limit: float | None = Field(None, gt=0, description="read voltage limit (V)")
@@ -58,6 +67,9 @@ class CrossbarBoard(MappedCrossbar):
     prog_iterations = control("PROG:ITER?", "PROG:ITER {}", "Write-verify pulses per cell.",
                               INT, str)
     size = measurement("ARR:SIZE?", "Physical array (rows, cols).", INT_PAIR)
+    dac_bits = measurement("CONF:DAC:BITS?", "DAC resolution of the row drivers, bits.", INT)
+    dac_lsb = measurement("CONF:DAC:LSB?", "Volts per DAC code.")
+    adc_lsb = measurement("CONF:ADC:LSB?", "Amperes per ADC code.")
     prog_status = measurement("PROG:STAT?", "(cells_ok, cells_failed) of the last programming.",
                               INT_PAIR)
     self_test_code = measurement("*TST?", "Self-test result: 0 healthy, else a fault code.", INT)
@@ -65,10 +77,14 @@ class CrossbarBoard(MappedCrossbar):
     def __init__(self, name: str = "crossbar", resource: str | None = None, **options: Any):
         super().__init__(name, resource, **options)
         self.scpi: scpi.SCPISession | None = None
+        self._keep_alive: threading.Event | None = None  # set to stop the keep-alive thread
 
     @classmethod
     def check_resource(cls, resource: str | None) -> None:
         """Raise ValueError unless `resource` is an ASRL...::INSTR or TCPIP::host::port::SOCKET."""
+        if isinstance(resource, str) and _IPV6.match(resource):
+            raise ValueError(f"crossbar resource {resource!r}: pyvisa-py's TCPIP SOCKET "
+                             "sessions are IPv4 only; serve the board on an IPv4 address")
         if not isinstance(resource, str) or not _RESOURCE.match(resource):
             raise ValueError(f"crossbar resource {resource!r} is not 'ASRL<port>::INSTR' or "
                              "'TCPIP::<host>::<port>::SOCKET'")
@@ -98,11 +114,46 @@ class CrossbarBoard(MappedCrossbar):
         if len(idn.split(",")) != 4:
             raise DeviceError(f"expected '<maker>,<model>,<serial>,<firmware>' in reply to "
                               f"'*IDN?', got {idn[:80]!r}", self.name)
+        if self.options.exclusive and self.scpi.query("SYST:LOCK:REQ?", INT) != 1:
+            raise DeviceError(f"{self.resource} is held by another session (SYST:LOCK:OWN? "
+                              "OTHER); close it there, or connect with exclusive: false",
+                              self.name)
+        if self.options.watchdog_s:
+            self.scpi.write(f"SYST:WATC {fmt_float(self.options.watchdog_s)}")
+            self._keep_alive = threading.Event()
+            threading.Thread(target=self._keep_board_alive, args=(self._keep_alive,),
+                             name=f"{self.name}-keep-alive", daemon=True).start()
+
+    def _keep_board_alive(self, stop: threading.Event) -> None:
+        """While connected: SYST:WATC:RES whenever the link has been quiet for a quarter of
+        the watchdog (a call under way is traffic itself)."""
+        period = self.options.watchdog_s / 4
+        while not stop.wait(period / 2):
+            if not self._lock.acquire(blocking=False):
+                continue
+            try:
+                session = self.scpi
+                if session is not None and scpi.time.monotonic() - session.last_io >= period:
+                    session.write("SYST:WATC:RES", check=False)
+            except DeviceError as exc:  # the next call reports a lost link
+                scpi.log.debug("%s: keep-alive failed: %s", self.name, exc)
+            finally:
+                self._lock.release()
 
     def _close(self) -> None:
+        if self._keep_alive is not None:
+            self._keep_alive.set()
+            self._keep_alive = None
         session, self.scpi = self.scpi, None
         if session is None:
             return
+        try:  # the board would drop both with the session; a serial port has only one
+            if self.options.watchdog_s:
+                session.write("SYST:WATC 0", check=False)
+            if self.options.exclusive:
+                session.write("SYST:LOCK:REL", check=False)
+        except Exception as exc:  # a dead link: the board drops them with the session
+            scpi.log.debug("%s: could not release the board: %s", self.name, exc)
         try:
             session.close()
         except Exception as exc:  # closing a dead link must not raise
@@ -117,7 +168,8 @@ class CrossbarBoard(MappedCrossbar):
 
     def _read_config(self) -> BoardConfig:
         return BoardConfig(*self.size, *self.g_range, self.v_limit, self.adc_bits,
-                           self.adc_range, self.prog_tolerance, self.prog_iterations)
+                           self.adc_range, self.prog_tolerance, self.prog_iterations,
+                           self.dac_bits, self.dac_lsb, self.adc_lsb)
 
     def _apply_settings(self) -> None:
         for name in ("g_range", "v_limit", "adc_bits", "adc_range", "prog_tolerance",
@@ -135,15 +187,38 @@ class CrossbarBoard(MappedCrossbar):
     def _self_test(self) -> tuple[int, np.ndarray]:
         return self.self_test_code, self.scpi.query_block("DIAG:ADC?", self._board_config().cols)
 
-    def _max_vectors(self, rows: int) -> int:
-        return max(1, self.options.max_block_bytes // (4 * rows))
+    def _max_vectors(self, rows: int, codes: bool) -> int:
+        size = self.options.max_block_bytes
+        if self.scpi is not None and self.scpi._sock is not None:
+            size = min(size, self.options.pipeline_block_bytes)
+        return max(1, size // ((1 if codes else 4) * rows))
+
+    def _mvm_batches(self, r0: int, c0: int, cols: int, batches: list[tuple], codes: bool
+                     ) -> list[np.ndarray]:
+        cfg = self._board_config() if codes else None
+        requests = []
+        for x, scale, _ in batches:
+            n, rows = x.shape
+            if codes:
+                requests.append((f"MEAS:MVM:CODE? {n},{r0},{rows},{c0},{cols},",
+                                 dac_codes(x, scale, cfg), n * cols))
+            else:
+                requests.append((f"MEAS:MVM? {n},{r0},{rows},{c0},{cols},",
+                                 np.multiply(x, scale[:, None], dtype=np.float32), n * cols))
+        replies = self.scpi.query_blocks(requests, I16 if codes else FLOAT32)
+        return [self._currents(reply, len(x), cols, codes, cfg)
+                for reply, (x, _, _) in zip(replies, batches)]
+
+    @staticmethod
+    def _currents(reply: np.ndarray, n: int, cols: int, codes: bool, cfg: BoardConfig | None
+                  ) -> np.ndarray:
+        if codes:
+            return (reply * np.float32(cfg.adc_lsb)).reshape(n, cols)
+        return reply.reshape(n, cols).copy()
 
     def _mvm(self, r0: int, c0: int, cols: int, x: np.ndarray, scale: np.ndarray,
-             peak: np.ndarray | None = None) -> np.ndarray:
-        n, rows = x.shape
-        v = x * scale[:, None]
-        current = self.scpi.query_block(f"MEAS:MVM? {n},{r0},{rows},{c0},{cols},", n * cols, v)
-        return current.reshape(n, cols).copy()
+             peak: np.ndarray | None = None, codes: bool = False) -> np.ndarray:
+        return self._mvm_batches(r0, c0, cols, [(x, scale, peak)], codes)[0]
 
     def program_conductances(self, r0: int, c0: int, g: np.ndarray) -> tuple[int, int]:
         g = self._matrix(g, "conductances")

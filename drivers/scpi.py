@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,7 @@ class SCPISession:
         # pyvisa-py reads a serial port byte by byte (~25 us each); it buffers nothing
         # itself, so block payloads can be read from the port in one call
         self._port = _interface_of(resource, serial.SerialBase)
+        self.last_io = time.monotonic()  # of the last exchange (the watchdog's keep-alive)
         if self._sock is not None:
             # pyvisa-py leaves Nagle on: a block written in pieces would wait ~40 ms for an ACK
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -73,7 +75,8 @@ class SCPISession:
 
     @contextmanager
     def _io(self, command: str) -> Iterator[None]:
-        """Turn link failures into TransportError naming the command."""
+        """Turn link failures into TransportError naming the command; note the traffic."""
+        self.last_io = time.monotonic()
         try:
             yield
         except pyvisa.errors.VisaIOError as exc:
@@ -146,16 +149,22 @@ class SCPISession:
 
     # -- blocks
 
-    def _send_block(self, command: str, values: np.ndarray) -> None:
-        payload = np.ascontiguousarray(values, dtype=FLOAT32).reshape(-1)
+    def _send_block(self, command: str, values: np.ndarray, tail: bytes = b"") -> None:
+        """`command` and `values` (a little-endian array, sent as they are) as a block,
+        then `tail` (more commands, newline-terminated)."""
+        payload = np.ascontiguousarray(values).reshape(-1)
         if self._sock is None:
-            self.resource.write_binary_values(command, payload, datatype="f", is_big_endian=False)
+            datatype = {"<f4": "f", "|i1": "b"}[payload.dtype.str]
+            self.resource.write_binary_values(command, payload, datatype=datatype,
+                                              is_big_endian=False)
+            for line in tail.decode("ascii").splitlines():
+                self.resource.write(line)
             return
         # TCP: straight to the socket, no copies (pyvisa-py writes in 4 KiB select()ed pieces)
         size = str(payload.nbytes).encode()
         head = command.encode("ascii") + b"#" + str(len(size)).encode() + size
         deadline = time.monotonic() + self.resource.timeout / 1000
-        for part in (memoryview(head), memoryview(payload).cast("B"), memoryview(b"\n")):
+        for part in (memoryview(head), memoryview(payload).cast("B"), memoryview(b"\n" + tail)):
             while part:
                 if not select.select([], [self._sock], [], max(deadline - time.monotonic(), 0))[1]:
                     raise TransportError(f"could not send {command!r} within "
@@ -173,48 +182,88 @@ class SCPISession:
     def write_block(self, command: str, values: np.ndarray) -> None:
         """Send `command` followed by `values` as a float32 block; check the error queue."""
         with self._io(command):
-            self._send_block(command, values)
+            self._send_block(command, np.asarray(values, FLOAT32))
         self.check_errors(command)
 
-    def query_block(self, command: str, count: int, values: np.ndarray | None = None) -> np.ndarray:
+    def _read_reply(self, command: str, nbytes: int) -> tuple[bytes | None, tuple[int, str]]:
+        """The reply to a block query sent with SYST:ERR? behind it: (the block's payload,
+        or None when the query failed, and the error entry that came with it)."""
+        with self.resource.read_termination_context(None):  # payload bytes may be 0x0A
+            first = self.resource.read_bytes(1)
+            payload = None
+            if first == b"#":
+                digits = self.resource.read_bytes(1)
+                size = self.resource.read_bytes(int(digits)) if digits.isdigit() else b""
+                if not size.isdigit() or int(size) != nbytes:
+                    raise self._garbled(command, f"a block of {nbytes} bytes", first + digits + size)
+                payload = self._read_payload(nbytes + 1)
+                if payload[-1:] != b"\n":
+                    raise self._garbled(command, "a newline after the block", payload[-8:])
+                first = b""
+        text = first.decode("ascii", "replace") + self.resource.read()
+        entry = parse_error_reply(text)
+        if entry is None or (payload is None and entry[0] == 0):
+            raise self._garbled(command if payload is None else "SYST:ERR?",
+                                f"a block of {nbytes} bytes" if payload is None
+                                else "an error entry '<code>,\"<message>\"'", text)
+        return payload, entry
+
+    def query_block(self, command: str, count: int, values: np.ndarray | None = None,
+                    dtype: np.dtype = FLOAT32) -> np.ndarray:
         """Send a block query (with `values` as its trailing block when given) and return
-        the `count` float32 values of the reply block.
+        the `count` values (`dtype`) of the reply block.
 
         A failed query sends no reply, so SYST:ERR? is sent right behind it: the first
         byte back is either the reply block's '#' or the error entry.
         """
-        nbytes = count * FLOAT32.itemsize
         with self._io(command):
             if values is None:
                 self.resource.write(command)
+                self.resource.write("SYST:ERR?")
             else:
-                self._send_block(command, values)
-            self.resource.write("SYST:ERR?")
-            with self.resource.read_termination_context(None):  # payload bytes may be 0x0A
-                first = self.resource.read_bytes(1)
-                if first == b"#":
-                    digits = self.resource.read_bytes(1)
-                    size = self.resource.read_bytes(int(digits)) if digits.isdigit() else b""
-                    if not size.isdigit() or int(size) != nbytes:
-                        raise self._garbled(command, f"a block of {nbytes} bytes",
-                                            first + digits + size)
-                    payload = self._read_payload(nbytes + 1)
-                    if payload[-1:] != b"\n":
-                        raise self._garbled(command, "a newline after the block", payload[-8:])
-            if first != b"#":
-                text = first.decode("ascii", "replace") + self.resource.read()
-                entry = parse_error_reply(text)
-                if entry is None or entry[0] == 0:
-                    raise self._garbled(command, f"a block of {nbytes} bytes", text)
-                self.check_errors(command)  # drain what else is queued
-                raise scpi_error(*entry, instrument=self.instrument, command=command)
-            text = self.resource.read()
-        entry = parse_error_reply(text)
-        if entry is None:
-            raise self._garbled("SYST:ERR?", "an error entry '<code>,\"<message>\"'", text)
+                self._send_block(command, values, b"SYST:ERR?\n")
+            payload, entry = self._read_reply(command, count * dtype.itemsize)
         if entry[0] != 0:
+            if payload is None:
+                self.check_errors(command)  # drain what else is queued
             raise scpi_error(*entry, instrument=self.instrument, command=command)
-        return np.frombuffer(payload, FLOAT32, count)
+        return np.frombuffer(payload, dtype, count)
+
+    def query_blocks(self, requests: list[tuple[str, np.ndarray, int]], dtype: np.dtype
+                     ) -> list[np.ndarray]:
+        """Block queries (command, values, count of reply values) in a pipeline on TCP: a
+        thread sends request k+1 while the board computes request k and its reply is read.
+        Replies in order, `dtype`. Over serial, or for one request, one at a time."""
+        if self._sock is None or len(requests) < 2:
+            return [self.query_block(c, count, v, dtype) for c, v, count in requests]
+        failure: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                for command, values, _ in requests:
+                    self._send_block(command, values, b"SYST:ERR?\n")
+            except BaseException as exc:  # reported by the reader below
+                failure.append(exc)
+
+        sender = threading.Thread(target=send, name=f"{self.instrument}-send", daemon=True)
+        results, error = [], None
+        with self._io(requests[0][0]):
+            sender.start()
+            try:
+                for command, _, count in requests:
+                    if failure:
+                        raise failure[0]
+                    payload, entry = self._read_reply(command, count * dtype.itemsize)
+                    if entry[0] != 0 and error is None:  # read on: the later replies follow
+                        error = scpi_error(*entry, instrument=self.instrument, command=command)
+                    results.append(payload)
+            finally:
+                sender.join()
+        if error is not None:
+            self.check_errors(requests[0][0])
+            raise error
+        return [np.frombuffer(payload, dtype, count)
+                for payload, (_, _, count) in zip(results, requests)]
 
     def close(self) -> None:
         self.resource.close()

@@ -83,9 +83,10 @@ class CrossbarArray(Device, Protocol):
         """Read back the programmed state; same keys and shapes as program_weights returns."""
         ...
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
+    def matmul(self, x: np.ndarray, format: str = "float32") -> np.ndarray:
         """x (n, in_features) -> (n, out_features) ~ x @ weights, through the hardware
-        (inputs encoded as read voltages, outputs decoded from ADC currents), float32."""
+        (inputs encoded as read voltages, outputs decoded from ADC currents), float32;
+        `format` "codes" sends them as the board's DAC and ADC codes instead."""
         ...
 
 

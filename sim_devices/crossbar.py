@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labpnn.instruments.crossbar_mapping import BoardConfig, MappedCrossbar, MappingOptions, abs_max
+from labpnn.instruments.crossbar_mapping import (BoardConfig, MappedCrossbar, MappingOptions, abs_max,
+                                                 dac_codes)
 from labpnn.instruments.scpi import DataOutOfRange, DeviceSpecificError, SCPIError, SettingsConflict
 
 # Programming error (one write attempt) of ReRAM, sigma in uS as a polynomial in G/g_max,
@@ -544,7 +545,7 @@ class SimCrossbarBoard(MappedCrossbar):
     def _read_config(self) -> BoardConfig:
         p = self.physics
         return BoardConfig(*p.array_shape, *p.g_range, p.v_limit, p.adc_bits, p.adc_range,
-                           p.prog_tolerance, p.prog_iterations)
+                           p.prog_tolerance, p.prog_iterations, p.dac_bits, p.dac_lsb, p.adc_lsb)
 
     def _apply_settings(self) -> None:
         """The twin's options are its power-on defaults: nothing to apply."""
@@ -559,8 +560,12 @@ class SimCrossbarBoard(MappedCrossbar):
         return self.physics.self_test_code(), self.physics.adc_health()
 
     def _mvm(self, r0: int, c0: int, cols: int, x: np.ndarray, scale: np.ndarray,
-             peak: np.ndarray | None = None) -> np.ndarray:
-        return self._call(self.physics.mvm, x, r0, c0, cols, scale, peak)
+             peak: np.ndarray | None = None, codes: bool = False) -> np.ndarray:
+        if not codes:
+            return self._call(self.physics.mvm, x, r0, c0, cols, scale, peak)
+        cfg = self._board_config()
+        adc = self._call(self.physics.mvm_codes, dac_codes(x, scale, cfg), r0, c0, cols)
+        return adc * np.float32(cfg.adc_lsb)
 
     def identity(self) -> str:
         return self.physics.identity()

@@ -51,6 +51,14 @@ class BoardConfig:
     adc_range: float
     prog_tolerance: float
     prog_iterations: int
+    dac_bits: int
+    dac_lsb: float  # V per DAC code
+    adc_lsb: float  # A per ADC code
+
+    @property
+    def dac_top(self) -> int:
+        """Largest DAC code magnitude."""
+        return 2 ** (self.dac_bits - 1) - 1
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,17 @@ def abs_max(x: np.ndarray) -> np.ndarray:
     return np.maximum(x.max(axis=1), -x.min(axis=1))
 
 
+FORMATS = ("float32", "codes")
+
+
+def dac_codes(x: np.ndarray, scale: np.ndarray, cfg: BoardConfig) -> np.ndarray:
+    """int8 DAC codes of the read voltages x * scale[:, None] (rounded, within the range)."""
+    codes = x * (scale / np.float32(cfg.dac_lsb))[:, None]
+    np.rint(codes, out=codes)
+    np.clip(codes, -cfg.dac_top, cfg.dac_top, out=codes)
+    return codes.astype(np.int8)
+
+
 @dataclass
 class Deployment:
     """What program_weights put on the board: the plan, targets and the last read-back."""
@@ -218,12 +237,18 @@ class MappedCrossbar(Instrument):
         raise NotImplementedError
 
     def _mvm(self, r0: int, c0: int, cols: int, x: np.ndarray, scale: np.ndarray,
-             peak: np.ndarray | None = None) -> np.ndarray:
-        """Currents (n, cols) for read voltages x * scale[:, None] on rows r0.. (n, rows);
-        `peak` is max |x| per vector when known."""
+             peak: np.ndarray | None = None, codes: bool = False) -> np.ndarray:
+        """Currents (n, cols) in A for read voltages x * scale[:, None] on rows r0.. (n, rows);
+        `peak` is max |x| per vector when known. With `codes` the voltages go to the board
+        as DAC codes (dac_codes) and the currents come back as ADC codes."""
         raise NotImplementedError
 
-    def _max_vectors(self, rows: int) -> int:
+    def _mvm_batches(self, r0: int, c0: int, cols: int, batches: list[tuple], codes: bool
+                     ) -> list[np.ndarray]:
+        """_mvm of each (x, scale, peak) in turn; a link may overlap them (pipelining)."""
+        return [self._mvm(r0, c0, cols, *batch, codes=codes) for batch in batches]
+
+    def _max_vectors(self, rows: int, codes: bool) -> int:
         """Largest number of input vectors one MVM call may carry."""
         return 1 << 62
 
@@ -361,7 +386,12 @@ class MappedCrossbar(Instrument):
                                                 p.rows.stop - p.rows.start, p.n_cols))
             return dep.result()
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
+    def matmul(self, x: np.ndarray, format: str = "float32") -> np.ndarray:
+        """y = x @ W on the board; `format` is how the inputs and outputs travel: "float32"
+        voltages and currents, or "codes" (int8 DAC codes in, int16 ADC codes out: 8 bits of
+        input resolution, a third of the bytes)."""
+        if format not in FORMATS:
+            raise ValueError(f"{self.name}: format {format!r} is not one of {FORMATS}")
         x = self._matrix(x, "x")
         with self._lock:
             self._require()
@@ -377,7 +407,7 @@ class MappedCrossbar(Instrument):
                     xb = x if key == (0, x.shape[1]) else np.ascontiguousarray(x[:, p.rows])
                     blocks[key] = xb, abs_max(xb)
                     self._finite(blocks[key][1], "x")
-            return self._guarded(self._matmul, dep, blocks)
+            return self._guarded(self._matmul, dep, blocks, format == "codes")
 
     # ---------------------------------------------------------------- internals
 
@@ -428,7 +458,7 @@ class MappedCrossbar(Instrument):
         if failed:
             log.warning("%s: %d cells failed write-verify (group %d)", self.name, failed, index)
 
-    def _matmul(self, dep: Deployment, blocks: dict) -> np.ndarray:
+    def _matmul(self, dep: Deployment, blocks: dict, codes: bool) -> np.ndarray:
         cfg = self._board_config()
         if not self._output_on:
             self._set_output(True)
@@ -439,26 +469,29 @@ class MappedCrossbar(Instrument):
             if index != dep.resident:
                 self._load_group(dep, index)
             for p in dep.plan[index]:
-                self._run_pass(p, *blocks[p.rows.start, p.rows.stop], y, cfg, dep.g_scale)
+                self._run_pass(p, *blocks[p.rows.start, p.rows.stop], y, cfg, dep.g_scale, codes)
         return y
 
     def _run_pass(self, p: Pass, xb: np.ndarray, amax: np.ndarray, y: np.ndarray,
-                  cfg: BoardConfig, g_scale: float) -> None:
+                  cfg: BoardConfig, g_scale: float, codes: bool) -> None:
         """One MVM pass in batches, with abs-max input scaling and bound management."""
         amax = np.where(amax == 0, 1.0, amax)
         clip_at = cfg.adc_range * (1 - 2.0 ** -cfg.adc_bits)
-        step = self._max_vectors(xb.shape[1])
-        for start in range(0, xb.shape[0], step):
-            batch = slice(start, min(start + step, xb.shape[0]))
+        step = self._max_vectors(xb.shape[1], codes)
+        batches = [slice(start, min(start + step, xb.shape[0]))
+                   for start in range(0, xb.shape[0], step)]
+        scales = [(cfg.v_limit / amax[b]).astype(np.float32) for b in batches]
+        currents = self._mvm_batches(p.r0, p.c0, p.n_cols,
+                                     [(xb[b], s, amax[b]) for b, s in zip(batches, scales)], codes)
+        for batch, scale, current in zip(batches, scales, currents):
             chunk, peak = xb[batch], amax[batch]
-            scale = (cfg.v_limit / peak).astype(np.float32)
-            current = self._mvm(p.r0, p.c0, p.n_cols, chunk, scale, peak)
             for _ in range(self.options.bound_retries):
                 hit = np.flatnonzero(abs_max(current) >= clip_at)
                 if hit.size == 0:
                     break
                 scale[hit] /= 2
-                current[hit] = self._mvm(p.r0, p.c0, p.n_cols, chunk[hit], scale[hit], peak[hit])
+                current[hit] = self._mvm(p.r0, p.c0, p.n_cols, chunk[hit], scale[hit], peak[hit],
+                                         codes=codes)
             factor = (1.0 / (scale * g_scale)).astype(np.float32)[:, None]
             out, x0 = y[batch], 0
             for t in p.tiles:
