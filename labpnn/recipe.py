@@ -68,6 +68,9 @@ class ReadoutSpec(Strict):
 class MeasureSpec(Strict):
     repeats: int = Field(1, ge=1, description="measurements averaged per input")
     batch_size: int = Field(500, ge=1, description="inputs per instrument call")
+    format: Literal["float32", "codes"] = Field(
+        "float32", description="crossbar: inputs and outputs as float32 voltages and currents, or as the "
+                               "board's int8 DAC / int16 ADC codes (a third of the bytes, 8-bit inputs)")
 
 
 class FaultInjection(Strict):

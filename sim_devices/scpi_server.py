@@ -249,7 +249,8 @@ class CommandReader:
         del self._buf[:dropped]
         while dropped < length:
             if self._eof or not self._wait(self.stall_timeout):
-                return self._stalled(f"refused block ({dropped} of {length} bytes)")
+                self._buf.clear()
+                return None if self._eof else ParseError(-223, f"{detail}; input stalled")
             with memoryview(self._chunk) as view:
                 n = self._recv_into(view[:min(len(view), length - dropped)])
             if n == 0:

@@ -264,3 +264,233 @@ def test_cli_refuses_bad_options():
     proc = cli("--tcp", "127.0.0.1:0", "--g-min", "5e-5")
     assert proc.wait(timeout=20) == 2
     assert "g_min" in proc.stderr.read()
+
+
+# ---------------------------------------------------------------- revision 2: sessions, lock, watchdog
+
+
+class Client:
+    """A raw TCP client of the board: send lines, read reply lines."""
+
+    def __init__(self, address: str, timeout: float = 5):
+        _, rest = address.split("::", 1)
+        host, port = rest.removesuffix("::SOCKET").rsplit("::", 1)
+        family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+        self.sock = socket.socket(family)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host.strip("[]"), int(port)))
+        self.file = self.sock.makefile("rb")
+
+    def ask(self, *lines: str) -> list[bytes]:
+        """Send the lines; read one reply for each query among them."""
+        self.sock.sendall("".join(f"{line}\n" for line in lines).encode())
+        return [self.file.readline() for line in lines if line.split()[0].endswith("?")]
+
+    def error(self) -> int:
+        return int(self.ask("SYST:ERR?")[0].split(b",")[0])
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def board_server():
+    physics = CrossbarPhysics(rows=8, cols=4)
+    server, address = serve_tcp(physics)
+    clients = []
+
+    def client(**kwargs) -> Client:
+        clients.append(Client(address, **kwargs))
+        return clients[-1]
+    yield physics, client, server
+    for c in clients:
+        c.close()
+    server.close()
+
+
+def test_each_tcp_session_has_its_own_error_queue(board_server):
+    _, client, _ = board_server
+    run_, noisy = client(), client()
+    noisy.ask("TYPO", "TYPO 2")  # another client's mistakes ...
+    run_.ask("PROG:TOL 0.05")
+    assert run_.error() == 0  # ... are not blamed on the run's command
+    assert [noisy.error(), noisy.error(), noisy.error()] == [-113, -113, 0]
+
+
+def test_the_lock_holder_alone_changes_the_board(board_server):
+    physics, client, _ = board_server
+    run_, other = client(), client()
+    assert run_.ask("SYST:LOCK:REQ?") == [b"1\n"]
+    assert other.ask("SYST:LOCK:REQ?", "SYST:LOCK:OWN?") == [b"0\n", b"OTHER\n"]
+    assert run_.ask("SYST:LOCK:OWN?") == [b"SELF\n"]
+    for command in ("OUTP ON", "*RST", "PROG:TOL 0.5", "CONF:ADC:BITS 6", "SOUR:VOLT:LIM 0.1",
+                    "SYST:WATC 1", "MEAS:MVM? 1,0,1,0,1," + block([0.1]).decode("latin-1")):
+        other.sock.sendall(command.encode("latin-1") + b"\n")
+        assert other.error() == -221, command
+    assert other.ask("*IDN?", "ARR:SIZE?", "OUTP?", "PROG:TOL?") == [
+        b"LABPNN,XBAR-SIM,0001,1.0\n", b"8,4\n", b"0\n", b"0.12\n"]  # reads are answered
+    assert (physics.output, physics.prog_tolerance, physics.applied_vectors) == (False, 0.12, 0)
+    other.ask("SYST:LOCK:REL")  # not the holder's: changes nothing
+    assert run_.ask("SYST:LOCK:OWN?") == [b"SELF\n"]
+    run_.close()  # closing the session releases the lock
+    assert other.ask("SYST:LOCK:OWN?", "SYST:LOCK:REQ?") == [b"NONE\n", b"1\n"]
+    other.ask("OUTP ON")
+    assert other.error() == 0 and physics.output
+
+
+def test_identity_and_errors_answer_while_another_session_programs(board_server, monkeypatch):
+    physics, client, _ = board_server
+    import threading
+    started, finish = threading.Event(), threading.Event()
+    program = physics.program
+
+    def slow_program(*args):  # a programming that runs until the test lets it end
+        started.set()
+        finish.wait(30)
+        return program(*args)
+    monkeypatch.setattr(physics, "program", slow_program)
+    run_, monitor = client(), client(timeout=5)
+    run_.sock.sendall(b"PROG:COND 0,0,1,1," + block([2e-5]) + b"\n")
+    assert started.wait(5)
+    try:
+        assert monitor.ask("*IDN?", "SYST:ERR?", "SYST:LOCK:OWN?", "OUTP?") == [
+            b"LABPNN,XBAR-SIM,0001,1.0\n", b'0,"No error"\n', b"NONE\n", b"0\n"]
+        assert not finish.is_set()  # answered while the programming still ran
+    finally:
+        finish.set()
+    assert run_.ask("PROG:STAT?") == [b"1,0\n"]
+
+
+def test_watchdog_turns_the_outputs_off_after_silence_from_its_session():
+    now = [0.0]
+    front = CrossbarSCPI(CrossbarPhysics(rows=8, cols=4), clock=lambda: now[0])
+    host, other = front.session(), front.session()
+    for line in (b"SYST:WATC 2\n", b"OUTP ON\n"):
+        host.handle(Message(line.decode().strip()))
+    assert host.handle(Message("SYST:WATC?")) == b"2.0\n"
+    now[0] = 1.5
+    host.handle(Message("SYST:WATC:RES"))  # a keep-alive
+    now[0] = 3.0
+    other.handle(Message("*IDN?"))  # another session's traffic does not keep it alive
+    front.check_watchdog()
+    assert front.physics.output  # 1.5 s since the keep-alive
+    now[0] = 3.6
+    front.check_watchdog()
+    assert not front.physics.output
+    assert host.errors.pop() == '-310,"System error; Watchdog expired"'
+    assert other.errors.pop() == '0,"No error"'
+    front.stop_watchdog()
+
+
+def test_watchdog_refuses_bad_periods_and_zero_disarms_it(front):
+    assert run(front, b"SYST:WATC -1\nSYST:WATC nan\nSYST:WATC 0\nSYST:WATC?\n") == [b"0.0\n"]
+    assert errors(front) == [-222, -222]
+
+
+def test_code_mvm_is_the_float_mvm_in_dac_and_adc_steps(front):
+    p = front.physics
+    run(front, b"PROG:COND 0,0,2,2," + block([2e-5, 1e-5, 3e-5, 4e-5]) + b"\nOUTP ON\n")
+    codes = np.array([[127, -64], [3, 0]], np.int8)
+    dac, adc = (float(r) for r in run(front, b"CONF:DAC:LSB?\nCONF:ADC:LSB?\n"))
+    assert run(front, b"CONF:DAC:BITS?\n") == [b"8\n"] and dac == pytest.approx(0.2 / 127)
+    code_reply, = run(front, b"MEAS:MVM:CODE? 2,0,2,0,2,#14" + codes.tobytes() + b"\n")
+    float_reply, = run(front, b"MEAS:MVM? 2,0,2,0,2," + block(codes.astype(np.float32) * dac) + b"\n")
+    assert code_reply[:3] == b"#18" and code_reply.endswith(b"\n")  # 4 int16
+    got = np.frombuffer(code_reply[3:-1], "<i2").reshape(2, 2) * adc
+    np.testing.assert_allclose(got, np.frombuffer(float_reply[4:-1], "<f4").reshape(2, 2), rtol=1e-6)
+    np.testing.assert_allclose(got, codes * dac @ p.conductance()[:2, :2], atol=adc / 2 + 1e-12)
+    assert errors(front) == []
+    bad = [b"MEAS:MVM:CODE? 1,0,2,0,2,#12" + np.array([-128, 0], np.int8).tobytes() + b"\n",  # -222
+           b"MEAS:MVM:CODE? 1,0,2,0,2,#11\x01\n",  # -109
+           b"MEAS:MVM:CODE? 1,0,2,0,2,#13\x01\x01\x01\n"]  # -223
+    assert run(front, b"".join(bad)) == [] and errors(front) == [-222, -109, -223]
+    p.adc_bits = 20
+    assert run(front, b"MEAS:MVM:CODE? 1,0,2,0,2,#12\x01\x01\n") == [] and errors(front) == [-221]
+
+
+# ---------------------------------------------------------------- revision 2: bounded servers
+
+
+def test_a_declared_block_beyond_what_its_command_uses_is_refused_unread():
+    left, right = socket.socketpair()
+    front = CrossbarSCPI(CrossbarPhysics(rows=8, cols=4))
+    reader = CommandReader(right.recv_into, lambda t: bool(select.select([right], [], [], t)[0]),
+                           stall_timeout=0.2, block_limit=front.block_limit)
+    with left, right:
+        left.sendall(b"PROG:COND 0,0,1,1,#867108864" + bytes(1000))  # 64 MiB declared, 4 B used
+        item = next(iter(reader))
+        assert item.code == -223 and "4" in item.detail
+        assert len(reader._payload) < 1 << 16  # nothing allocated for the declared size
+        left.sendall(b"\n*IDN?\n")
+        assert next(iter(reader)) == Message("*IDN?")
+
+
+def test_block_limits_follow_the_command_shape():
+    front = CrossbarSCPI(CrossbarPhysics(rows=8, cols=4))
+    assert front.block_limit(b"PROG:COND 0,0,2,3,") == 24
+    assert front.block_limit(b"PROG:COND 0,0,200,300,") == 8 * 4 * 4  # the array bounds it
+    assert front.block_limit(b"MEAS:MVM? 10,0,8,0,4,") == 10 * 8 * 4
+    assert front.block_limit(b"MEAS:MVM:CODE? 10,0,8,0,4,") == 10 * 8
+    assert front.block_limit(b"*IDN? ") is None  # not a block command: execution says so
+
+
+def test_connections_beyond_the_limit_are_closed():
+    server, address = serve_tcp(CrossbarPhysics(rows=8, cols=4), max_connections=2)
+    try:
+        first, second = Client(address), Client(address)
+        assert first.ask("*IDN?")[0].startswith(b"LABPNN") and second.ask("*IDN?")[0].startswith(b"LABPNN")
+        third = Client(address)
+        third.sock.sendall(b"*IDN?\n")
+        assert third.file.readline() == b""  # closed on arrival
+        first.close()
+        for _ in range(50):  # the freed slot is taken by the next client
+            fourth = Client(address)
+            try:
+                fourth.sock.sendall(b"*IDN?\n")
+                if fourth.file.readline().startswith(b"LABPNN"):
+                    break
+            finally:
+                fourth.close()
+        else:
+            pytest.fail("a freed connection slot was never reused")
+        for c in (second, third):
+            c.close()
+    finally:
+        server.close()
+
+
+def test_a_stalled_command_line_is_dropped_on_tcp_but_a_terminal_may_type_slowly():
+    left, right = socket.socketpair()
+    reader = CommandReader(right.recv_into, lambda t: bool(select.select([right], [], [], t)[0]),
+                           line_timeout=0.2)  # as TcpServer's (LINE_TIMEOUT); a pty has none
+    with left, right:
+        left.sendall(b"*IDN")  # and nothing more
+        item = next(iter(reader))
+        assert (item.code, item.detail) == (-160, "command line incomplete: input stalled")
+        left.sendall(b"*IDN?\n")
+        assert next(iter(reader)) == Message("*IDN?")
+    server, _ = serve_pty(CrossbarPhysics(rows=8, cols=4))
+    try:
+        assert server._reader.line_timeout is None
+    finally:
+        server.close()
+
+
+def test_ipv6_is_served_or_refused_cleanly():
+    from labpnn.sim_devices.scpi_server import build_parser
+    assert build_parser().parse_args(["--tcp", "[::1]:0"]).tcp == ("::1", 0)
+    done = subprocess.run([sys.executable, "-m", "labpnn", "sim", "crossbar", "--tcp", "::1:0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "brackets" in done.stderr and "Traceback" not in done.stderr
+    try:
+        server, address = serve_tcp(CrossbarPhysics(rows=8, cols=4), host="::1")
+    except OSError as exc:  # a machine without IPv6 loopback
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        assert address.startswith("TCPIP::[::1]::")
+        c = Client(address)
+        assert c.ask("*IDN?")[0].startswith(b"LABPNN")
+        c.close()
+    finally:
+        server.close()

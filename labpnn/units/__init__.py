@@ -11,13 +11,14 @@ def build_units(recipe, bench: Bench, in_features: int) -> list[Unit]:
     """One unit per recipe entry, each fed by the previous one's outputs."""
     units = []
     for index, spec in enumerate(recipe.units):
-        unit = build_unit(index, spec, bench, in_features, recipe.seed)
+        unit = build_unit(index, spec, bench, in_features, recipe.seed, recipe.measure.format)
         units.append(unit)
         in_features = unit.out_features
     return units
 
 
-def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int) -> Unit:
+def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int,
+               measure_format: str = "float32") -> Unit:
     who = f"recipe unit {index} ({spec.kind})"
     name = f"unit{index}"
     if spec.kind == "crossbar":
@@ -27,7 +28,7 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int) -> U
             raise ConfigError(f"{who}: names {spec.instruments}; a crossbar unit uses one instrument")
         device = bench.require(spec.instruments[0], CrossbarArray, who)
         return CrossbarUnit(name, device, in_features, spec.out, activation=spec.activation, bias=spec.bias,
-                            seed=seed + index, clip=spec.clip)
+                            seed=seed + index, clip=spec.clip, measure_format=measure_format)
     from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector
 
     if len(spec.instruments) == 1:

@@ -41,13 +41,15 @@ class CrossbarUnit:
     """
 
     def __init__(self, name: str, device: CrossbarArray, in_features: int, out_features: int,
-                 activation: str = "relu", bias: bool = True, seed: int = 0, clip: float | None = None):
+                 activation: str = "relu", bias: bool = True, seed: int = 0, clip: float | None = None,
+                 measure_format: str = "float32"):
         if not isinstance(device, CrossbarArray):
             raise TypeError(f"unit {name!r}: {type(device).__name__} is not a CrossbarArray "
                             "(program_weights, read_weights, matmul, array_shape)")
         self.name, self.device = name, device
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.activation, self.bias, self.clip = activation, bias, clip
+        self.measure_format = measure_format  # how matmul's inputs and outputs travel
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._model = nn.Sequential(nn.Linear(self.in_features, self.out_features, bias=bias),
@@ -128,7 +130,7 @@ class CrossbarUnit:
             log.info("unit %r: the board holds another deployment; programming this unit's "
                      "weights again", self.name)
             self._program(self._weights)
-        return apply_activation(self.activation, self.device.matmul(x))
+        return apply_activation(self.activation, self.device.matmul(x, format=self.measure_format))
 
     def expected(self, h: np.ndarray) -> np.ndarray:
         """What measure(h) should give: the deployed weights (the model's before any
