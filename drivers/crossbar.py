@@ -47,7 +47,7 @@ class CrossbarBoard(MappedCrossbar):
         exclusive: bool = Field(True, description="hold the board's lock (SYST:LOCK) while "
                                 "connected; refuse to connect when another session holds it")
         watchdog_s: float = Field(5.0, ge=0, description="board watchdog (SYST:WATC) while "
-                                  "connected, kept alive between calls; 0: off")
+                                  "connected and exclusive, kept alive between calls; 0: off")
         g_range: tuple[float, float] | None = Field(None, description="narrow the conductance "
                                                     "range used (S)")
         v_limit: float | None = Field(None, gt=0, description="read voltage limit (V)")
@@ -118,11 +118,16 @@ class CrossbarBoard(MappedCrossbar):
             raise DeviceError(f"{self.resource} is held by another session (SYST:LOCK:OWN? "
                               "OTHER); close it there, or connect with exclusive: false",
                               self.name)
-        if self.options.watchdog_s:
+        if self._watchdog:
             self.scpi.write(f"SYST:WATC {fmt_float(self.options.watchdog_s)}")
             self._keep_alive = threading.Event()
             threading.Thread(target=self._keep_board_alive, args=(self._keep_alive,),
                              name=f"{self.name}-keep-alive", daemon=True).start()
+
+    @property
+    def _watchdog(self) -> bool:
+        """Whether this session arms the watchdog: it holds the lock and has a period."""
+        return self.options.exclusive and self.options.watchdog_s > 0
 
     def _keep_board_alive(self, stop: threading.Event) -> None:
         """While connected: SYST:WATC:RES whenever the link has been quiet for a quarter of
@@ -148,10 +153,11 @@ class CrossbarBoard(MappedCrossbar):
         if session is None:
             return
         try:  # the board would drop both with the session; a serial port has only one
-            if self.options.watchdog_s:
+            if self._watchdog:
                 session.write("SYST:WATC 0", check=False)
             if self.options.exclusive:
                 session.write("SYST:LOCK:REL", check=False)
+                session.query("*OPC?")  # released before close() returns
         except Exception as exc:  # a dead link: the board drops them with the session
             scpi.log.debug("%s: could not release the board: %s", self.name, exc)
         try:

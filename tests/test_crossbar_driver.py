@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
@@ -544,3 +545,157 @@ def test_real_board(request):
         x = np.random.default_rng(1).uniform(-1, 1, (8, w.shape[0])).astype(np.float32)
         assert np.linalg.norm(b.matmul(x) - x @ w) < 0.3 * np.linalg.norm(x @ w)
     assert not b.connected
+
+
+# ---------------------------------------------------------------- revision 2: codes, pipeline, lock, watchdog
+
+QUIET = dict(seed=2, rows=32, cols=16, read_noise_rel=0.0, read_noise_abs=0.0, prog_noise=0.0,
+             d2d=0.0)
+
+
+def raw_client(address: str) -> socket.socket:
+    _, host, port, _ = address.split("::")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def ask(sock: socket.socket, line: str) -> str:
+    sock.sendall(line.encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        data += sock.recv(1024)
+    return data.decode().strip()
+
+
+def test_codes_and_float32_give_the_same_outputs_within_the_dac_step(tcp_twin):
+    _, address, _ = tcp_twin
+    rng = np.random.default_rng(5)
+    w, x = rng.standard_normal((20, 6)).astype(np.float32), rng.standard_normal((50, 20)).astype(np.float32)
+    with CrossbarBoard(resource=address, timeout_ms=3000) as b, SimCrossbarBoard(**TWIN) as twin:
+        b.program_weights(w)
+        twin.program_weights(w)
+        wire, local, floats = b.matmul(x, format="codes"), twin.matmul(x, format="codes"), b.matmul(x)
+        with pytest.raises(ValueError, match="format 'int4'"):
+            b.matmul(x, format="int4")
+    scale = np.linalg.norm(x @ w)
+    assert np.linalg.norm(wire - x @ w) < 0.3 * scale and np.linalg.norm(local - x @ w) < 0.3 * scale
+    assert np.linalg.norm(wire - floats) < 0.3 * scale
+
+
+def test_pipelined_blocks_give_what_one_block_gives(monkeypatch):
+    server, address = serve_tcp(CrossbarPhysics(**QUIET))
+    rng = np.random.default_rng(6)
+    w, x = rng.standard_normal((30, 7)).astype(np.float32), rng.standard_normal((300, 30)).astype(np.float32)
+    sent = []
+    query_blocks = scpi.SCPISession.query_blocks
+    monkeypatch.setattr(scpi.SCPISession, "query_blocks",
+                        lambda self, requests, dtype: sent.append(len(requests)) or query_blocks(self, requests, dtype))
+    try:
+        with CrossbarBoard(resource=address, pipeline_block_bytes=1024) as b:
+            b.program_weights(w)
+            for fmt in ("float32", "codes"):
+                sent.clear()
+                piped = b.matmul(x, format=fmt)
+                assert max(sent) > 5, fmt  # the batch went out as a pipeline of blocks
+                b.options.pipeline_block_bytes = 1 << 20
+                sent.clear()
+                whole = b.matmul(x, format=fmt)
+                assert max(sent) == 1
+                b.options.pipeline_block_bytes = 1024
+                np.testing.assert_array_equal(piped, whole)
+    finally:
+        server.close()
+
+
+def test_a_request_failing_mid_pipeline_is_reported_and_the_link_stays_in_step(tcp_twin, monkeypatch):
+    physics, address, _ = tcp_twin
+    calls, mvm = [], physics.mvm
+
+    def third_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise DataOutOfRange("read voltage 9 V exceeds the limit 0.2 V (injected)")
+        return mvm(*args, **kwargs)
+    rng = np.random.default_rng(7)
+    w, x = rng.standard_normal((16, 4)).astype(np.float32), rng.standard_normal((200, 16)).astype(np.float32)
+    with CrossbarBoard(resource=address, pipeline_block_bytes=1024) as b:
+        b.program_weights(w)
+        monkeypatch.setattr(physics, "mvm", third_fails)
+        with pytest.raises(DataOutOfRange, match="injected"):
+            b.matmul(x)
+        assert len(calls) > 3 and physics.output is False  # the rest ran; then the safe state
+        assert b.identity().startswith("LABPNN") and b.matmul(x).shape == (200, 4)
+
+
+def test_the_driver_holds_the_boards_lock_while_connected(tcp_twin):
+    physics, address, _ = tcp_twin
+    with raw_client(address) as other:
+        with CrossbarBoard(resource=address) as b:
+            assert ask(other, "SYST:LOCK:OWN?") == "OTHER"
+            other.sendall(b"OUTP ON\n")  # an operator's command while the run holds the board
+            assert ask(other, "SYST:ERR?").startswith("-221") and not physics.output
+            with pytest.raises(DeviceError, match="held by another session"):
+                CrossbarBoard(resource=address).connect()
+            b.output = True
+        assert ask(other, "SYST:LOCK:OWN?") == "NONE"  # released at the end
+        with pytest.raises(RuntimeError):
+            with CrossbarBoard(resource=address):
+                raise RuntimeError("a failure inside the run")
+        assert ask(other, "SYST:LOCK:OWN?") == "NONE"  # and on the way out of a failure
+
+
+def test_the_driver_keeps_the_watchdog_alive_and_a_silent_host_loses_the_outputs(tcp_twin):
+    physics, address, server = tcp_twin
+    with CrossbarBoard(resource=address, watchdog_s=1.0) as b:
+        assert b.scpi.query("SYST:WATC?").strip() == "1.0"
+        b.output = True
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # idle for three watchdog periods
+            time.sleep(0.1)
+        assert physics.output  # kept alive between calls
+        b._keep_alive.set()  # the host goes silent (as when it dies)
+        deadline = time.monotonic() + 10
+        while physics.output and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not physics.output
+        with pytest.raises(DeviceSpecificError, match="Watchdog expired"):
+            b.scpi.check_errors("SYST:WATC:RES")
+
+
+def test_an_ipv6_resource_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="IPv4 only"):
+        CrossbarBoard(resource="TCPIP::[::1]::5025::SOCKET")
+
+
+def test_a_run_killed_with_sigkill_leaves_the_outputs_off_within_the_watchdog(tmp_path):
+    """The board served by `labpnn sim crossbar` in one process, `labpnn run` in another."""
+    import signal
+    import subprocess
+    import sys
+
+    from engine_helpers import TINY, write_yaml
+    board = subprocess.Popen([sys.executable, "-m", "labpnn", "sim", "crossbar", "--tcp", "127.0.0.1:0",
+                              "--seed", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        address = board.stdout.readline().split()[2]
+        bench = write_yaml(tmp_path / "bench.yaml", {"instruments": {"crossbar": {
+            "driver": "crossbar", "resource": address, "options": {"watchdog_s": 1.0}}}})
+        recipe = write_yaml(tmp_path / "tiny.yaml", TINY)
+        run = subprocess.Popen([sys.executable, "-m", "labpnn", "run", "--recipe", recipe, "--config", bench,
+                                "--out", tmp_path / "run.h5", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with raw_client(address) as monitor:
+            deadline = time.monotonic() + 240
+            while ask(monitor, "OUTP?") != "1":  # the run measures: read voltages applied
+                assert run.poll() is None and time.monotonic() < deadline, "the run never switched the output on"
+                time.sleep(0.05)
+            assert ask(monitor, "SYST:LOCK:OWN?") == "OTHER"
+            os.kill(run.pid, signal.SIGKILL)
+            run.wait()
+            killed = time.monotonic()
+            while ask(monitor, "OUTP?") != "0" and time.monotonic() < killed + 10:
+                time.sleep(0.05)
+            assert ask(monitor, "OUTP?") == "0"  # the watchdog (1 s) switched the outputs off
+            assert ask(monitor, "SYST:LOCK:OWN?") == "NONE"  # the dead session's lock went with it
+    finally:
+        board.terminate()
+        board.wait(30)
