@@ -25,16 +25,61 @@ from labpnn.errors import LabpnnError, TransportError
 from labpnn.sim_devices.opu import SimOPU, SimOPUSettings
 
 
+MAX_CONNECTIONS = 8  # clients served at once; more are closed on arrival
+MAX_REQUEST_BYTES = 64 << 20  # payload of one request (a transform batch)
+MAX_TWIN_BYTES = 1 << 30  # the transmission matrices of all connections' twins together
+STALL_TIMEOUT = 10.0  # s a started message may pause before the connection is dropped
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 1 << 20 else f"{n} B"
+
+
 class OPUServer(socketserver.ThreadingTCPServer):
-    """Serves OPU twins; `with OPUServer(port=0) as server:` runs it in a background thread."""
+    """Serves OPU twins; `with OPUServer(port=0) as server:` runs it in a background thread.
+
+    Bounded: at most `max_connections` clients, requests of at most `max_request_bytes`, a
+    message that stalls for `stall_timeout` s drops its connection, and the twins' matrices
+    together take at most `max_twin_bytes`."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **settings: Any):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 max_connections: int = MAX_CONNECTIONS, max_request_bytes: int = MAX_REQUEST_BYTES,
+                 max_twin_bytes: int = MAX_TWIN_BYTES, stall_timeout: float = STALL_TIMEOUT,
+                 **settings: Any):
         self.settings = SimOPUSettings(**settings)
+        self.max_connections, self.max_request_bytes = max_connections, max_request_bytes
+        self.max_twin_bytes, self.stall_timeout = max_twin_bytes, stall_timeout
         self._thread: threading.Thread | None = None
-        super().__init__((host, port), _Session)
+        self._budget = threading.Lock()
+        self._connections = 0
+        self.twin_bytes = 0  # held by the twins of connected clients
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host.strip("[]"), port), _Session)
+
+    def verify_request(self, request, client_address) -> bool:
+        with self._budget:
+            if self._connections >= self.max_connections:
+                return False  # closed by the caller
+            self._connections += 1
+            return True
+
+    def reserve(self, old: int, new: int) -> None:
+        """Trade a twin of `old` matrix bytes for one of `new`; ValueError past the budget."""
+        with self._budget:
+            if self.twin_bytes - old + new > self.max_twin_bytes:
+                raise ValueError(f"a twin of {_size(new)} would take the server past its "
+                                 f"{_size(self.max_twin_bytes)} for all clients' twins "
+                                 f"({_size(self.twin_bytes)} in use)")
+            self.twin_bytes += new - old
+
+    def finish_session(self, twin_bytes: int) -> None:
+        with self._budget:
+            self._connections -= 1
+            self.twin_bytes -= twin_bytes
 
     @property
     def address(self) -> str:
@@ -66,17 +111,24 @@ class _Session(socketserver.BaseRequestHandler):
     server: OPUServer
     twin: SimOPU | None = None
 
+    def finish(self) -> None:
+        self.server.finish_session(self._twin_bytes())
+
+    def _twin_bytes(self) -> int:
+        return 0 if self.twin is None else 8 * self.twin.n_components * self.twin.max_n_features
+
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server = self.server
         while True:
             try:
-                header, array = recv_message(sock)
+                header, array = recv_message(sock, server.max_request_bytes, server.stall_timeout)
             except ProtocolError as exc:
                 if not self._answer(sock, {"ok": False, "error": f"malformed message: {exc}"}) or exc.fatal:
                     return
                 continue
-            except OSError:  # the client left (ConnectionError is an OSError)
+            except OSError:  # the client left or stalled (ConnectionError, TimeoutError)
                 return
             try:
                 reply, out = self.dispatch(header, array)
@@ -104,7 +156,15 @@ class _Session(socketserver.BaseRequestHandler):
         if op == "open":
             dims = (int(header["n_components"]), int(header["max_n_features"]))
             if self.twin is None or (self.twin.n_components, self.twin.max_n_features) != dims:
-                self.twin = SimOPU(*dims, **self.server.settings.model_dump())
+                if min(dims) < 1:
+                    raise ValueError(f"n_components and max_n_features must be positive, got {dims}")
+                self.server.reserve(self._twin_bytes(), 8 * dims[0] * dims[1])
+                try:
+                    twin = SimOPU(*dims, **self.server.settings.model_dump())
+                except BaseException:
+                    self.server.reserve(8 * dims[0] * dims[1], self._twin_bytes())
+                    raise
+                self.twin = twin
             return {**self.twin.open(), "protocol": PROTOCOL_VERSION}, None
         if op not in OPS:
             raise ValueError(f"unknown op {op!r}; known: open, {', '.join(OPS)}")

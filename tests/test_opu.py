@@ -6,6 +6,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -316,7 +317,7 @@ def test_server_answers_malformed_requests_with_errors_and_keeps_serving(server)
         reply = raw_request(sock, {"op": "transform", "array": {"shape": [2, 2], "dtype": "uint8"}}, b"\0")
         assert "needs 4 bytes" in reply[0]["error"]
         huge = raw_request(sock, {"op": "open", "n_components": 10**6, "max_n_features": 10**6})[0]
-        assert "would take 7450.6 GiB" in huge["error"]
+        assert "past its 1024 MiB for all clients' twins" in huge["error"]
         reply, _ = raw_request(sock, {"op": "open", "n_components": 5, "max_n_features": 3})
         assert reply["ok"] and reply["simulated"]
         raw_request(sock, {"op": "fit", "n_features": 3})
@@ -356,3 +357,33 @@ def test_cli_refuses_a_bad_address():
     proc = subprocess.run([sys.executable, "-m", "labpnn", "sim", "opu", "--tcp", "localhost:http"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "[HOST:]PORT" in proc.stderr
+
+
+def test_server_bounds_connections_requests_twins_and_stalls():
+    with OPUServer(port=0, max_connections=2, max_request_bytes=1000, max_twin_bytes=8 * 5 * 3 * 2,
+                   stall_timeout=0.3, seed=0) as server:
+        host, port = server.server_address
+        first = socket.create_connection((host, port), timeout=5)
+        second = socket.create_connection((host, port), timeout=5)
+        with first, second:
+            assert raw_request(first, {"op": "open", "n_components": 5, "max_n_features": 3})[0]["ok"]
+            assert raw_request(second, {"op": "open", "n_components": 5, "max_n_features": 3})[0]["ok"]
+            with socket.create_connection((host, port), timeout=5) as third:  # beyond the limit
+                third.sendall(struct.pack("!II", 2, 0) + b"{}")
+                assert third.recv(16) == b""
+            # the two twins use the whole budget: a larger one is refused, naming the budget
+            assert "past its 240 B" in raw_request(first, {"op": "open", "n_components": 6,
+                                                          "max_n_features": 3})[0]["error"]
+            # a request declaring more than the server takes is refused before it is read
+            second.sendall(struct.pack("!II", 2, 1 << 30) + b"{}")
+            assert "at most 1000 B" in recv_message(second)[0]["error"]
+            assert second.recv(16) == b""  # and the stream is given up
+            # a message that stops half way drops its connection after the stall timeout
+            first.sendall(struct.pack("!II", 20, 0) + b'{"op":')
+            assert first.recv(16) == b""
+        for _ in range(100):  # both slots and the budget come back once the clients left
+            if server.twin_bytes == 0 and server._connections == 0:
+                break
+            time.sleep(0.05)
+        with OPU(6, 3, resource=server.address) as opu:
+            assert opu.project(np.array([[1, 1, 0]])).shape == (1, 6)

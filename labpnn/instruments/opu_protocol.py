@@ -61,28 +61,41 @@ def send_message(sock: socket.socket, header: dict, array: np.ndarray | None = N
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
+    """n bytes; the buffer grows as they arrive, so a declared length costs no memory."""
+    buf = bytearray(min(n, 1 << 20))
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        if got == len(buf):
+            buf.extend(bytes(min(n, 2 * len(buf)) - len(buf)))
+        with memoryview(buf) as view:
+            k = sock.recv_into(view[got:])
         if k == 0:
             raise ConnectionError("the peer closed the connection")
         got += k
     return buf
 
 
-def recv_message(sock: socket.socket) -> tuple[dict, np.ndarray | None]:
-    """Receive one message: (header, array or None).
+def recv_message(sock: socket.socket, max_payload: int = MAX_PAYLOAD_BYTES,
+                 stall_timeout: float | None = None) -> tuple[dict, np.ndarray | None]:
+    """Receive one message: (header, array or None). The first byte may take as long as it
+    takes; with `stall_timeout`, the rest of the message must keep coming (TimeoutError).
 
     Raises ConnectionError when the peer closes, ProtocolError for a malformed message
     (fatal=True when the lengths themselves are implausible and the stream is lost)."""
-    head_len, payload_len = _PREFIX.unpack(_recv_exact(sock, _PREFIX.size))
-    if head_len > MAX_HEADER_BYTES or payload_len > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(f"implausible message lengths (header {head_len} B, payload "
-                            f"{payload_len} B): not an OPU protocol peer?", fatal=True)
-    head = _recv_exact(sock, head_len)
-    payload = _recv_exact(sock, payload_len) if payload_len else None
+    first = _recv_exact(sock, 1)
+    previous = sock.gettimeout()
+    if stall_timeout is not None:
+        sock.settimeout(stall_timeout)
+    try:
+        head_len, payload_len = _PREFIX.unpack(first + _recv_exact(sock, _PREFIX.size - 1))
+        if head_len > MAX_HEADER_BYTES or payload_len > max_payload:
+            raise ProtocolError(f"implausible message lengths (header {head_len} B, payload "
+                                f"{payload_len} B, at most {max_payload} B): not an OPU "
+                                "protocol peer?", fatal=True)
+        head = _recv_exact(sock, head_len)
+        payload = _recv_exact(sock, payload_len) if payload_len else None
+    finally:
+        sock.settimeout(previous)
     try:
         header = json.loads(head.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
