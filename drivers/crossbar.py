@@ -78,6 +78,7 @@ class CrossbarBoard(MappedCrossbar):
         super().__init__(name, resource, **options)
         self.scpi: scpi.SCPISession | None = None
         self._keep_alive: threading.Event | None = None  # set to stop the keep-alive thread
+        self._holding = False  # this session holds the board's lock
 
     @classmethod
     def check_resource(cls, resource: str | None) -> None:
@@ -114,31 +115,71 @@ class CrossbarBoard(MappedCrossbar):
         if len(idn.split(",")) != 4:
             raise DeviceError(f"expected '<maker>,<model>,<serial>,<firmware>' in reply to "
                               f"'*IDN?', got {idn[:80]!r}", self.name)
-        if self.options.exclusive and self.scpi.query("SYST:LOCK:REQ?", INT) != 1:
-            raise DeviceError(f"{self.resource} is held by another session (SYST:LOCK:OWN? "
-                              "OTHER); close it there, or connect with exclusive: false",
-                              self.name)
+        self._claim()
         if self._watchdog:
-            self.scpi.write(f"SYST:WATC {fmt_float(self.options.watchdog_s)}")
             self._keep_alive = threading.Event()
             threading.Thread(target=self._keep_board_alive, args=(self._keep_alive,),
                              name=f"{self.name}-keep-alive", daemon=True).start()
 
+    # ---------------------------------------------------------------- the board held for a run
+
     @property
     def _watchdog(self) -> bool:
-        """Whether this session arms the watchdog: it holds the lock and has a period."""
+        """Whether this session arms the watchdog: it takes the lock and has a period."""
         return self.options.exclusive and self.options.watchdog_s > 0
 
+    def _claim(self) -> None:
+        """Take the board's lock (and arm its watchdog) unless held already."""
+        if not self.options.exclusive or self._holding:
+            return
+        deadline = scpi.time.monotonic() + min(self.options.timeout_ms / 1000, 2.0)
+        while self.scpi.query("SYST:LOCK:REQ?", INT) != 1:
+            if scpi.time.monotonic() < deadline:  # perhaps our own last session, still closing
+                scpi.time.sleep(0.05)
+                continue
+            raise DeviceError(f"{self.resource} is held by another session (SYST:LOCK:OWN? "
+                              "OTHER); close it there, or connect with exclusive: false",
+                              self.name)
+        self._holding = True
+        if self._watchdog:
+            self.scpi.write(f"SYST:WATC {fmt_float(self.options.watchdog_s)}")
+
+    def _release(self) -> None:
+        """Disarm the watchdog and give the lock back; a dead link drops both on the board."""
+        if not self._holding:
+            return
+        self._holding = False
+        try:
+            if self._watchdog:
+                self.scpi.write("SYST:WATC 0", check=False)
+            self.scpi.write("SYST:LOCK:REL", check=False)
+            self.scpi.query("*OPC?")  # released before we go on
+        except Exception as exc:  # noqa: BLE001 - a safe state never raises
+            scpi.log.debug("%s: could not release the board: %s", self.name, exc)
+
+    def _require(self) -> None:
+        super()._require()
+        self._claim()
+
+    def safe_state(self) -> None:
+        """Output off, then the board released (the lock and watchdog are a run's, and every
+        way a run ends passes here). The next call takes them again."""
+        with self._lock:
+            super().safe_state()
+            if self.connected:
+                self._release()
+
     def _keep_board_alive(self, stop: threading.Event) -> None:
-        """While connected: SYST:WATC:RES whenever the link has been quiet for a quarter of
-        the watchdog (a call under way is traffic itself)."""
+        """While connected: SYST:WATC:RES whenever the board is held and the link has been
+        quiet for a quarter of the watchdog (a call under way is traffic itself)."""
         period = self.options.watchdog_s / 4
         while not stop.wait(period / 2):
             if not self._lock.acquire(blocking=False):
                 continue
             try:
                 session = self.scpi
-                if session is not None and scpi.time.monotonic() - session.last_io >= period:
+                if (self._holding and session is not None
+                        and scpi.time.monotonic() - session.last_io >= period):
                     session.write("SYST:WATC:RES", check=False)
             except DeviceError as exc:  # the next call reports a lost link
                 scpi.log.debug("%s: keep-alive failed: %s", self.name, exc)
@@ -149,17 +190,10 @@ class CrossbarBoard(MappedCrossbar):
         if self._keep_alive is not None:
             self._keep_alive.set()
             self._keep_alive = None
+        self._release()
         session, self.scpi = self.scpi, None
         if session is None:
             return
-        try:  # the board would drop both with the session; a serial port has only one
-            if self._watchdog:
-                session.write("SYST:WATC 0", check=False)
-            if self.options.exclusive:
-                session.write("SYST:LOCK:REL", check=False)
-                session.query("*OPC?")  # released before close() returns
-        except Exception as exc:  # a dead link: the board drops them with the session
-            scpi.log.debug("%s: could not release the board: %s", self.name, exc)
         try:
             session.close()
         except Exception as exc:  # closing a dead link must not raise
@@ -167,7 +201,7 @@ class CrossbarBoard(MappedCrossbar):
 
     def identity(self) -> str:
         with self._lock:
-            self._require()
+            super()._require()  # connected; a read needs no claim on the board
             return self.scpi.query("*IDN?").strip()
 
     # ---------------------------------------------------------------- primitives

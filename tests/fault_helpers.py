@@ -50,7 +50,7 @@ class FlakyFront(CrossbarSCPI):
         self.mode: str | None = None
         self.mvm_delay_s = 0.0
 
-    def handle(self, item):
+    def handle(self, item, session=None):
         if self.mode == "hung":
             return None
         text = item.text.upper() if isinstance(item, Message) else ""
@@ -58,7 +58,7 @@ class FlakyFront(CrossbarSCPI):
             time.sleep(self.mvm_delay_s)
         if self.mode == "garbage-idn" and text.startswith("*IDN?"):
             return b"READY\n"
-        reply = super().handle(item)
+        reply = super().handle(item, session)
         if self.mode == "garbage" and reply is not None and text.startswith("MEAS:MVM"):
             return b"#210" + b"\x7f" * 10 + b"\n"  # a block of 10 bytes: not what was asked
         return reply

@@ -634,8 +634,11 @@ def test_the_driver_holds_the_boards_lock_while_connected(tcp_twin):
             other.sendall(b"OUTP ON\n")  # an operator's command while the run holds the board
             assert ask(other, "SYST:ERR?").startswith("-221") and not physics.output
             with pytest.raises(DeviceError, match="held by another session"):
-                CrossbarBoard(resource=address).connect()
-            b.output = True
+                CrossbarBoard(resource=address, timeout_ms=500).connect()
+            b.safe_state()  # every way a run ends: the board is released ...
+            assert ask(other, "SYST:LOCK:OWN?") == "NONE"
+            b.output = True  # ... and the next call takes it again
+            assert ask(other, "SYST:LOCK:OWN?") == "OTHER"
         assert ask(other, "SYST:LOCK:OWN?") == "NONE"  # released at the end
         with pytest.raises(RuntimeError):
             with CrossbarBoard(resource=address):
