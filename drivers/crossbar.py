@@ -161,6 +161,12 @@ class CrossbarBoard(MappedCrossbar):
         super()._require()
         self._claim()
 
+    def _settings_changed(self) -> None:
+        """Before a setting is written (controls call this): the board is claimed too."""
+        super()._settings_changed()
+        if self.connected:
+            self._claim()
+
     def safe_state(self) -> None:
         """Output off, then the board released (the lock and watchdog are a run's, and every
         way a run ends passes here). The next call takes them again."""
