@@ -1,12 +1,16 @@
 """Crossbar MVM throughput: a 1024x128 array (a 1024x64 signed matrix as differential pairs)
 and a batch of 1000 input vectors, through the in-process twin, the driver over TCP and
-over a pty to `labpnn sim crossbar` (a separate process), against a bare NumPy matmul of
-the same shapes and the raw loopback rate of the same request and reply bytes.
+over a pty to `labpnn sim crossbar` (a separate process), each with float32 voltages and
+currents and with int8 DAC / int16 ADC codes (`format`), against a bare NumPy matmul of the
+same shapes and the raw loopback rate of the float32 request and reply bytes. Then the
+bytes one pass of 10,000 MNIST images through the first unit of mnist-memristor (785
+inputs, 64 outputs = 128 columns, batches of 500) puts on the wire, counted by a proxy,
+and their time at 921,600 baud (8N1: 92,160 bytes/s).
 
 Wall time is what the targets are about; CPU time (this process, plus the simulator
 process for the wire paths; Linux) is the work done, which a busy machine does not inflate.
-Targets: in-process twin >= 0.5 x NumPy; TCP >= 0.5 x raw socket.
-Run: python benchmarks/bench_crossbar.py [--repeats N]
+Targets: in-process twin >= 0.5 x NumPy; TCP >= 0.5 x raw socket (float32 bytes).
+Run: python benchmarks/bench_crossbar.py [--repeats N] [--quick]
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from labpnn.drivers.crossbar import CrossbarBoard
 from labpnn.sim_devices.crossbar import SimCrossbarBoard
 
 ROWS, COLS, BATCH = 1024, 128, 1000
+BAUD_BYTES_PER_S = 921_600 / 10  # 8 data bits, a start and a stop bit
+MNIST_IMAGES, MNIST_INPUTS, MNIST_OUT, MNIST_BATCH = 10_000, 785, 64, 500
 
 
 def no_other_cpu() -> float:
@@ -100,24 +106,73 @@ def raw_socket(request: int, reply: int) -> Callable[[], None]:
 
 
 @contextmanager
-def driver(*args: str) -> Iterator[tuple[CrossbarBoard, Callable[[], float]]]:
-    """The driver connected to `labpnn sim crossbar ARGS` in a subprocess, and the
-    subprocess's CPU clock."""
+def board_process(*args: str) -> Iterator[tuple[str, Callable[[], float]]]:
+    """`labpnn sim crossbar ARGS` in a subprocess: its VISA resource and its CPU clock."""
     proc = subprocess.Popen([sys.executable, "-m", "labpnn", "sim", "crossbar", *args],
                             stdout=subprocess.PIPE, text=True)
     try:
-        resource = proc.stdout.readline().split()[2]
-        with CrossbarBoard(resource=resource, timeout_ms=60000) as board:
-            yield board, cpu_of(proc.pid)
+        yield proc.stdout.readline().split()[2], cpu_of(proc.pid)
     finally:
         proc.terminate()
         proc.wait()
 
 
+@contextmanager
+def driver(*args: str, **options) -> Iterator[tuple[CrossbarBoard, Callable[[], float]]]:
+    """The driver connected to `labpnn sim crossbar ARGS` in a subprocess, and the
+    subprocess's CPU clock."""
+    with board_process(*args) as (resource, cpu):
+        with CrossbarBoard(resource=resource, timeout_ms=60000, **options) as board:
+            yield board, cpu
+
+
+def counting_proxy(target: str) -> tuple[str, list[int]]:
+    """A loopback TCP proxy in front of the VISA resource `target`: its own resource and
+    [bytes to the board, bytes from it], counted as they pass."""
+    _, host, port, _ = target.split("::")
+    listener = socket.create_server(("127.0.0.1", 0))
+    counts = [0, 0]
+
+    def pump(src: socket.socket, dst: socket.socket, index: int) -> None:
+        while data := src.recv(1 << 16):
+            counts[index] += len(data)
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        client, _ = listener.accept()
+        board = socket.create_connection((host, int(port)))
+        for a, b, i in ((client, board, 0), (board, client, 1)):
+            a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=pump, args=(a, b, i), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"TCPIP::127.0.0.1::{listener.getsockname()[1]}::SOCKET", counts
+
+
+def mnist_pass_bytes(fmt: str) -> tuple[int, int]:
+    """(bytes to the board, bytes back) for one pass of the MNIST test set through a
+    785 -> 64 unit in batches of 500, as the driver sends them (`fmt` float32 or codes)."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((MNIST_INPUTS, MNIST_OUT)).astype(np.float32)
+    x = rng.random((MNIST_BATCH, MNIST_INPUTS), dtype=np.float32)
+    with board_process("--tcp", "127.0.0.1:0", "--rows", str(MNIST_INPUTS)) as (resource, _):
+        proxied, counts = counting_proxy(resource)
+        with CrossbarBoard(resource=proxied, timeout_ms=60000) as board:
+            board.program_weights(w)
+            before = list(counts)
+            for _ in range(MNIST_IMAGES // MNIST_BATCH):
+                board.matmul(x, format=fmt)
+            time.sleep(0.2)  # the proxy's last bytes
+            return counts[0] - before[0], counts[1] - before[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="3 repeats, no pty rows")
     args = parser.parse_args()
+    repeats = 3 if args.quick else args.repeats
     rng = np.random.default_rng(0)
     w = rng.standard_normal((ROWS, COLS // 2)).astype(np.float32)
     x = rng.standard_normal((BATCH, ROWS)).astype(np.float32)
@@ -126,33 +181,61 @@ def main() -> None:
     with SimCrossbarBoard(seed=0) as twin:
         twin.program_weights(w)
         rows = timed({"NumPy matmul (1000x1024 @ 1024x128)": (lambda: x @ g, no_other_cpu),
-                      "in-process twin": (lambda: twin.matmul(x), no_other_cpu)}, args.repeats)
+                      "in-process twin, float32": (lambda: twin.matmul(x), no_other_cpu),
+                      "in-process twin, codes": (lambda: twin.matmul(x, format="codes"),
+                                                 no_other_cpu)}, repeats)
     head = len(f"MEAS:MVM? {BATCH},0,{ROWS},0,{COLS},#7") + 7
     with driver("--tcp", "127.0.0.1:0") as (tcp, server_cpu):
         tcp.program_weights(w)
-        rows.update(timed({"raw loopback socket, same bytes":
-                           (raw_socket(head + x.nbytes + 1, 10 + BATCH * COLS * 4), no_other_cpu),
-                           "driver over TCP (twin in a subprocess)":
-                           (lambda: tcp.matmul(x), server_cpu)}, args.repeats))
-    with driver("--pty") as (pty, server_cpu):
-        pty.program_weights(w)
-        rows.update(timed({"driver over a pty (twin in a subprocess)":
-                           (lambda: pty.matmul(x), server_cpu)}, max(3, args.repeats // 5)))
 
-    print(f"crossbar MVM throughput: array {ROWS}x{COLS}, batch {BATCH}, float32; "
-          f"{args.repeats} runs each\n")
+        def one_block(fmt: str) -> Callable[[], object]:
+            def run() -> object:
+                tcp.options.pipeline_block_bytes = tcp.options.max_block_bytes
+                try:
+                    return tcp.matmul(x, format=fmt)
+                finally:
+                    tcp.options.pipeline_block_bytes = pipelined
+            return run
+        pipelined = tcp.options.pipeline_block_bytes
+        rows.update(timed({
+            "raw loopback socket, float32 bytes":
+                (raw_socket(head + x.nbytes + 1, 10 + BATCH * COLS * 4), no_other_cpu),
+            "driver over TCP, float32, one block": (one_block("float32"), server_cpu),
+            "driver over TCP, float32, pipelined": (lambda: tcp.matmul(x), server_cpu),
+            "driver over TCP, codes, one block": (one_block("codes"), server_cpu),
+            "driver over TCP, codes, pipelined": (lambda: tcp.matmul(x, format="codes"),
+                                                  server_cpu)}, repeats))
+    if not args.quick:
+        with driver("--pty") as (pty, server_cpu):
+            pty.program_weights(w)
+            rows.update(timed({
+                "driver over a pty, float32": (lambda: pty.matmul(x), server_cpu),
+                "driver over a pty, codes": (lambda: pty.matmul(x, format="codes"), server_cpu)},
+                max(3, repeats // 5)))
+
+    print(f"crossbar MVM throughput: array {ROWS}x{COLS}, batch {BATCH}; {repeats} runs each\n")
     print(f"{'path':42s} {'best wall':>10s} {'median':>10s} {'CPU':>10s} {'vectors/s':>11s}")
     for name, (best, median, cpu) in rows.items():
         print(f"{name:42s} {best * 1e3:7.2f} ms {median * 1e3:7.2f} ms {cpu * 1e3:7.2f} ms "
               f"{BATCH / best:11,.0f}")
-    (numpy_, _, numpy_cpu), (twin_, _, twin_cpu), (raw, _, raw_cpu), (tcp_, _, tcp_cpu) = \
-        list(rows.values())[:4]
-    print(f"\nin-process twin / NumPy: {numpy_ / twin_:.2f} by wall, {numpy_cpu / twin_cpu:.2f} "
-          "by CPU (target >= 0.5)")
-    print(f"TCP / raw socket:        {raw / tcp_:.2f} by wall, {raw_cpu / tcp_cpu:.2f} by CPU "
-          "(target >= 0.5)")
-    print(f"TCP without the twin's compute / raw socket: {raw / max(tcp_ - twin_, 1e-9):.2f} by "
-          f"wall, {raw_cpu / max(tcp_cpu - twin_cpu, 1e-9):.2f} by CPU")
+    numpy_, twin_f, twin_c = (rows[k] for k in list(rows)[:3])
+    raw = rows["raw loopback socket, float32 bytes"]
+    print()
+    for name, (best, _, cpu) in ((k, rows[k]) for k in rows if k.startswith("in-process")):
+        print(f"{name} / NumPy: {numpy_[0] / best:.2f} by wall, {numpy_[2] / cpu:.2f} by CPU "
+              "(target >= 0.5)")
+    for name, (best, _, cpu) in ((k, rows[k]) for k in rows if k.startswith("driver over TCP")):
+        print(f"{name} / raw socket: {raw[0] / best:.2f} by wall, {raw[2] / cpu:.2f} by CPU "
+              "(target >= 0.5)")
+
+    print(f"\none pass of {MNIST_IMAGES:,} MNIST images through a {MNIST_INPUTS} -> {MNIST_OUT} "
+          f"unit ({2 * MNIST_OUT} columns), batches of {MNIST_BATCH}:\n")
+    print(f"{'format':8s} {'to the board':>14s} {'back':>12s} {'total':>14s} {'at 921,600 baud':>16s}")
+    for fmt in ("float32", "codes"):
+        sent, back = mnist_pass_bytes(fmt)
+        total = sent + back
+        print(f"{fmt:8s} {sent / 1e6:11.2f} MB {back / 1e6:9.2f} MB {total / 1e6:11.2f} MB "
+              f"{total / BAUD_BYTES_PER_S / 60:11.2f} min")
 
 
 if __name__ == "__main__":
