@@ -42,7 +42,7 @@ class CrossbarBoard(MappedCrossbar):
         baud_rate: int = Field(115200, gt=0, description="serial baud rate (ASRL only)")
         max_block_bytes: int = Field(16 << 20, ge=1024, description="largest MVM input block "
                                      "sent at once; larger batches are split")
-        pipeline_block_bytes: int = Field(256 << 10, ge=1024, description="TCP: MVM input "
+        pipeline_block_bytes: int = Field(1 << 20, ge=1024, description="TCP: MVM input "
                                           "blocks of about this size go out in a pipeline")
         exclusive: bool = Field(True, description="hold the board's lock (SYST:LOCK) while "
                                 "connected; refuse to connect when another session holds it")

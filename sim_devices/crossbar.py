@@ -318,15 +318,17 @@ class CrossbarPhysics:
         current *= np.float32(self.adc_lsb)
         return current
 
-    def mvm_codes(self, codes: np.ndarray, r0: int, c0: int, cols: int) -> np.ndarray:
-        """As mvm, with the inputs as DAC codes (V = code * dac_lsb, int8) and the outputs as
-        ADC codes (I = code * adc_lsb, int16). Codes beyond the DAC's range are refused."""
+    def mvm_codes(self, codes: np.ndarray, r0: int, c0: int, cols: int,
+                  peak: np.ndarray | None = None) -> np.ndarray:
+        """As mvm, with the inputs as DAC codes (V = code * dac_lsb; int8, or integer-valued
+        float32) and the outputs as ADC codes (I = code * adc_lsb, int16). Codes beyond the
+        DAC's range are refused; `peak`, max |code| per vector, spares a pass."""
         if self._adc_bits > 16:
             raise SettingsConflict(f"{self._adc_bits}-bit ADC codes do not fit int16 "
                                    "(CONF:ADC:BITS 16 or fewer)")
         top = 2 ** (self.options.dac_bits - 1) - 1
-        x = codes.astype(np.float32)
-        peak = abs_max(x)
+        x = codes.astype(np.float32, copy=False)
+        peak = abs_max(x) if peak is None else peak
         if peak.size and peak.max() > top:
             raise DataOutOfRange(f"DAC code {int(peak.max())} beyond +-{top}")
         current = self._analog(x, r0, c0, cols, np.float32(self.dac_lsb), peak)
@@ -564,7 +566,9 @@ class SimCrossbarBoard(MappedCrossbar):
         if not codes:
             return self._call(self.physics.mvm, x, r0, c0, cols, scale, peak)
         cfg = self._board_config()
-        adc = self._call(self.physics.mvm_codes, dac_codes(x, scale, cfg), r0, c0, cols)
+        codes = dac_codes(x, scale, cfg, np.float32)  # no int8 round trip in process
+        top = np.minimum(np.rint(peak * scale / np.float32(cfg.dac_lsb)), cfg.dac_top)
+        adc = self._call(self.physics.mvm_codes, codes, r0, c0, cols, top)
         return adc * np.float32(cfg.adc_lsb)
 
     def identity(self) -> str:

@@ -150,12 +150,13 @@ def abs_max(x: np.ndarray) -> np.ndarray:
 FORMATS = ("float32", "codes")
 
 
-def dac_codes(x: np.ndarray, scale: np.ndarray, cfg: BoardConfig) -> np.ndarray:
-    """int8 DAC codes of the read voltages x * scale[:, None] (rounded, within the range)."""
+def dac_codes(x: np.ndarray, scale: np.ndarray, cfg: BoardConfig, dtype=np.int8) -> np.ndarray:
+    """DAC codes of the read voltages x * scale[:, None] (rounded, within the range), as
+    int8 for the wire or float32 for a caller that computes with them."""
     codes = x * (scale / np.float32(cfg.dac_lsb))[:, None]
     np.rint(codes, out=codes)
     np.clip(codes, -cfg.dac_top, cfg.dac_top, out=codes)
-    return codes.astype(np.int8)
+    return codes.astype(dtype, copy=False)
 
 
 @dataclass
