@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -457,6 +458,7 @@ def test_connections_beyond_the_limit_are_closed():
                 pass
             finally:
                 fourth.close()
+            time.sleep(0.1)
         else:
             pytest.fail("a freed connection slot was never reused")
         for c in (second, third):
