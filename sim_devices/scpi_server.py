@@ -366,6 +366,15 @@ class Session:
         """Execute one message; the reply to send (None for commands and failed queries)."""
         return self.board.handle(item, self)
 
+    def receiver(self, recv_into: Callable[[memoryview], int]) -> Callable[[memoryview], int]:
+        """`recv_into` that counts every byte received as traffic for the watchdog (a large
+        block on a slow link is arriving, not silence)."""
+        def receive(view: memoryview) -> int:
+            n = recv_into(view)
+            self.board._traffic(self)
+            return n
+        return receive
+
     def close(self) -> None:
         """The client left: its lock goes with it (an armed watchdog keeps counting)."""
         self.board.release(self)
@@ -390,8 +399,8 @@ class CrossbarSCPI:
         self._watchdog_session: Session | None = None
         self._last_traffic = clock()
         self._watchdog_thread: threading.Thread | None = None
-        self._default = Session(self)
-        self.errors = self._default.errors
+        self.default_session = Session(self)
+        self.errors = self.default_session.errors
         p = physics
         table = {  # header: (parameter parsers, action)
             "*IDN?": ((), p.identity),
@@ -456,7 +465,7 @@ class CrossbarSCPI:
     def release(self, session: Session | None = None) -> None:
         """Give up the exclusive lock, if `session` (default: the default session) holds it."""
         with self._sessions:
-            if self._owner is (session or self._default):
+            if self._owner is (session or self.default_session):
                 self._owner = None
 
     def _lock_owner(self, session: Session) -> str:
@@ -528,7 +537,7 @@ class CrossbarSCPI:
     def handle(self, item: Message | ParseError, session: Session | None = None) -> bytes | None:
         """Execute one message in `session` (default: the default session); the reply to
         send (None for commands and failed queries)."""
-        session = session or self._default
+        session = session or self.default_session
         if isinstance(item, ParseError):
             session.errors.push(item.code, item.detail)
             return None
@@ -685,7 +694,7 @@ class TcpServer:
 
     def _serve(self, conn: socket.socket) -> None:
         session = self.front.session()
-        reader = CommandReader(conn.recv_into,
+        reader = CommandReader(session.receiver(conn.recv_into),
                                lambda t: bool(select.select([conn], [], [], t)[0]),
                                **self._reader_options)
         try:
@@ -733,7 +742,8 @@ class PtyServer(threading.Thread):
         self.path = os.ttyname(self._slave)
         self.address = f"ASRL{self.path}::INSTR"
         self._stopping = threading.Event()
-        self._reader = CommandReader(self._recv_into, self._wait,
+        self._reader = CommandReader(front.default_session.receiver(self._recv_into),
+                                     self._wait,
                                      **{"block_limit": front.block_limit, **reader_options})
         self.start()
 

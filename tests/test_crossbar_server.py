@@ -381,6 +381,13 @@ def test_watchdog_turns_the_outputs_off_after_silence_from_its_session():
     assert not front.physics.output
     assert host.errors.pop() == '-310,"System error; Watchdog expired"'
     assert other.errors.pop() == '0,"No error"'
+    host.handle(Message("OUTP ON"))
+    receive = host.receiver(lambda view: len(view))  # a block arriving slowly, byte by byte
+    now[0] = 5.5
+    receive(memoryview(bytearray(1)))  # bytes received are traffic, before the command is whole
+    now[0] = 7.0
+    front.check_watchdog()
+    assert front.physics.output
     front.stop_watchdog()
 
 
