@@ -247,7 +247,8 @@ class ReplayCrossbar(Instrument):
         with self._lock:
             return {k: v.copy() for k, v in self._deployed().readback.items()}
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
+    def matmul(self, x: np.ndarray, format: str = "float32") -> np.ndarray:
+        """The recorded outputs for x (they travelled in whatever `format` the run used)."""
         x = np.asarray(x, np.float32)
         with self._lock:
             rec = self._deployed()
