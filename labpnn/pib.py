@@ -33,9 +33,10 @@ class PIBTerms(NamedTuple):
 
 
 def pib_terms(x, y, z, *, beta: float, alpha: float = 1.01, sigma_x=None,
-              sigma_z=None) -> PIBTerms:
+              sigma_z=None, estimator: str = "exact") -> PIBTerms:
     """objective = I(Y;Z) - beta * I(X;Z) for inputs x (n, ...), integer labels y (n,) and
-    features z (n, ...), differentiable in z. Kernel widths default to info.default_sigma.
+    features z (n, ...), differentiable in z. Kernel widths default to info.default_sigma;
+    estimator "exact" or "fast" as in info.entropy.
 
     S(Z) is computed once for both terms; S(X) and S(Y) do not depend on z and are
     computed without gradient.
@@ -44,18 +45,19 @@ def pib_terms(x, y, z, *, beta: float, alpha: float = 1.01, sigma_x=None,
     if not (math.isfinite(b) and b >= 0):
         raise ValueError(f"beta: must be finite and >= 0, got {beta!r}")
     a = info._check_alpha(alpha)
+    e = info._check_estimator(estimator)
     yt = info._labels(y, "y")
     zt = info._samples(z, "z")
     with torch.no_grad():
         a_x, _ = info._kernel(x, sigma_x, "x")
         info._same_n(a_x, yt, "x", "y")
         info._same_n(a_x, zt, "x", "z")
-        s_x = info._entropy(a_x, a)
+        s_x = info._entropy(a_x, a, e)
         s_y = info.label_entropy(yt, a).to(zt.dtype)
     a_z = info._gaussian(zt, sigma_z, "sigma_z")  # unnormalised: entropies are scale-free
-    s_z = info._entropy(a_z, a)
-    i_xz = s_x + s_z - info._entropy(a_x.to(a_z.dtype) * a_z, a)
-    i_yz = s_y + s_z - info._label_joint(a_z, yt, a)
+    s_z = info._entropy(a_z, a, e)
+    i_xz = s_x + s_z - info._entropy(a_x.to(a_z.dtype) * a_z, a, e)
+    i_yz = s_y + s_z - info._label_joint(a_z, yt, a, e)
     objective = i_yz - b * i_xz
     return PIBTerms(objective, -objective, i_xz, i_yz)
 
@@ -70,6 +72,9 @@ class PIBSettings(BaseModel):
     beta: float = Field(0.01, ge=0, description="weight of the compression term I(X;Z)")
     sigma_x: float | None = Field(None, gt=0, description="kernel width of X; None: median rule")
     sigma_z: float | None = Field(None, gt=0, description="kernel width of Z; None: median rule")
+    estimator: Literal["exact", "fast"] = Field(
+        "exact", description="entropy estimator: full eigendecomposition, or top eigenpairs + "
+                             "bracketed tail (docs/information.md)")
     steps: int = Field(300, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.01, gt=0)
