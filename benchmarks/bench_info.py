@@ -107,6 +107,61 @@ def pib_step(alpha: float, n: int = 1024):
     return run
 
 
+NETWORKS = {"784 -> 256 -> 128": [256, 128], "784 -> 6 x 1024": [1024] * 6}
+BATCH = 1024
+
+
+def _mlp(sizes: list[int]) -> torch.nn.Sequential:
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers)
+
+
+def backprop_steps(widths: list[int]):
+    """Two Adam steps of end-to-end backprop through 784 -> widths -> 10, batch BATCH."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(BATCH, 784, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
+
+    def run():
+        net = torch.nn.Sequential(_mlp([784, *widths]), torch.nn.Linear(widths[-1], 10))
+        opt = torch.optim.Adam(net.parameters())
+        for _ in range(2):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    return run
+
+
+def pib_unit_steps(widths: list[int], estimator: str):
+    """PIB unit by unit through 784 -> widths, two Adam steps per unit on one batch of BATCH
+    (the previous unit's outputs as input): PIB's peak is its largest unit's."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(BATCH, 784, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
+
+    def run():
+        h = x
+        for a, b in zip([784, *widths[:-1]], widths):
+            unit = _mlp([a, b])
+            opt = torch.optim.Adam(unit.parameters())
+            for _ in range(2):
+                opt.zero_grad()
+                pib_terms(x, y, unit(h), beta=0.01, estimator=estimator).loss.backward()
+                opt.step()
+            with torch.no_grad():
+                h = unit(h)
+            del unit, opt
+    return run
+
+
+def network_cases():
+    """(key, function) of the PIB-against-backprop memory table: 'net case'."""
+    for name, widths in NETWORKS.items():
+        yield f"{name}|backprop", backprop_steps(widths)
+        for est in ("exact", "fast"):
+            yield f"{name}|PIB {est}", pib_unit_steps(widths, est)
+
+
 def cases(sizes: list[int], large: bool):
     """(key, function) of every measurement: 'n alpha estimator what' and 'pib alpha'."""
     if large:  # the exact path at n = 4096 takes minutes: fast and alpha = 2 only
@@ -171,7 +226,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sizes = [256, 512, 1024] if args.quick else [256, 512, 1024, 2048]
     if args.memory_only:
-        print(json.dumps({key: peak_rss_growth(fn) for key, fn in cases(sizes, args.large)}))
+        print(json.dumps({key: peak_rss_growth(fn) for key, fn in
+                          [*cases(sizes, args.large), *network_cases()]}))
         return
     mib = memory_in_child(args)
     times = {}
@@ -206,6 +262,12 @@ def main() -> None:
         wall, cpu = times[f"pib {alpha}"]
         print(f"PIB loss + gradient, batch 1024, 128->64 linear+relu unit, X dim 784, "
               f"alpha {alpha}: {wall:.0f} ms ({cpu:.0f} ms CPU), {mib[f'pib {alpha}']:.0f} MiB")
+    print(f"peak memory above the start, batch {BATCH}, Adam, two steps (per unit for PIB):")
+    for name in NETWORKS:
+        bp = mib[f"{name}|backprop"]
+        print(f"  {name:<18} backprop {bp:7.1f} MiB | " + " | ".join(
+            f"PIB {est} {mib[f'{name}|PIB {est}']:7.1f} MiB ({mib[f'{name}|PIB {est}'] / bp:.2f}x)"
+            for est in ("exact", "fast")) + " (target on the deep network: <= 0.5x)")
     accuracy_table([1024] + [LARGE] * args.large)
 
 

@@ -23,6 +23,7 @@ VN_BAND = 1e-6          # |alpha - 1| below this uses the von Neumann limit
 ESTIMATORS = ("exact", "fast")
 FAST_RANK = 128         # eigenpairs the fast estimator computes per matrix (or class block)
 MAX_SIGMA_SAMPLES = 256   # the median looks at most at this many (evenly strided) samples
+CHUNK = 256             # rows per block where n x n work is done in blocks
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -99,12 +100,25 @@ def _same_n(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
 # -- kernels ------------------------------------------------------------------------------
 
 @torch.no_grad()
-def _sq_distances(u: torch.Tensor) -> torch.Tensor:
-    """Squared distances between the rows of u (n, d): a new (n, n) tensor, zero diagonal."""
-    u = u - u.mean(0)  # centring reduces cancellation in |a|^2 + |b|^2 - 2ab
+def _sq_distances(u: torch.Tensor, centred: bool = False) -> torch.Tensor:
+    """Squared distances between the rows of u (n, d): a new (n, n) tensor, zero diagonal.
+    centred: u's columns already have mean 0 (else a centred copy is made)."""
+    if not centred:
+        u = u - u.mean(0)  # centring reduces cancellation in |a|^2 + |b|^2 - 2ab
     sq = u.pow(2).sum(1)
     d2 = (u @ u.T).mul_(-2.0).add_(sq[:, None]).add_(sq[None, :]).clamp_min_(0.0)
-    return d2.fill_diagonal_(0.0)
+    return _mirror_upper(d2).fill_diagonal_(0.0)
+
+
+def _mirror_upper(m: torch.Tensor) -> torch.Tensor:
+    """m with its lower triangle replaced by the upper one's transpose, in place and in row
+    chunks: exactly symmetric, so the kernels built on it need no symmetrised copy."""
+    for r in range(CHUNK, m.shape[0], CHUNK):
+        m[r:r + CHUNK, :r] = m[:r, r:r + CHUNK].T
+    for r in range(0, m.shape[0], CHUNK):  # the diagonal blocks
+        blk = m[r:r + CHUNK, r:r + CHUNK]
+        blk.copy_(torch.triu(blk) + torch.triu(blk, 1).T)
+    return m
 
 
 @torch.no_grad()
@@ -141,37 +155,55 @@ def default_sigma(x) -> float:
 
 class _GaussianGram(torch.autograd.Function):
     """K = exp(-c |u_i - u_j|^2), c = 1 / (2 sigma^2); c None: sigma by the median rule.
-    c is a constant for the gradient: dL/du = -2c (diag(S 1) u - S u), S = (G + G^T) o K."""
+    c is a constant for the gradient: dL/du = -2c (diag(S 1) u - S u), S = (G + G^T) o K
+    (translation-invariant: computed on centred u). centred: u's columns have mean 0."""
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, c: float | None) -> torch.Tensor:
-        d2 = _sq_distances(u)
+    def forward(ctx, u: torch.Tensor, c: float | None, centred: bool = False) -> torch.Tensor:
+        d2 = _sq_distances(u, centred)
         if c is None:
             c = 0.5 / _median_rule(d2) ** 2
         k = d2.mul_(-c).exp_()
-        ctx.c = c
+        ctx.c, ctx.centred = c, centred
         ctx.save_for_backward(u, k)
         return k
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         u, k = ctx.saved_tensors
-        u = u - u.mean(0)
+        if not ctx.centred:
+            u = u - u.mean(0)
         m = grad * k
-        su = m @ u + m.T @ u
-        return -2.0 * ctx.c * ((m.sum(0) + m.sum(1))[:, None] * u - su), None
+        su = torch.addmm(m.T @ u, m, u)
+        return su.sub_((m.sum(0) + m.sum(1))[:, None] * u).mul_(2.0 * ctx.c), None, None
 
 
 def _gaussian(t: torch.Tensor, sigma, name: str) -> torch.Tensor:
     if sigma is not None:
         s = _positive(sigma, name)
         return _GaussianGram.apply(t, 0.5 / (s * s))
-    # The median width with the gradient of a scale that follows t: u equals t, but is
-    # unchanged when t is rescaled, so no gradient rewards inflating the features.
-    t = t - t.mean(0)
-    norm = t.pow(2).sum().sqrt()
-    v = float(norm.detach())
-    return _GaussianGram.apply(t * (v / norm) if v > 0 else t, None)
+    return _GaussianGram.apply(_ScaleFree.apply(t), None, True)
+
+
+class _ScaleFree(torch.autograd.Function):
+    """u = c(t) v / |c(t)|, c the centring and v the value of |c(t)|: the median width with
+    the gradient of a scale that follows t. u equals c(t) in value, but is unchanged when t
+    is rescaled, so no gradient rewards inflating the features. One n x d tensor, shared
+    with the Gram matrix's saved input."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        u = t - t.mean(0)
+        ctx.save_for_backward(u)
+        return u
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (u,) = ctx.saved_tensors
+        sq = torch.dot(u.reshape(-1), u.reshape(-1))
+        if sq > 0:
+            grad = grad - u * (torch.dot(u.reshape(-1), grad.reshape(-1)) / sq)
+        return grad - grad.mean(0)
 
 
 def gram(x, sigma=None) -> torch.Tensor:
@@ -246,7 +278,8 @@ class _SpectralEntropy(torch.autograd.Function):
             b = b.detach()
             if b.dtype not in (torch.float32, torch.float64):
                 b = b.to(torch.float64)  # LAPACK has no half precision
-            sym = torch.add(b, b.T).mul_(0.5)  # eigh reads one triangle; make the function symmetric
+            # eigh reads one triangle: make the function symmetric (kernels already are exactly)
+            sym = b if torch.equal(b, b.T) else torch.add(b, b.T).mul_(0.5)
             if want_vectors:
                 lam, v = torch.linalg.eigh(sym)
                 vecs.append(v)
@@ -271,8 +304,17 @@ class _SpectralEntropy(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         w, *vecs = ctx.saved_tensors
         w = w * grad.to(torch.float64)
-        return (None, *[((v * wi.to(v.dtype)) @ v.T).to(dt)
+        return (None, *[_outer(v, wi.to(v.dtype)).to(dt)
                         for v, wi, dt in zip(vecs, w.split(ctx.sizes), ctx.dtypes)])
+
+
+def _outer(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """V diag(w) V^T, summed over column chunks: no second n x n temporary."""
+    out = torch.zeros(v.shape[0], v.shape[0], dtype=v.dtype, device=v.device)
+    for c in range(0, v.shape[1], CHUNK):
+        vc = v[:, c:c + CHUNK]
+        out.addmm_(vc * w[c:c + CHUNK], vc.T)
+    return out
 
 
 def _fast_entropy(blocks: list[torch.Tensor], alpha: float) -> torch.Tensor:
