@@ -269,6 +269,23 @@ def main() -> None:
             f"PIB {est} {mib[f'{name}|PIB {est}']:7.1f} MiB ({mib[f'{name}|PIB {est}'] / bp:.2f}x)"
             for est in ("exact", "fast")) + " (target on the deep network: <= 0.5x)")
     accuracy_table([1024] + [LARGE] * args.large)
+    if torch.cuda.is_available():
+        gpu_rows([1024, LARGE])
+
+
+def gpu_rows(sizes: list[int]) -> None:
+    """MI + gradient on the CUDA device (wall ms, synchronised), when there is one."""
+    print(f"GPU ({torch.cuda.get_device_name()}), MI + gradient, wall ms:")
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        x, z = (torch.randn(n, D, generator=g).cuda() for _ in range(2))
+        for alpha, est in ESTIMATES:
+            step = mi_step(x, z, alpha, est)
+
+            def run():
+                step()
+                torch.cuda.synchronize()
+            print(f"  n {n:>5} alpha {alpha} {est:<5}: {timed(run, 3)[0]:8.1f} ms")
 
 
 if __name__ == "__main__":

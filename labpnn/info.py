@@ -126,7 +126,7 @@ def _median_rule(d2: torch.Tensor) -> float:
     """The median pairwise distance, from squared distances d2 (n, n) with a zero
     diagonal, over at most MAX_SIGMA_SAMPLES evenly strided samples."""
     stride = -(-d2.shape[0] // MAX_SIGMA_SAMPLES)
-    flat = d2[::stride, ::stride].reshape(-1).numpy()
+    flat = d2[::stride, ::stride].reshape(-1).cpu().numpy()
     n = -(-d2.shape[0] // stride)
     # n zeros, then every pair twice: the (lower) median pair is at 0-based index n + 2r - 1
     k = n + 2 * ((n * (n - 1) // 2 + 1) // 2) - 1
