@@ -13,12 +13,17 @@ import math
 import numpy as np
 import torch
 
+from labpnn import lowrank
+
 __all__ = ["default_sigma", "entropy", "gram", "joint_entropy", "label_entropy", "label_gram",
            "label_joint_entropy", "mutual_information", "normalize"]
 
 LN2 = math.log(2.0)
 VN_BAND = 1e-6          # |alpha - 1| below this uses the von Neumann limit
+ESTIMATORS = ("exact", "fast")
+FAST_RANK = 128         # eigenpairs the fast estimator computes per matrix (or class block)
 MAX_SIGMA_SAMPLES = 256   # the median looks at most at this many (evenly strided) samples
+CHUNK = 256             # rows per block where n x n work is done in blocks
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -95,12 +100,25 @@ def _same_n(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
 # -- kernels ------------------------------------------------------------------------------
 
 @torch.no_grad()
-def _sq_distances(u: torch.Tensor) -> torch.Tensor:
-    """Squared distances between the rows of u (n, d): a new (n, n) tensor, zero diagonal."""
-    u = u - u.mean(0)  # centring reduces cancellation in |a|^2 + |b|^2 - 2ab
+def _sq_distances(u: torch.Tensor, centred: bool = False) -> torch.Tensor:
+    """Squared distances between the rows of u (n, d): a new (n, n) tensor, zero diagonal.
+    centred: u's columns already have mean 0 (else a centred copy is made)."""
+    if not centred:
+        u = u - u.mean(0)  # centring reduces cancellation in |a|^2 + |b|^2 - 2ab
     sq = u.pow(2).sum(1)
     d2 = (u @ u.T).mul_(-2.0).add_(sq[:, None]).add_(sq[None, :]).clamp_min_(0.0)
-    return d2.fill_diagonal_(0.0)
+    return _mirror_upper(d2).fill_diagonal_(0.0)
+
+
+def _mirror_upper(m: torch.Tensor) -> torch.Tensor:
+    """m with its lower triangle replaced by the upper one's transpose, in place and in row
+    chunks: exactly symmetric, so the kernels built on it need no symmetrised copy."""
+    for r in range(CHUNK, m.shape[0], CHUNK):
+        m[r:r + CHUNK, :r] = m[:r, r:r + CHUNK].T
+    for r in range(0, m.shape[0], CHUNK):  # the diagonal blocks
+        blk = m[r:r + CHUNK, r:r + CHUNK]
+        blk.copy_(torch.triu(blk) + torch.triu(blk, 1).T)
+    return m
 
 
 @torch.no_grad()
@@ -108,7 +126,7 @@ def _median_rule(d2: torch.Tensor) -> float:
     """The median pairwise distance, from squared distances d2 (n, n) with a zero
     diagonal, over at most MAX_SIGMA_SAMPLES evenly strided samples."""
     stride = -(-d2.shape[0] // MAX_SIGMA_SAMPLES)
-    flat = d2[::stride, ::stride].reshape(-1).numpy()
+    flat = d2[::stride, ::stride].reshape(-1).cpu().numpy()
     n = -(-d2.shape[0] // stride)
     # n zeros, then every pair twice: the (lower) median pair is at 0-based index n + 2r - 1
     k = n + 2 * ((n * (n - 1) // 2 + 1) // 2) - 1
@@ -137,37 +155,55 @@ def default_sigma(x) -> float:
 
 class _GaussianGram(torch.autograd.Function):
     """K = exp(-c |u_i - u_j|^2), c = 1 / (2 sigma^2); c None: sigma by the median rule.
-    c is a constant for the gradient: dL/du = -2c (diag(S 1) u - S u), S = (G + G^T) o K."""
+    c is a constant for the gradient: dL/du = -2c (diag(S 1) u - S u), S = (G + G^T) o K
+    (translation-invariant: computed on centred u). centred: u's columns have mean 0."""
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, c: float | None) -> torch.Tensor:
-        d2 = _sq_distances(u)
+    def forward(ctx, u: torch.Tensor, c: float | None, centred: bool = False) -> torch.Tensor:
+        d2 = _sq_distances(u, centred)
         if c is None:
             c = 0.5 / _median_rule(d2) ** 2
         k = d2.mul_(-c).exp_()
-        ctx.c = c
+        ctx.c, ctx.centred = c, centred
         ctx.save_for_backward(u, k)
         return k
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         u, k = ctx.saved_tensors
-        u = u - u.mean(0)
+        if not ctx.centred:
+            u = u - u.mean(0)
         m = grad * k
-        su = m @ u + m.T @ u
-        return -2.0 * ctx.c * ((m.sum(0) + m.sum(1))[:, None] * u - su), None
+        su = torch.addmm(m.T @ u, m, u)
+        return su.sub_((m.sum(0) + m.sum(1))[:, None] * u).mul_(2.0 * ctx.c), None, None
 
 
 def _gaussian(t: torch.Tensor, sigma, name: str) -> torch.Tensor:
     if sigma is not None:
         s = _positive(sigma, name)
         return _GaussianGram.apply(t, 0.5 / (s * s))
-    # The median width with the gradient of a scale that follows t: u equals t, but is
-    # unchanged when t is rescaled, so no gradient rewards inflating the features.
-    t = t - t.mean(0)
-    norm = t.pow(2).sum().sqrt()
-    v = float(norm.detach())
-    return _GaussianGram.apply(t * (v / norm) if v > 0 else t, None)
+    return _GaussianGram.apply(_ScaleFree.apply(t), None, True)
+
+
+class _ScaleFree(torch.autograd.Function):
+    """u = c(t) v / |c(t)|, c the centring and v the value of |c(t)|: the median width with
+    the gradient of a scale that follows t. u equals c(t) in value, but is unchanged when t
+    is rescaled, so no gradient rewards inflating the features. One n x d tensor, shared
+    with the Gram matrix's saved input."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        u = t - t.mean(0)
+        ctx.save_for_backward(u)
+        return u
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (u,) = ctx.saved_tensors
+        sq = torch.dot(u.reshape(-1), u.reshape(-1))
+        if sq > 0:
+            grad = grad - u * (torch.dot(u.reshape(-1), grad.reshape(-1)) / sq)
+        return grad - grad.mean(0)
 
 
 def gram(x, sigma=None) -> torch.Tensor:
@@ -205,6 +241,12 @@ def _check_alpha(alpha) -> float:
     return _positive(alpha, "alpha")
 
 
+def _check_estimator(estimator) -> str:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    return estimator
+
+
 def _renyi(p: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Renyi entropy (bits) of a probability vector p and its gradient dH/dp (0 where p=0)."""
     pos = p > 0
@@ -219,11 +261,13 @@ def _renyi(p: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _SpectralEntropy(torch.autograd.Function):
-    """S_alpha of the block-diagonal matrix diag(blocks) / trace, from eigenvalues (float64).
+    """S_alpha of the block-diagonal matrix diag(blocks) / trace, from eigenvalues computed in
+    the blocks' precision (float32 stays float32: half the memory and time of float64, and
+    the entropy changes by ~1e-6 relative), summed in float64.
 
     Backward uses d/dA sum_i g(lambda_i) = V diag(g'(lambda)) V^T, which has no
     1/(lambda_i - lambda_j) terms, so repeated or zero eigenvalues give finite gradients.
-    Eigenvalues below n * eps * lambda_max (round-off) count as 0.
+    Eigenvalues below n * eps64 * lambda_max (round-off) count as 0.
     """
 
     @staticmethod
@@ -231,14 +275,18 @@ class _SpectralEntropy(torch.autograd.Function):
         want_vectors = any(ctx.needs_input_grad[1:])
         lams, vecs = [], []
         for b in blocks:
-            b64 = b.detach().to(torch.float64)
-            b64 = (b64 + b64.T) * 0.5  # eigh reads one triangle; make the function symmetric
+            b = b.detach()
+            if b.dtype not in (torch.float32, torch.float64):
+                b = b.to(torch.float64)  # LAPACK has no half precision
+            # eigh reads one triangle: make the function symmetric (kernels already are exactly)
+            sym = b if torch.equal(b, b.T) else torch.add(b, b.T).mul_(0.5)
             if want_vectors:
-                lam, v = torch.linalg.eigh(b64)
+                lam, v = torch.linalg.eigh(sym)
                 vecs.append(v)
             else:
-                lam = torch.linalg.eigvalsh(b64)
-            lams.append(lam)
+                lam = torch.linalg.eigvalsh(sym)
+            del sym
+            lams.append(lam.to(torch.float64))
         lam = torch.cat(lams)
         tol = lam.max() * lam.numel() * torch.finfo(torch.float64).eps
         lam = torch.where(lam > tol, lam, 0.0)
@@ -255,39 +303,61 @@ class _SpectralEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, *vecs = ctx.saved_tensors
-        grad = grad.to(torch.float64)
-        grads = [((v * (wi * grad)) @ v.T).to(dt)
-                 for v, wi, dt in zip(vecs, w.split(ctx.sizes), ctx.dtypes)]
-        return (None, *grads)
+        w = w * grad.to(torch.float64)
+        return (None, *[_outer(v, wi.to(v.dtype)).to(dt)
+                        for v, wi, dt in zip(vecs, w.split(ctx.sizes), ctx.dtypes)])
 
 
-def _entropy(A: torch.Tensor, alpha: float) -> torch.Tensor:
+def _outer(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """V diag(w) V^T, summed over column chunks: no second n x n temporary."""
+    out = torch.zeros(v.shape[0], v.shape[0], dtype=v.dtype, device=v.device)
+    for c in range(0, v.shape[1], CHUNK):
+        vc = v[:, c:c + CHUNK]
+        out.addmm_(vc * w[c:c + CHUNK], vc.T)
+    return out
+
+
+def _fast_entropy(blocks: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """S_alpha of diag(blocks) / trace by lowrank.spectral_sum (top FAST_RANK pairs per block,
+    the tail bracketed by its moments)."""
+    vn = abs(alpha - 1.0) < VN_BAND
+    total = lowrank.spectral_sum(blocks, lowrank.power(1.0 if vn else alpha), FAST_RANK)[0].value
+    h = total if vn else torch.log2(total) / (1.0 - alpha)
+    return h.to(blocks[0].dtype)
+
+
+def _entropy(A: torch.Tensor, alpha: float, estimator: str = "exact") -> torch.Tensor:
     if alpha == 2.0:  # tr(A^2) = sum_ij A_ij^2 for symmetric A: no eigendecomposition
         a = A.reshape(-1)
         return -torch.log2(torch.dot(a, a) / torch.trace(A) ** 2)
+    if estimator == "fast":
+        return _fast_entropy([A], alpha)
     return _SpectralEntropy.apply(alpha, A)
 
 
-def entropy(A, alpha: float = 1.01) -> torch.Tensor:
+def entropy(A, alpha: float = 1.01, estimator: str = "exact") -> torch.Tensor:
     """S_alpha(A) = log2(sum_i lambda_i^alpha) / (1 - alpha), in bits, of a symmetric
     positive semi-definite A taken as A / tr(A) (normalize() gives tr 1).
 
     alpha = 1 (within 1e-6) is the von Neumann limit -sum lambda log2 lambda; alpha = 2
     uses -log2(sum_ij A_ij^2) without eigendecomposition. Negative round-off eigenvalues
     count as 0. Differentiable, with finite gradients on degenerate spectra.
+    estimator "fast" computes only the top FAST_RANK eigenpairs and brackets the rest
+    (labpnn.lowrank, error bound in docs/information.md); it is exact up to FAST_RANK + 8 samples.
     """
     t = _square(A, "A")
     a = _check_alpha(alpha)
+    est = _check_estimator(estimator)
     if not float(torch.trace(t.detach())) > 0:
         raise ValueError("A: trace must be > 0 (pass a kernel matrix from normalize())")
-    return _entropy(t, a)
+    return _entropy(t, a, est)
 
 
-def joint_entropy(A, B, alpha: float = 1.01) -> torch.Tensor:
+def joint_entropy(A, B, alpha: float = 1.01, estimator: str = "exact") -> torch.Tensor:
     """Joint entropy S_alpha(A, B) = S_alpha((A o B) / tr(A o B)), o the Hadamard product."""
     a, b = _square(A, "A"), _square(B, "B")
     _same_n(a, b, "A", "B")
-    return entropy(a * b, alpha)
+    return entropy(a * b, alpha, estimator)
 
 
 def _class_groups(y: torch.Tensor) -> list[torch.Tensor]:
@@ -304,18 +374,22 @@ def label_entropy(y, alpha: float = 1.01) -> torch.Tensor:
     return _renyi(counts / t.shape[0], _check_alpha(alpha))[0]
 
 
-def label_joint_entropy(A, y, alpha: float = 1.01) -> torch.Tensor:
+def label_joint_entropy(A, y, alpha: float = 1.01, estimator: str = "exact") -> torch.Tensor:
     """S_alpha(A, label kernel of y), exploiting that A o K_y is block-diagonal by class:
     one small eigendecomposition per class instead of one n x n."""
     a, t = _square(A, "A"), _labels(y, "y")
     _same_n(a, t, "A", "y")
-    return _label_joint(a, t, _check_alpha(alpha))
+    return _label_joint(a, t, _check_alpha(alpha), _check_estimator(estimator))
 
 
-def _label_joint(a: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
+def _label_joint(a: torch.Tensor, y: torch.Tensor, alpha: float,
+                 estimator: str = "exact") -> torch.Tensor:
     if alpha == 2.0:
         return _entropy(a * (y[:, None] == y[None, :]), alpha)
-    return _SpectralEntropy.apply(alpha, *[a[g][:, g] for g in _class_groups(y)])
+    blocks = [a[g][:, g] for g in _class_groups(y)]
+    if estimator == "fast":
+        return _fast_entropy(blocks, alpha)
+    return _SpectralEntropy.apply(alpha, *blocks)
 
 
 def _kernel(x, sigma, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -328,19 +402,22 @@ def _kernel(x, sigma, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     return _gaussian(t, sigma, f"sigma_{name}"), None
 
 
-def mutual_information(x, z, alpha: float = 1.01, sigma_x=None, sigma_z=None) -> torch.Tensor:
+def mutual_information(x, z, alpha: float = 1.01, sigma_x=None, sigma_z=None,
+                       estimator: str = "exact") -> torch.Tensor:
     """I_alpha(X; Z) = S(A) + S(B) - S(A, B) in bits, A and B the normalised kernels of x
-    and z (Gaussian with widths sigma_x, sigma_z or default_sigma; one-hot for labels)."""
+    and z (Gaussian with widths sigma_x, sigma_z or default_sigma; one-hot for labels);
+    estimator as in entropy()."""
     a = _check_alpha(alpha)
+    e = _check_estimator(estimator)
     A, ya = _kernel(x, sigma_x, "x")
     B, yb = _kernel(z, sigma_z, "z")
     _same_n(A, B, "x", "z")
-    s_a = label_entropy(ya, a).to(A.dtype) if ya is not None else _entropy(A, a)
-    s_b = label_entropy(yb, a).to(B.dtype) if yb is not None else _entropy(B, a)
+    s_a = label_entropy(ya, a).to(A.dtype) if ya is not None else _entropy(A, a, e)
+    s_b = label_entropy(yb, a).to(B.dtype) if yb is not None else _entropy(B, a, e)
     if ya is not None and yb is None:
-        s_ab = _label_joint(B, ya, a)
+        s_ab = _label_joint(B, ya, a, e)
     elif yb is not None:
-        s_ab = _label_joint(A, yb, a)
+        s_ab = _label_joint(A, yb, a, e)
     else:
-        s_ab = _entropy(A * B, a)
+        s_ab = _entropy(A * B, a, e)
     return s_a + s_b - s_ab

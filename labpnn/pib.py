@@ -8,6 +8,7 @@ minibatch with the matrix-based Renyi entropy of labpnn.info (bits).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from labpnn import info, state_image
 from labpnn.protocols import Batch, Objective
 
-__all__ = ["PIBSettings", "PIBTerms", "StepRecord", "UnitOptimiser", "check_index", "pib_terms"]
+__all__ = ["PIBSettings", "PIBTerms", "StepRecord", "UnitOptimiser", "check_index", "pib_terms",
+           "resolve_device"]
 
 
 class PIBTerms(NamedTuple):
@@ -33,9 +35,10 @@ class PIBTerms(NamedTuple):
 
 
 def pib_terms(x, y, z, *, beta: float, alpha: float = 1.01, sigma_x=None,
-              sigma_z=None) -> PIBTerms:
+              sigma_z=None, estimator: str = "exact") -> PIBTerms:
     """objective = I(Y;Z) - beta * I(X;Z) for inputs x (n, ...), integer labels y (n,) and
-    features z (n, ...), differentiable in z. Kernel widths default to info.default_sigma.
+    features z (n, ...), differentiable in z. Kernel widths default to info.default_sigma;
+    estimator "exact" or "fast" as in info.entropy.
 
     S(Z) is computed once for both terms; S(X) and S(Y) do not depend on z and are
     computed without gradient.
@@ -44,18 +47,20 @@ def pib_terms(x, y, z, *, beta: float, alpha: float = 1.01, sigma_x=None,
     if not (math.isfinite(b) and b >= 0):
         raise ValueError(f"beta: must be finite and >= 0, got {beta!r}")
     a = info._check_alpha(alpha)
+    e = info._check_estimator(estimator)
     yt = info._labels(y, "y")
     zt = info._samples(z, "z")
     with torch.no_grad():
         a_x, _ = info._kernel(x, sigma_x, "x")
+        a_x, yt = a_x.to(zt.device), yt.to(zt.device)
         info._same_n(a_x, yt, "x", "y")
         info._same_n(a_x, zt, "x", "z")
-        s_x = info._entropy(a_x, a)
+        s_x = info._entropy(a_x, a, e)
         s_y = info.label_entropy(yt, a).to(zt.dtype)
     a_z = info._gaussian(zt, sigma_z, "sigma_z")  # unnormalised: entropies are scale-free
-    s_z = info._entropy(a_z, a)
-    i_xz = s_x + s_z - info._entropy(a_x.to(a_z.dtype) * a_z, a)
-    i_yz = s_y + s_z - info._label_joint(a_z, yt, a)
+    s_z = info._entropy(a_z, a, e)
+    i_xz = s_x + s_z - info._entropy(a_x.to(a_z.dtype) * a_z, a, e)
+    i_yz = s_y + s_z - info._label_joint(a_z, yt, a, e)
     objective = i_yz - b * i_xz
     return PIBTerms(objective, -objective, i_xz, i_yz)
 
@@ -70,11 +75,28 @@ class PIBSettings(BaseModel):
     beta: float = Field(0.01, ge=0, description="weight of the compression term I(X;Z)")
     sigma_x: float | None = Field(None, gt=0, description="kernel width of X; None: median rule")
     sigma_z: float | None = Field(None, gt=0, description="kernel width of Z; None: median rule")
+    estimator: Literal["exact", "fast"] = Field(
+        "exact", description="entropy estimator: full eigendecomposition, or top eigenpairs + "
+                             "bracketed tail (docs/information.md)")
     steps: int = Field(300, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(0.01, gt=0)
     optimiser: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the unit is optimised; auto: CUDA when present, else CPU")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of a `pib.device` setting: auto is CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"pib.device: must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("pib.device: 'cuda' asked for, but torch sees no CUDA device "
+                         "(use 'auto' or 'cpu')")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,8 @@ class UnitOptimiser:
 
     `sample(s)` must depend on (its seed, s) only; torch's RNG inside the step is seeded by
     (seed, s): so a run resumed at step s from state_bytes() reproduces the uninterrupted one.
+    The model and the objective's parameters are moved to `settings.device` (resolve_device),
+    each batch with them; finish() moves them back to the CPU.
     """
 
     def __init__(self, model: torch.nn.Module, objective: Objective, sample: Callable[[int], Batch],
@@ -109,7 +133,9 @@ class UnitOptimiser:
         self.sample = sample
         self.settings = settings
         self.seed = check_index(seed, "seed")
+        self.device = resolve_device(settings.device)
         self._own = [p for p in objective.parameters()]
+        self._move(self.device)
         params = [p for p in list(model.parameters()) + self._own if p.requires_grad]
         if not params:
             raise ValueError("model: has no trainable parameters")
@@ -121,11 +147,25 @@ class UnitOptimiser:
         check_index(step, "step")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + step)
-            loss, values = self.objective.loss(self.model, self.sample(step))
+            batch = self.sample(step)
+            if self.device.type != "cpu":
+                batch = dataclasses.replace(batch, x=batch.x.to(self.device), h=batch.h.to(self.device),
+                                            targets={k: v.to(self.device) for k, v in batch.targets.items()})
+            loss, values = self.objective.loss(self.model, batch)
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.optimiser.step()
         return StepRecord(step, loss.item(), {k: float(v) for k, v in values.items()})
+
+    def _move(self, device: torch.device) -> None:
+        self.model.to(device)
+        with torch.no_grad():
+            for p in self._own:
+                p.data = p.data.to(device)
+
+    def finish(self) -> None:
+        """Move the model and the objective's parameters back to the CPU (after training)."""
+        self._move(torch.device("cpu"))
 
     def state_bytes(self) -> bytes:
         """The model's, the objective's and the optimiser's state, for a checkpoint: plain

@@ -143,6 +143,7 @@ class RunContext:
                            revision=rev))
             if "I_XZ" in rec.values and "I_YZ" in rec.values:
                 self.emit(InfoPlane(unit=index, step=step, I_XZ=i_xz, I_YZ=i_yz, revision=rev))
+        opt.finish()
         self._save(model, index, rev)
 
     def restore(self, index: int, rev: int, unit: Unit) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn.objectives import ObjectiveContext, register_objective
@@ -17,6 +19,7 @@ class PIBOptions(BaseModel):
     beta: float | None = Field(None, ge=0)
     sigma_x: float | None = Field(None, gt=0)
     sigma_z: float | None = Field(None, gt=0)
+    estimator: Literal["exact", "fast"] | None = None
 
 
 class PIBObjective:
@@ -26,22 +29,23 @@ class PIBObjective:
     needs = frozenset({"y"})
 
     def __init__(self, *, beta: float, alpha: float = 1.01, sigma_x: float | None = None,
-                 sigma_z: float | None = None):
+                 sigma_z: float | None = None, estimator: str = "exact"):
         self.beta, self.alpha, self.sigma_x, self.sigma_z = beta, alpha, sigma_x, sigma_z
+        self.estimator = estimator
 
     def parameters(self):
         return []
 
     def loss(self, model, batch: Batch):
         terms = pib_terms(batch.x, batch.targets["y"], model(batch.h), beta=self.beta, alpha=self.alpha,
-                          sigma_x=self.sigma_x, sigma_z=self.sigma_z)
+                          sigma_x=self.sigma_x, sigma_z=self.sigma_z, estimator=self.estimator)
         return terms.loss, {"I_XZ": terms.i_xz.item(), "I_YZ": terms.i_yz.item()}
 
 
 def _build(options: PIBOptions, ctx: ObjectiveContext) -> PIBObjective:
     s = ctx.settings
     pick = {k: getattr(s, k) if getattr(options, k) is None else getattr(options, k)
-            for k in ("alpha", "beta", "sigma_x", "sigma_z")}
+            for k in ("alpha", "beta", "sigma_x", "sigma_z", "estimator")}
     return PIBObjective(**pick)
 
 
