@@ -31,7 +31,7 @@ from labpnn.run_state import State, StateMachine
 from labpnn.runlog import RunLayout, RunLog, UnitLayout
 from labpnn.runlog.recorder import RunRecorder
 from labpnn.schemes import SCHEMES
-from labpnn.protocols import FaultInjectable, Replaying, Unit
+from labpnn.protocols import DescribesArrays, FaultInjectable, Replaying, Unit
 from labpnn.units import build_units
 
 __all__ = ["Run", "State"]
@@ -179,7 +179,8 @@ class Run:
         return RunLayout(
             units=[UnitLayout(name=u.name, kind=spec.kind, in_features=u.in_features, out_features=u.out_features,
                               param_shapes={k: tuple(v.shape) for k, v in u.model().state_dict().items()},
-                              deployed_shapes=u.deployed_shapes(), steps=self.recipe.unit_pib(i).steps)
+                              deployed_shapes=u.deployed_shapes(), steps=self.recipe.unit_pib(i).steps,
+                              array_attrs=u.array_attrs() if isinstance(u, DescribesArrays) else {})
                    for i, (u, spec) in enumerate(zip(units, self.recipe.units))],
             n_train=len(ds.x_train), n_test=len(ds.x_test), n_classes=ds.n_classes,
             readout_param_shapes={"weight": (ds.n_classes, units[-1].out_features), "bias": (ds.n_classes,),

@@ -220,3 +220,13 @@ class Scheme(Protocol):
     name: str
 
     def run(self, ctx: RunContext) -> None: ...
+
+
+@runtime_checkable
+class DescribesArrays(Protocol):
+    """A unit that says what its recorded arrays hold (optional; the run log writes it as
+    attributes of the arrays)."""
+
+    def array_attrs(self) -> dict[str, dict[str, str]]:
+        """{"trained/<name>" or "deployed/<name>": {attribute: text}}, e.g. units and axes."""
+        ...

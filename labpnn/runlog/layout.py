@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import h5py
 import numpy as np
 
 from labpnn.errors import RunLogError
@@ -16,6 +17,10 @@ PHASES = ("optimised", "deployed", "measured")  # checkpoint names, per unit and
 
 FORMAT = "labpnn-run"            # root attribute `labpnn_format`: marks a labpnn run file
 FORMAT_VERSION = 1               # root attribute `format_version`
+# HDF5 file-format bounds: the 1.10 format is the oldest that has SWMR, and capping it there
+# keeps the files readable by every HDF5 1.10+ reader (Debian's h5ls 1.10, h5py on 1.12/1.14,
+# h5wasm); "latest" under HDF5 2.0 writes datatype messages those cannot decode
+LIBVER = ("v110", "v110")
 SPLITS = ("train", "test")
 PARAM_KINDS = ("trained", "deployed")
 ACCURACY_KINDS = ("probe", "readout", "verify", "linear")
@@ -24,18 +29,24 @@ MESSAGE_BYTES = 512              # events/message: fixed-length UTF-8, truncated
 REASON_BYTES = 1024              # state/reason
 ELLIPSIS = "\u2026"
 
+
+def utf8(n: int) -> np.dtype:
+    """Fixed-length n-byte strings declared UTF-8 in the file (plain `S<n>` is ASCII to HDF5)."""
+    return h5py.string_dtype("utf-8", n)
+
+
 INFO_DTYPE = np.dtype([("revision", "<i4"), ("step", "<i8"), ("loss", "<f8"),
                        ("I_XZ", "<f8"), ("I_YZ", "<f8"), ("time", "<f8")])
-EVENT_DTYPE = np.dtype([("time", "<f8"), ("kind", "S12"), ("unit", "<i4"),
-                        ("message", f"S{MESSAGE_BYTES}")])
-STATE_DTYPE = np.dtype([("time", "<f8"), ("state", "S12"), ("reason", f"S{REASON_BYTES}")])
+EVENT_DTYPE = np.dtype([("time", "<f8"), ("kind", utf8(12)), ("unit", "<i4"),
+                        ("message", utf8(MESSAGE_BYTES))])
+STATE_DTYPE = np.dtype([("time", "<f8"), ("state", utf8(12)), ("reason", utf8(REASON_BYTES))])
 ACCURACY_DTYPE = np.dtype([("time", "<f8"), ("unit", "<i4"), ("revision", "<i4"),
-                           ("split", "S8"), ("what", "S8"), ("value", "<f8")])
+                           ("split", utf8(8)), ("what", utf8(8)), ("value", "<f8")])
 CHECKPOINT_DTYPE = np.dtype([("time", "<f8"), ("unit", "<i4"), ("revision", "<i4"),
-                             ("phase", "S12")])
-COMMIT_DTYPE = np.dtype([("time", "<f8"), ("revision", "<i4"), ("kind", "S12")])
-WRITER_DTYPE = np.dtype([("time", "<f8"), ("action", "S8"), ("pid", "<i8"),
-                         ("started", "<f8"), ("host", "S64")])
+                             ("phase", utf8(12))])
+COMMIT_DTYPE = np.dtype([("time", "<f8"), ("revision", "<i4"), ("kind", utf8(12))])
+WRITER_DTYPE = np.dtype([("time", "<f8"), ("action", utf8(8)), ("pid", "<i8"),
+                         ("started", "<f8"), ("host", utf8(64))])
 RAGGED_INDEX_DTYPE = np.dtype([("offset", "<i8"), ("length", "<i8")])
 
 _TABLE_CHUNK_BYTES = 16 * 1024
@@ -58,6 +69,8 @@ class UnitLayout:
     param_shapes: dict[str, tuple[int, ...]]      # the model's state_dict
     deployed_shapes: dict[str, tuple[int, ...]]   # unit.deployed_shapes()
     steps: int                                    # planned PIB steps (a size hint)
+    # {"trained/<name>" | "deployed/<name>": {attribute: text}}: units, axes (DescribesArrays)
+    array_attrs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
         """The shapes of the 'trained' or 'deployed' arrays."""
@@ -69,7 +82,9 @@ class UnitLayout:
                 "param_shapes": {k: [int(n) for n in v] for k, v in self.param_shapes.items()},
                 "deployed_shapes": {k: [int(n) for n in v]
                                     for k, v in self.deployed_shapes.items()},
-                "steps": int(self.steps)}
+                "steps": int(self.steps),
+                "array_attrs": {k: {str(a): str(t) for a, t in v.items()}
+                                for k, v in self.array_attrs.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> UnitLayout:
@@ -79,7 +94,9 @@ class UnitLayout:
                                  for k, v in d["param_shapes"].items()},
                    deployed_shapes={str(k): tuple(int(n) for n in v)
                                     for k, v in d["deployed_shapes"].items()},
-                   steps=int(d["steps"]))
+                   steps=int(d["steps"]),
+                   array_attrs={str(k): {str(a): str(t) for a, t in v.items()}
+                                for k, v in d.get("array_attrs", {}).items()})
 
 
 @dataclass

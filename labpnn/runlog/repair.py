@@ -21,7 +21,7 @@ from labpnn.runlog.h5io import (
     _READ_ERRORS, _append, _damaged, _fixed, _fsync_path, _open_error, _open_swmr_read,
     _pid_alive, _row, _text, _tolerant_read,
 )
-from labpnn.runlog.layout import _COPY_SLAB_BYTES, EVENT_DTYPE, MESSAGE_BYTES, RunLayout
+from labpnn.runlog.layout import _COPY_SLAB_BYTES, EVENT_DTYPE, LIBVER, MESSAGE_BYTES, RunLayout
 
 # --------------------------------------------------------------------------- resume
 
@@ -175,7 +175,7 @@ def _repair_by_copy(path: Path, layout: RunLayout) -> None:
     except Exception as exc:
         raise _open_error(path, exc) from exc
     try:
-        with h5py.File(tmp, "w", libver="latest") as dst:
+        with h5py.File(tmp, "w", libver=LIBVER) as dst:
             damaged: dict[str, str] = {}
             _copy_tree(src, dst, damaged)
             _drop_unsaved_steps(dst, layout)

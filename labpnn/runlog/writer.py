@@ -24,9 +24,9 @@ from labpnn.runlog.h5io import (
 )
 from labpnn.runlog.layout import (
     _ARRAY_CHUNK_BYTES, _FEATURE_CHUNK_ROWS, _SLOT_CHUNK, ACCURACY_DTYPE, ACCURACY_KINDS,
-    CHECKPOINT_DTYPE, COMMIT_DTYPE, EVENT_DTYPE, FORMAT, FORMAT_VERSION, INFO_DTYPE,
+    CHECKPOINT_DTYPE, COMMIT_DTYPE, EVENT_DTYPE, FORMAT, FORMAT_VERSION, INFO_DTYPE, LIBVER,
     MESSAGE_BYTES, PARAM_KINDS, PHASES, RAGGED_INDEX_DTYPE, REASON_BYTES, SPLITS, STATE_DTYPE,
-    STATES, WRITER_DTYPE, RunLayout, _array_chunks, _check_layout, _key, _table_chunk,
+    STATES, WRITER_DTYPE, RunLayout, utf8, _array_chunks, _check_layout, _key, _table_chunk,
 )
 from labpnn.runlog.repair import (
     _drop_unsaved_steps, _refuse_finished, _refuse_live_writer, _refuse_protected,
@@ -54,7 +54,8 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
         return where.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
                                     chunks=_table_chunk(dtype), fletcher32=True)
 
-    def arrays(where: h5py.Group, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    def arrays(where: h5py.Group, shapes: Mapping[str, tuple[int, ...]],
+               described: Mapping[str, Mapping[str, str]] | None = None) -> None:
         for name, shape in shapes.items():
             shape = tuple(int(n) for n in shape)
             maxshape = (None, *(None if n == 0 else n for n in shape))
@@ -63,12 +64,14 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
                                       fletcher32=True, fillvalue=np.nan)
             ds.attrs["name"] = name
             ds.attrs["axes"] = "revision, *shape"
+            for attr, text in (described or {}).get(name, {}).items():
+                ds.attrs[attr] = text
 
     meta = f.create_group("meta")
     for name, value in (("recipe", recipe), ("bench", bench), ("provenance", provenance),
                         ("layout", layout.to_dict())):
         raw = _dumps(value)
-        ds = meta.create_dataset(name, shape=(1,), dtype=f"S{max(1, len(raw))}",
+        ds = meta.create_dataset(name, shape=(1,), dtype=utf8(max(1, len(raw))),
                                  chunks=(1,), fletcher32=True)
         ds[0] = np.bytes_(raw)
         ds.attrs["encoding"] = "JSON, UTF-8"
@@ -105,8 +108,10 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
         ptr[...] = np.array([-1, -1, -1, 0], dtype="<i8")
         ptr.attrs["columns"] = "revision, step, slot, nbytes"
         p = g.create_group("params")
-        arrays(p.create_group("trained"), u.param_shapes)
-        arrays(p.create_group("deployed"), u.deployed_shapes)
+        for kind in PARAM_KINDS:
+            arrays(p.create_group(kind), u.shapes(kind),
+                   {k.split("/", 1)[1]: v for k, v in u.array_attrs.items()
+                    if k.startswith(f"{kind}/")})
         table(p, "commits", COMMIT_DTYPE)
         fe = g.create_group("features")
         out = int(u.out_features)
@@ -142,7 +147,7 @@ def _open_resumable(path: Path, patience_s: float = 5.0) -> h5py.File | None:
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            return h5py.File(path, "r+", libver="latest")
+            return h5py.File(path, "r+", libver=LIBVER)
         except OSError as exc:
             if "unable to lock file" in str(exc).lower() and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -230,7 +235,7 @@ class RunLog:
             raise RunLogError(f"{path}: the folder {path.parent} does not exist")
         try:
             # "x": fail if the file appeared meanwhile (no race with another run)
-            f = h5py.File(path, "x", libver="latest")
+            f = h5py.File(path, "x", libver=LIBVER)
         except FileExistsError as exc:
             raise RunLogError(f"{path}: a file already exists there; a run file is never "
                               "overwritten") from exc

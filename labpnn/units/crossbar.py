@@ -71,6 +71,22 @@ class CrossbarUnit:
         return {"weights": (rows, self.out_features), "g_target": (rows, 2 * self.out_features),
                 "g_read": (rows, 2 * self.out_features)}
 
+    def array_attrs(self) -> dict[str, dict[str, str]]:
+        rows = "input" + (" (the last row: bias)" if self.bias else "")
+        attrs = {"trained/0.weight": {"axes": "revision, output, input (torch nn.Linear: "
+                                               "out_features x in_features)"},
+                 "deployed/weights": {"axes": f"revision, {rows}, output ([W^T; b] read back: "
+                                              "(G+ - G-) / g_scale)",
+                                      "units": "1 (model weight)"}}
+        if self.bias:
+            attrs["trained/0.bias"] = {"axes": "revision, output"}
+        for name, what in (("g_target", "targets"), ("g_read", "read back")):
+            attrs[f"deployed/{name}"] = {
+                "axes": f"revision, {rows}, column: G+ of outputs 0..{self.out_features - 1} | "
+                        f"G- of the same outputs (differential pairs; conductance {what})",
+                "units": "S"}
+        return attrs
+
     def deploy(self) -> dict[str, np.ndarray]:
         """Program [W^T; b] (in_features + 1, out_features), clipped to +-clip times its RMS
         when clip is set; return the read-back. The largest weight sets the conductance scale

@@ -337,6 +337,15 @@ class ScatteringUnit:
     def deployed_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"weight": (self.out_features, self.n_outputs), "bias": (self.out_features,)}
 
+    def array_attrs(self) -> dict[str, dict[str, str]]:
+        axes = {"weight": "revision, output, optical feature (torch nn.Linear: out_features x "
+                          "in_features)", "bias": "revision, output"}
+        units = "1 (the digital layer on standardised optical features)"
+        attrs = {}
+        for name, text in axes.items():
+            attrs[f"trained/0.{name}"] = attrs[f"deployed/{name}"] = {"axes": text, "units": units}
+        return attrs
+
     def deploy(self) -> dict[str, np.ndarray]:
         linear = self._model[0]
         with torch.no_grad():
