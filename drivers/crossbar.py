@@ -39,6 +39,9 @@ class CrossbarBoard(MappedCrossbar):
 
     class Options(MappingOptions):
         timeout_ms: int = Field(5000, gt=0, description="I/O timeout (ms)")
+        visa_library: str | None = Field(None, description='VISA backend: "@py" (pyvisa-py), '
+                                         '"@sim" or "board.yaml@sim" (pyvisa-sim), or the path of '
+                                         "a vendor's libvisa; unset: $PYVISA_LIBRARY, else @py")
         baud_rate: int = Field(115200, gt=0, description="serial baud rate (ASRL only)")
         max_block_bytes: int = Field(16 << 20, ge=1024, description="largest MVM input block "
                                      "sent at once; larger batches are split")
@@ -99,7 +102,7 @@ class CrossbarBoard(MappedCrossbar):
     def _open(self) -> None:
         try:
             resource = scpi.open_resource(self.resource, self.options.timeout_ms,
-                                          self.options.baud_rate)
+                                          self.options.baud_rate, self.options.visa_library)
         except Exception as exc:  # pyvisa raises several kinds for an unreachable resource
             raise TransportError(f"cannot open {self.resource}: {exc}", self.name) from None
         self.scpi = scpi.SCPISession(resource, self.name)

@@ -9,6 +9,7 @@ declared with `control`/`measurement`, each access one checked round trip under 
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import threading
@@ -30,9 +31,18 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- the session
 
 
-def open_resource(resource: str, timeout_ms: int, baud_rate: int | None = None):
-    """Open a PyVISA message-based resource with the pyvisa-py backend and "\\n" framing."""
-    rm = pyvisa.ResourceManager("@py")
+def visa_library(option: str | None = None) -> str:
+    """The VISA backend to use: the bench option, else $PYVISA_LIBRARY, else pyvisa-py ("@py").
+    "@sim" is pyvisa-sim (its YAML after the "@": "path/to/board.yaml@sim"), a path NI-VISA or
+    another vendor's libvisa."""
+    return option or os.environ.get("PYVISA_LIBRARY") or "@py"
+
+
+def open_resource(resource: str, timeout_ms: int, baud_rate: int | None = None,
+                  library: str | None = None):
+    """Open a PyVISA message-based resource with "\\n" framing, on the backend
+    visa_library(library) names."""
+    rm = pyvisa.ResourceManager(visa_library(library))
     kwargs: dict[str, Any] = {"read_termination": "\n", "write_termination": "\n",
                               "timeout": timeout_ms}
     if baud_rate is not None and resource.upper().startswith("ASRL"):
