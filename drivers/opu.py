@@ -93,6 +93,9 @@ class _RemoteCore:
                               f"expected {(X.shape[0], self.dims['n_components'])}", self.name)
         return Y
 
+    def linear_transform(self, X: np.ndarray) -> np.ndarray:
+        raise DeviceError(f"the OPU server at {self.resource} offers no linear transform", self.name)
+
     def identity(self) -> str:
         return self._call({"op": "identify"})[0]["identity"]
 
@@ -173,6 +176,9 @@ class _LightonmlCore:
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self._opu.transform(X)).astype(np.uint8, copy=False)
+
+    def linear_transform(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self._opu.linear_transform(X), dtype=np.float32)
 
     def identity(self) -> str:
         return f"LightOn OPU via lightonml ({self._opu.version()})"

@@ -50,6 +50,14 @@ class ScatteringMedium:
         """T, (n_out, n_in) complex64 (a view)."""
         return self._tt.T
 
+    def linear(self, fields: np.ndarray) -> np.ndarray:
+        """Re(T E) for a batch of real fields (n, k <= n_in) -> (n, n_out) float32: the field's
+        linear image before the camera squares it (an OPU's linear transform)."""
+        if fields.ndim != 2 or fields.shape[1] > self.n_in:
+            raise ValueError(f"medium: fields of shape {fields.shape}, expected (n, <= {self.n_in})")
+        re = self._tt[: fields.shape[1]].view(np.float32)[:, 0::2]
+        return fields.astype(np.float32, copy=False) @ re
+
     def intensity(self, fields: np.ndarray) -> np.ndarray:
         """|T E|^2 for a batch of fields (n, k), real or complex -> (n, n_out) float32.
         k <= n_in: the field lights the first k input modes, the others stay dark."""

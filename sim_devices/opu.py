@@ -145,6 +145,13 @@ class SimOPU:
             time.sleep(s.frametime_us * 1e-6 * X.shape[0])
             return out
 
+    def linear_transform(self, X: np.ndarray) -> np.ndarray:
+        """Binary X (n, n_features) -> Re(R x) (n, n_components) float32, noise-free."""
+        with self._lock:
+            if not self.active:
+                raise DeviceError("the light source is off: open the OPU first", "opu twin")
+            return self._medium.linear(X)
+
     def reset(self) -> None:
         with self._lock:
             self.faults.clear()

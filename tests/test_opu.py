@@ -18,8 +18,8 @@ from hypothesis.extra.numpy import arrays
 from labpnn.drivers.opu import OPU
 from labpnn.units.opu_encoding import (
     BinaryThresholdEncoder,
-    SeparatedBitPlanDecoder,
-    SeparatedBitPlanEncoder,
+    FixedRangeBitPlanDecoder,
+    FixedRangeBitPlanEncoder,
 )
 from labpnn.instruments.opu_protocol import recv_message, send_message
 from labpnn.errors import DeviceError, TransportError
@@ -53,7 +53,7 @@ def test_threshold_encoder_is_strictly_greater():
 
 
 def test_bitplane_layout_groups_planes_by_sample_most_significant_first():
-    planes = SeparatedBitPlanEncoder(4).transform(np.array([[5 / 15, 1.0], [0.0, 8 / 15]]))
+    planes = FixedRangeBitPlanEncoder(4).transform(np.array([[5 / 15, 1.0], [0.0, 8 / 15]]))
     assert planes.tolist() == [[0, 1], [1, 1], [0, 1], [1, 1],   # sample 0: 5 = 0101, 15 = 1111
                                [0, 1], [0, 0], [0, 0], [0, 0]]   # sample 1: 0 = 0000, 8 = 1000
 
@@ -61,7 +61,7 @@ def test_bitplane_layout_groups_planes_by_sample_most_significant_first():
 @settings(max_examples=50, deadline=None)
 @given(X=arrays(np.float64, (3, 5), elements=st.floats(0, 1)), n_bits=st.integers(1, 8))
 def test_bitplane_round_trip_is_the_quantised_input(X, n_bits):
-    decoded = SeparatedBitPlanDecoder(n_bits).transform(SeparatedBitPlanEncoder(n_bits).transform(X))
+    decoded = FixedRangeBitPlanDecoder(n_bits).transform(FixedRangeBitPlanEncoder(n_bits).transform(X))
     assert decoded.shape == X.shape and decoded.dtype == np.float32
     assert np.abs(decoded - X).max() <= 0.5 / (2**n_bits - 1) + 1e-6
 
@@ -69,8 +69,8 @@ def test_bitplane_round_trip_is_the_quantised_input(X, n_bits):
 def test_bitplane_decoding_is_exact_for_a_linear_projection():
     X = np.random.default_rng(0).random((20, 10))
     M = np.random.default_rng(1).normal(size=(10, 7))
-    planes = SeparatedBitPlanEncoder(6).transform(X)
-    decoded = SeparatedBitPlanDecoder(6).transform(planes @ M)
+    planes = FixedRangeBitPlanEncoder(6).transform(X)
+    decoded = FixedRangeBitPlanDecoder(6).transform(planes @ M)
     quantised = np.rint(X * 63) / 63
     np.testing.assert_allclose(decoded, quantised @ M, rtol=1e-4, atol=1e-4)
 
@@ -79,12 +79,12 @@ def test_bitplane_decoding_is_exact_for_a_linear_projection():
                                       (np.array([[np.nan]]), "NaN")])
 def test_bitplane_encoder_refuses_bad_input(X, match):
     with pytest.raises(ValueError, match=match):
-        SeparatedBitPlanEncoder(4).transform(X)
+        FixedRangeBitPlanEncoder(4).transform(X)
 
 
 def test_bitplane_decoder_refuses_a_row_count_not_a_multiple_of_the_planes():
     with pytest.raises(ValueError, match=r"n \* 4"):
-        SeparatedBitPlanDecoder(4).transform(np.zeros((6, 3)))
+        FixedRangeBitPlanDecoder(4).transform(np.zeros((6, 3)))
 
 
 # -- the twin in process ----------------------------------------------------------------------

@@ -94,6 +94,31 @@ class OPUFront(Instrument):
                 self.last_frame = _as_image(Y[-1])
             return Y[0] if single else Y
 
+    def linear_transform(self, X) -> np.ndarray:
+        """Binary X (n, n_features) -> the linear image Re(R x) (n, n_components) float32, where
+        the core has one (the twin; a real OPU through lightonml)."""
+        with self._lock:
+            X, single = self._binary(X, "linear_transform")
+            if self.n_features is None or X.shape[1] != self.n_features:
+                raise ValueError(f"OPU {self.name!r}: fit1d for {X.shape[1]} features first")
+            Y = self._connected_core().linear_transform(X)
+            return Y[0] if single else Y
+
+    def resized(self, **dims: int) -> OPUFront:
+        """The same OPU with other dimensions (n_components, max_n_features; a twin draws R for
+        them): connected if this one was (this one is then closed), fitted as this one was."""
+        with self._lock:
+            other = type(self)(name=self.name, resource=self.resource,
+                               **(self.options.model_dump() | dims))
+            if self.connected:
+                self.close()
+                other.connect()
+            if self._fit_sample is not None:
+                other.fit1d(X=self._fit_sample)
+            elif self.n_features is not None:
+                other.fit1d(n_features=self.n_features)
+            return other
+
     def open(self) -> None:
         """lightonml's name for connect(): acquire the OPU and switch the light source on."""
         self.connect()

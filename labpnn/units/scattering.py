@@ -17,8 +17,8 @@ from torch import nn
 
 from labpnn.units.opu_encoding import (
     BinaryThresholdEncoder,
-    SeparatedBitPlanDecoder,
-    SeparatedBitPlanEncoder,
+    FixedRangeBitPlanDecoder,
+    FixedRangeBitPlanEncoder,
 )
 from labpnn.errors import DeviceError
 from labpnn.instruments.base import Connectable
@@ -264,8 +264,8 @@ class ScatteringUnit:
         if encoding == "threshold":
             self._encoder = BinaryThresholdEncoder(threshold)
         else:
-            self._encoder = SeparatedBitPlanEncoder(bits)
-            self._decoder = SeparatedBitPlanDecoder(bits)
+            self._encoder = FixedRangeBitPlanEncoder(bits)
+            self._decoder = FixedRangeBitPlanDecoder(bits)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._model = nn.Sequential(nn.Linear(self.n_outputs, out_features), Activation(activation))

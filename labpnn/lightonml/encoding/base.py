@@ -1,0 +1,17 @@
+"""lightonml.encoding.base: the encoders and decoders, as lightonml 1.4 names them
+(implemented in labpnn.units.opu_encoding)."""
+
+from labpnn.units.opu_encoding import (  # noqa: F401 - re-exported under lightonml's path
+    BaseTransformer,
+    BinaryThresholdEncoder,
+    ConcatenatedBitPlanEncoder,
+    ConcatenatedFloat32Encoder,
+    ConcatenatingBitPlanDecoder,
+    Float32Encoder,
+    MultiThresholdEncoder,
+    NoDecoding,
+    NoEncoding,
+    SeparatedBitPlanDecoder,
+    SeparatedBitPlanEncoder,
+    SequentialBaseTwoEncoder,
+)
