@@ -41,7 +41,7 @@ def test_h5ls_reads_a_finished_run(finished_run):
     assert done.returncode == 0 and not done.stderr, (h5ls_version(), done.stderr[-2000:])
     for path in ("/units/0/params/deployed/g_read", "/units/1/info_plane", "/events", "/meta/recipe"):
         assert f"{path} " in done.stdout
-    assert '"running"' in done.stdout and '"done"' in done.stdout   # the state table's strings
+    assert '"running\\000' in done.stdout and '"done\\000' in done.stdout   # the state table's strings
 
 
 @needs_h5ls
