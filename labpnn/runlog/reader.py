@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from labpnn.errors import RunLogError
+from labpnn.runlog.fault_accuracy import complete
 from labpnn.runlog.h5io import (
     _READ_ERRORS, _check_format, _check_not_truncated, _damaged, _is_checksum_error,
     _jsonable, _open_run_file, _read_everything, _read_json_dataset, _text, _tolerant_read,
@@ -324,6 +325,12 @@ class RunReader:
 
     @property
     def faults(self) -> list[dict[str, Any]]:
+        """The fault records, each with the accuracies the run measured after it filled in
+        where the record had none (fault_accuracy.complete)."""
+        accuracies = self.accuracies
+        return [complete(r, accuracies) for r in self._fault_records()]
+
+    def _fault_records(self) -> list[dict[str, Any]]:
         index = self._table("faults/index")
         if not index.size:
             return []

@@ -79,11 +79,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines.append(f"faults: {len(faults)}")
     for fr in faults:
         unit = fr.get("unit")
+        known = [f"{_pct(fr[key])} {what}" for key, what in (
+            ("accuracy_before", "before"), ("accuracy_after_fault", "after the fault"),
+            ("accuracy_recovered", "recovered")) if fr.get(key) is not None]
         lines.append(
             f"  - {fr.get('kind')} on unit {unit if unit is not None else '-'}"
-            f" channels {fr.get('channels')}: accuracy {_pct(fr.get('accuracy_before'))}"
-            f" -> {_pct(fr.get('accuracy_after_fault'))} after the fault"
-            f" -> {_pct(fr.get('accuracy_recovered'))} recovered"
+            f" channels {fr.get('channels')}: "
+            + ("test accuracy " + " -> ".join(known) if known else "test accuracy not measured yet")
             + (f"; {fr.get('message')}" if fr.get("message") else ""))
     events = summary.get("events") or []
     warnings = [e for e in events if e.get("kind") in ("warning", "fault")]
