@@ -1,5 +1,5 @@
 """Hardware views: the deployed crossbar's conductance map (target and read back, µS), its
-read noise, and the latest camera / OPU frame."""
+read-back error, and the latest camera / OPU frame."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class ConductanceDock(QDockWidget):
         self.unit.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.unit.currentIndexChanged.connect(lambda _: self._show())
         self.note = QLabel("nothing deployed yet")
+        self.note.setWordWrap(True)  # a long note wraps rather than squeeze the unit's name
         head = QHBoxLayout()
         head.addWidget(QLabel("Unit:"))
         head.addWidget(self.unit)
@@ -45,7 +46,8 @@ class ConductanceDock(QDockWidget):
         self.colour_bar = pg.ColorBarItem(colorMap="viridis", label="G (µS)", interactive=False, width=15)
         self.colour_bar.setImageItem([img for _, img in self.maps.values()])
         self.view.addItem(self.colour_bar, row=0, col=2)
-        self.noise = self.view.addPlot(row=1, col=0, colspan=3, title="read noise")
+        # read back − target: programming (write-verify) error and read noise together
+        self.noise = self.view.addPlot(row=1, col=0, colspan=3, title="read-back error")
         self.noise.setLabel("bottom", "G read − G target", units="µS")
         self.noise.getAxis("bottom").enableAutoSIPrefix(False)
         self.noise.setLabel("left", "cells")
@@ -57,6 +59,7 @@ class ConductanceDock(QDockWidget):
         set_body(self, head, self.view, stretch=self.view)
         self._deployed: dict[int, dict[str, np.ndarray]] = {}
         self._names: dict[int, str] = {}
+        self._axes(False)
 
     def clear(self) -> None:
         self._deployed = {}
@@ -64,7 +67,15 @@ class ConductanceDock(QDockWidget):
         for _, img in self.maps.values():
             img.clear()
         self.histogram.setData([], [])
+        self._axes(False)
         self.note.setText("nothing deployed yet")
+
+    def _axes(self, shown: bool) -> None:
+        """Axes only around something to show (empty plots would show a meaningless 0..1)."""
+        for plot in [p for p, _ in self.maps.values()] + [self.noise]:
+            for side in ("bottom", "left"):
+                plot.showAxis(side, shown)
+        self.colour_bar.setVisible(shown)
 
     def render(self, data: RunData) -> None:
         self._deployed = {u: d for u, d in data.deployed.items() if "g_target" in d and "g_read" in d}
@@ -88,6 +99,7 @@ class ConductanceDock(QDockWidget):
             return
         g = {k: np.asarray(self._deployed[unit][k], dtype=float) * US for k in ("g_target", "g_read")}
         lo, hi = min(a.min() for a in g.values()), max(a.max() for a in g.values())
+        self._axes(True)
         for key, (_, img) in self.maps.items():
             img.setImage(g[key], autoLevels=False)
         self.colour_bar.setLevels((lo, hi if hi > lo else lo + 1e-9))
@@ -95,8 +107,8 @@ class ConductanceDock(QDockWidget):
         counts, edges = np.histogram(diff, bins=min(60, max(10, diff.size // 20)))
         self.histogram.setData(edges, counts)
         rows, cols = g["g_target"].shape
-        self.note.setText(f"{rows} × {cols} cells, G {lo:.1f}–{hi:.1f} µS; read noise: "
-                          f"mean {diff.mean():+.3f} µS, σ {diff.std():.3f} µS")
+        self.note.setText(f"{rows} × {cols} cells, G {lo:.1f}–{hi:.1f} µS; read-back error "
+                          f"(programming + read noise): mean {diff.mean():+.3f} µS, σ {diff.std():.3f} µS")
 
 
 class FrameDock(QDockWidget):

@@ -269,7 +269,7 @@ class MainWindow(QMainWindow):
         self._stop_following()
         self.reader = reader
         self.progress = None
-        self.run_dock.show_progress(None)
+        self.run_dock.show_file(data.state, reader.duration())
         self.show_data(data)
         self.feature_map.set_run(path, list(data.units.values()))
         self.setWindowTitle(f"labpnn bench: {path} ({data.state})")
@@ -287,6 +287,7 @@ class MainWindow(QMainWindow):
             return
         self.data = data  # the same run, grown: the views update what they show
         self.redraw()
+        self.run_dock.show_file(data.state, self.reader.duration())
         self.setWindowTitle(f"labpnn bench: {self.reader.path} ({data.state})")
         if data.state not in LIVE_STATES:
             self.follow_timer.stop()

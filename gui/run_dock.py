@@ -197,6 +197,13 @@ class RunDock(QDockWidget):
         for name, allowed in controls(self.state, self.active).items():
             self.buttons[name].setEnabled(allowed)
 
+    def show_file(self, state: str, elapsed_s: float) -> None:
+        """A run file opened or followed (not this window's run): its state and how long it
+        has run, per the file; nothing to control."""
+        self.set_state(state, False)
+        self.show_progress(None)
+        self.elapsed.setText(clock(elapsed_s))
+
     def show_progress(self, progress: RunProgress | None) -> None:
         if progress is None:
             for label in (self.elapsed, self.remaining, self.phase):

@@ -30,7 +30,9 @@ class TrainingDock(QDockWidget):
         self.acc = pg.PlotWidget(title="Accuracy: linear probe per unit, final readout")
         self.acc.setLabel("left", "accuracy", units="%")
         self.acc.getAxis("left").enableAutoSIPrefix(False)
-        self.acc.setYRange(0, 118, padding=0)  # room above 100 % for the legend
+        # room above 100 % for the bars' value labels and, above them, the legend; a little
+        # below 0 so that the 0 % tick label is not cut off at the axis' end
+        self.acc.setYRange(-3, 130, padding=0)
         self.acc.getAxis("left").setTicks([[(v, str(v)) for v in range(0, 101, 20)]])
         self.acc.setMouseEnabled(x=False, y=False)
         self.acc.showGrid(y=True, alpha=0.2)
