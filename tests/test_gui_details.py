@@ -5,7 +5,6 @@ legend and the axis' ends."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from labpnn.events import Deployed
 from labpnn.runlog import RunReader

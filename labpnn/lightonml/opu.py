@@ -14,7 +14,6 @@ import math
 import os
 import warnings
 from contextlib import suppress
-from typing import Any
 
 import numpy as np
 

@@ -1,7 +1,7 @@
 """lightonml.encoding.base: the encoders and decoders, as lightonml 1.4 names them
 (implemented in labpnn.units.opu_encoding)."""
 
-from labpnn.units.opu_encoding import (  # noqa: F401 - re-exported under lightonml's path
+from labpnn.units.opu_encoding import (
     BaseTransformer,
     BinaryThresholdEncoder,
     ConcatenatedBitPlanEncoder,
@@ -15,3 +15,8 @@ from labpnn.units.opu_encoding import (  # noqa: F401 - re-exported under lighto
     SeparatedBitPlanEncoder,
     SequentialBaseTwoEncoder,
 )
+
+__all__ = ["BaseTransformer", "BinaryThresholdEncoder", "ConcatenatedBitPlanEncoder",
+           "ConcatenatedFloat32Encoder", "ConcatenatingBitPlanDecoder", "Float32Encoder",
+           "MultiThresholdEncoder", "NoDecoding", "NoEncoding", "SeparatedBitPlanDecoder",
+           "SeparatedBitPlanEncoder", "SequentialBaseTwoEncoder"]
