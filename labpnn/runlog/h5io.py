@@ -80,9 +80,11 @@ def _row(dtype: np.dtype, **values: Any) -> np.ndarray:
 
 
 def _append(ds: h5py.Dataset, row: Any) -> None:
+    """One row more, in the dataset's own dtype (a file written before its strings were declared
+    UTF-8 keeps them ASCII: HDF5 converts neither way between the two)."""
     n = ds.shape[0]
     ds.resize(n + 1, axis=0)
-    ds[n] = row
+    ds[n] = row.astype(ds.dtype) if isinstance(row, np.ndarray) and row.dtype.names else row
 
 
 def _process_started(pid: int | None = None) -> float:
