@@ -45,7 +45,7 @@ def test_h5ls_reads_a_finished_run(finished_run):
 
 
 @needs_h5ls
-def test_h5ls_reads_a_killed_run_once_its_open_flags_are_cleared(tmp_path):
+def test_h5ls_reads_a_killed_run_once_its_open_flags_are_cleared_and_once_resumed(tmp_path):
     path = tmp_path / "run.h5"
     proc = spawn_writer(tmp_path, path, "create")
     read_steps(proc, 30)
@@ -60,6 +60,11 @@ def test_h5ls_reads_a_killed_run_once_its_open_flags_are_cleared(tmp_path):
     assert "/units/0/info_plane " in done.stdout
     with RunReader(copy) as r:   # and labpnn reads the cleared copy as it read the original
         assert len(r.units[0].info_plane) >= 30 and not r.damaged
+    proc = spawn_writer(tmp_path, path, "resume", limit=60)   # resumed (in place) to its end
+    proc.stdout.read()
+    assert proc.wait() == 0, proc.stderr.read()
+    done = h5ls(path)
+    assert done.returncode == 0 and not done.stderr, (h5ls_version(), done.stderr[-2000:])
 
 
 def test_strings_are_declared_utf8_and_arrays_say_what_they_hold(finished_run):

@@ -19,6 +19,7 @@ import numpy as np
 
 from labpnn.errors import RunLogError
 from labpnn.runlog.layout import (
+    LIBVER,
     _COPY_SLAB_BYTES, ELLIPSIS, FORMAT, FORMAT_VERSION, RunLayout, _required_paths,
 )
 
@@ -225,7 +226,8 @@ def _open_in_place(path: Path) -> h5py.File:
 
     lib = _libhdf5()
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    bound = getattr(h5py.h5f, f"LIBVER_{LIBVER[1].upper()}")  # what the file was created with
+    fapl.set_libver_bounds(bound, bound)
     fapl.set_file_locking(False, True)
     clear = ctypes.c_bool(True)
     if lib.H5Pset(fapl.id, b"clear_status_flags", ctypes.byref(clear)) < 0:
