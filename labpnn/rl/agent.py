@@ -115,17 +115,15 @@ class Learner:
         from labpnn.protocols import Batch
 
         with self.lock:
-            sample = self.replay.sample(self.steps, self.batch_size)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed * 1_000_003 + self.steps)
-                for i, (model, objective, opt) in enumerate(zip(self.models, self.objectives, self.optimisers)):
-                    x, h, targets = as_tensors(sample, i)
-                    loss, values = objective.loss(model, Batch(x, h, targets))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], _GRAD_CLIP)
-                    opt.step()
-                    self.last[i] = {"loss": loss.item(), **values}
+            sample = self.replay.sample(self.steps, self.batch_size)  # no torch RNG used past this
+            for i, (model, objective, opt) in enumerate(zip(self.models, self.objectives, self.optimisers)):
+                x, h, targets = as_tensors(sample, i)
+                loss, values = objective.loss(model, Batch(x, h, targets))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], _GRAD_CLIP)
+                opt.step()
+                self.last[i] = {"loss": loss.item(), **values}
             self.steps += 1
             return self.last
 

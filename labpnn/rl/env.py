@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn.errors import ConfigError
+from labpnn.units.opu_encoding import ThermometerEncoder
 
 
 class EnvSpec(BaseModel):
@@ -105,14 +106,12 @@ class ThermometerCode:
 
     def __init__(self, bounds: np.ndarray, levels: int):
         self.bounds = np.asarray(bounds, np.float32)
-        self.levels = int(levels)
-        self.thresholds = ((np.arange(self.levels) + 0.5) / self.levels).astype(np.float32)
-        self.n_bits = len(self.bounds) * self.levels
+        self.encoder = ThermometerEncoder(levels)
+        self.n_bits = len(self.bounds) * self.encoder.levels
 
     def scaled(self, obs: np.ndarray) -> np.ndarray:
         """The observation mapped onto 0..1 per dimension (clipped): the X of the PIB term."""
         return np.clip((np.asarray(obs, np.float32) / self.bounds + 1) / 2, 0, 1)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        s = self.scaled(np.atleast_2d(obs))
-        return (s[:, :, None] > self.thresholds).reshape(len(s), -1).astype(np.uint8)
+        return self.encoder.transform(self.scaled(np.atleast_2d(obs)))

@@ -76,6 +76,15 @@ class OnlineRun:
         self._losses: list[list[float]] = [[] for _ in agent.units]
         self.learner_error: BaseException | None = None
 
+    @classmethod
+    def build(cls, units, env: Environment, options: OnlineOptions, objectives, seed: int, **callbacks) -> OnlineRun:
+        """The run of `units` (their last one gives the Q-values) on `env`, each unit trained
+        on its objective in `objectives`."""
+        replay = ReplayBuffer(options.replay, env.obs_dim, [u.n_outputs for u in units], seed)
+        agent = Agent(units, env.encoder, env.n_actions, seed)
+        learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, options.lr, seed)
+        return cls(agent, learner, env, replay, options, **callbacks)
+
     # -- schedule ------------------------------------------------------------------------------
     def epsilon(self, step: int) -> float:
         o = self.o

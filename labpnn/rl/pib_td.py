@@ -35,6 +35,7 @@ class PIBTDOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     lambda_td: float = Field(10.0, ge=0, description="weight of the TD loss against the PIB term (bits)")
+    pib: bool = Field(True, description="False: the TD loss alone (plain double DQN, the baseline)")
     beta: float = Field(0.01, ge=0, description="weight of the compression term I(X;Z)")
     alpha: float = Field(2.0, gt=0, description="Renyi order (2: the fast eigen-free path)")
     gamma: float = Field(0.99, gt=0, le=1, description="discount")
@@ -78,12 +79,13 @@ class PIBTDObjective:
             greedy_next = self.q_values(model, t["h_next"]).argmax(1, keepdim=True)
             bootstrap = self.target(t["h_next"]).gather(1, greedy_next)[:, 0]
             target = t["reward"] + o.gamma * (1 - t["done"]) * bootstrap
-            y = self.target(batch.h).argmax(1) if o.label == "greedy" else action
+            y = self.target(batch.h).argmax(1) if o.label == "greedy" else action  # Y of L_PIB
         td = nn.functional.smooth_l1_loss(q.gather(1, action[:, None])[:, 0], target)
+        values = {"td": td.item(), "q": q.detach().mean().item()}
+        if not o.pib:
+            return o.lambda_td * td, values
         pib = pib_terms(batch.x, y, z, beta=o.beta, alpha=o.alpha)
-        loss = pib.loss + o.lambda_td * td
-        return loss, {"td": td.item(), "I_XZ": pib.i_xz.item(), "I_YZ": pib.i_yz.item(),
-                      "q": q.detach().mean().item()}
+        return pib.loss + o.lambda_td * td, {**values, "I_XZ": pib.i_xz.item(), "I_YZ": pib.i_yz.item()}
 
     def state_bytes(self) -> bytes:
         """The head, the target copy and the step count, for a checkpoint."""
