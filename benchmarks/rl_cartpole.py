@@ -26,7 +26,7 @@ from labpnn.recipe import load_recipe
 from labpnn.rl.build import build_online_run
 from labpnn.rl.env import Environment
 from labpnn.rl.online import OnlineOptions, OnlineRun
-from labpnn.rl.pib_td import PIBTDObjective, PIBTDOptions
+from labpnn.objectives.pib_td import PIBTDObjective, PIBTDOptions
 
 
 class DigitalUnit:

@@ -15,7 +15,7 @@ from labpnn.errors import ConfigError
 from labpnn.protocols import Batch
 from labpnn.rl.env import EnvSpec, Environment, ThermometerCode
 from labpnn.rl.online import OnlineOptions, OnlineRun
-from labpnn.rl.pib_td import PIBTDObjective, PIBTDOptions
+from labpnn.objectives.pib_td import PIBTDObjective, PIBTDOptions
 from labpnn.rl.replay import ReplayBuffer
 
 gymnasium = pytest.importorskip("gymnasium")

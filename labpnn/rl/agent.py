@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labpnn.rl.pib_td import PIBTDObjective, as_tensors
+from labpnn.objectives.pib_td import PIBTDObjective
 from labpnn.rl.replay import ReplayBuffer
 
 _GRAD_CLIP = 10.0  # max gradient norm per unit and step: TD errors are heavy-tailed early on
@@ -98,27 +98,26 @@ class Agent:
 
 class Learner:
     """Trains copies of the units' models, each on its own objective (no gradient crosses
-    units), on replay minibatch `step` (drawn by (seed, step)); thread-safe snapshots."""
+    units) at its own learning rate (lrs), on replay minibatch `step` (drawn by (seed, step));
+    thread-safe snapshots."""
 
     def __init__(self, models: list[nn.Module], objectives: list[PIBTDObjective], replay: ReplayBuffer,
-                 batch_size: int, lr: float, seed: int):
+                 batch_size: int, lrs: list[float], seed: int):
         self.models = [copy.deepcopy(m) for m in models]
         self.objectives, self.replay, self.batch_size, self.seed = objectives, replay, batch_size, seed
         self.optimisers = [torch.optim.Adam(list(m.parameters()) + list(o.parameters()), lr=lr)
-                           for m, o in zip(self.models, objectives)]
+                           for m, o, lr in zip(self.models, objectives, lrs)]
         self.steps = 0
         self.lock = threading.Lock()
         self.last: list[dict[str, float]] = [{} for _ in models]
 
     def step(self) -> list[dict[str, float]]:
         """One optimisation step of every unit on the same minibatch."""
-        from labpnn.protocols import Batch
-
         with self.lock:
-            sample = self.replay.sample(self.steps, self.batch_size)  # no torch RNG used past this
-            for i, (model, objective, opt) in enumerate(zip(self.models, self.objectives, self.optimisers)):
-                x, h, targets = as_tensors(sample, i)
-                loss, values = objective.loss(model, Batch(x, h, targets))
+            batches = self.replay.batches(self.steps, self.batch_size)  # no torch RNG used past this
+            for i, (model, objective, opt, batch) in enumerate(zip(self.models, self.objectives, self.optimisers,
+                                                                    batches)):
+                loss, values = objective.loss(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], _GRAD_CLIP)

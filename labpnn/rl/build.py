@@ -6,7 +6,7 @@ from __future__ import annotations
 from labpnn.errors import ConfigError
 from labpnn.rl.env import EnvSpec, Environment
 from labpnn.rl.online import OnlineOptions, OnlineRun
-from labpnn.rl.pib_td import PIBTDObjective, PIBTDOptions
+from labpnn.objectives.pib_td import PIBTDObjective, PIBTDOptions
 
 
 def check_units(units) -> None:

@@ -67,10 +67,15 @@ class Environment:
         self.n_actions = int(space.n)
         self.obs_dim = int(obs.shape[0])
         self.encoder = ThermometerCode(self._bounds(obs), spec.levels)
+        self.in_features = self.encoder.n_bits  # what the first unit takes
+        self.n_classes = self.n_actions  # what the objectives choose among (the engine's name)
         threshold = self.env.spec.reward_threshold if self.env.spec else None
         self.solved_return = spec.solved_return if spec.solved_return is not None else threshold
         if self.solved_return is None:
             raise ConfigError(f"recipe env.solved_return: {spec.id!r} has no reward_threshold; set one")
+        self.meta = {"source": f"gymnasium {gym.__version__} {spec.id}", "seed": self.seed,
+                     "solved_return": self.solved_return, "window": spec.window,
+                     "bounds": self.encoder.bounds.tolist(), "levels": spec.levels}
 
     def _bounds(self, obs) -> np.ndarray:
         if self.spec.bounds is not None:

@@ -36,7 +36,9 @@ class OnlineOptions(BaseModel):
     overlap: bool = Field(True, description="learn in a thread while acting (False: take turns)")
     replay: int = Field(50_000, ge=1, description="replay buffer capacity, transitions")
     batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="learning rate of the last unit (the Q-values)")
+    lr_upstream: float = Field(1e-4, ge=0, description="learning rate of the other units: slower, since "
+                               "the inputs of every unit after them drift with their outputs")
     warmup: int = Field(1000, ge=1, description="transitions collected before learning starts")
     updates_per_step: float = Field(0.25, gt=0, description="learner steps per environment step, at most")
     deploy_every: int = Field(25, ge=1, description="learner steps between deployments")
@@ -77,12 +79,14 @@ class OnlineRun:
         self.learner_error: BaseException | None = None
 
     @classmethod
-    def build(cls, units, env: Environment, options: OnlineOptions, objectives, seed: int, **callbacks) -> OnlineRun:
+    def build(cls, units, env: Environment, options: OnlineOptions, objectives, seed: int, *, deploy=None,
+              **callbacks) -> OnlineRun:
         """The run of `units` (their last one gives the Q-values) on `env`, each unit trained
-        on its objective in `objectives`."""
+        on its objective in `objectives`; deploy(index, unit) puts a unit on its instruments."""
         replay = ReplayBuffer(options.replay, env.obs_dim, [u.n_outputs for u in units], seed)
-        agent = Agent(units, env.encoder, env.n_actions, seed)
-        learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, options.lr, seed)
+        agent = Agent(units, env.encoder, env.n_actions, seed, deploy)
+        lrs = [options.lr_upstream] * (len(units) - 1) + [options.lr]
+        learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, lrs, seed)
         return cls(agent, learner, env, replay, options, **callbacks)
 
     # -- schedule ------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import torch
+
+from labpnn.protocols import Batch
 
 _SCALARS = {"action": np.int64, "reward": np.float32, "done": np.float32}
 
@@ -26,6 +29,7 @@ class ReplayBuffer:
         self.arrays: dict[str, np.ndarray] = {"obs": np.zeros((capacity, obs_dim), np.float32)}
         for name, dtype in _SCALARS.items():
             self.arrays[name] = np.zeros(capacity, dtype)
+        self.n_units = len(feature_dims)
         for unit, dim in enumerate(feature_dims):
             self.arrays[f"h{unit}"] = np.zeros((capacity, dim), np.float16)
             self.arrays[f"h{unit}_next"] = np.zeros((capacity, dim), np.float16)
@@ -54,6 +58,13 @@ class ReplayBuffer:
             idx = np.random.default_rng([self.seed, int(step)]).integers(0, n, batch_size)
             return {k: (v[idx].astype(np.float32) if v.dtype == np.float16 else v[idx])
                     for k, v in self.arrays.items()}
+
+    def batches(self, step: int, batch_size: int) -> list[Batch]:
+        """Minibatch `step` as one Batch per unit: x the scaled observations, h the unit's
+        inputs, targets action, reward, done and h_next (the unit's inputs at the next state)."""
+        s = {k: torch.from_numpy(v) for k, v in self.sample(step, batch_size).items()}
+        common = {"action": s["action"], "reward": s["reward"], "done": s["done"]}
+        return [Batch(s["obs"], s[f"h{i}"], {**common, "h_next": s[f"h{i}_next"]}) for i in range(self.n_units)]
 
     def state(self) -> dict[str, np.ndarray]:
         """The filled part of the buffer, in storage order, and the count added."""

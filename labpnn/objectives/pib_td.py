@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from labpnn.objectives import ObjectiveContext, register_objective
 from labpnn.pib import pib_terms
 
 NEEDS = frozenset({"action", "reward", "h_next", "done"})
@@ -103,8 +104,8 @@ class PIBTDObjective:
             self.target.load_state_dict(state["target"])
 
 
-def as_tensors(sample: Mapping, unit: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """(x, h, targets) of unit `unit` from a replay minibatch."""
-    targets = {"action": torch.from_numpy(sample["action"]), "reward": torch.from_numpy(sample["reward"]),
-               "done": torch.from_numpy(sample["done"]), "h_next": torch.from_numpy(sample[f"h{unit}_next"])}
-    return torch.from_numpy(sample["obs"]), torch.from_numpy(sample[f"h{unit}"]), targets
+def _build(options: PIBTDOptions, ctx: ObjectiveContext) -> PIBTDObjective:
+    return PIBTDObjective(options, ctx.out_features, ctx.n_classes, ctx.last, ctx.seed)
+
+
+register_objective("pib-td", PIBTDOptions, _build)
