@@ -23,10 +23,10 @@ from torch import nn
 
 from labpnn.bench import Bench
 from labpnn.recipe import load_recipe
-from labpnn.rl.build import build_online_run
+from labpnn.rl.build import build_online_run, objective_options, scheme_options
 from labpnn.rl.env import Environment
-from labpnn.rl.online import OnlineOptions, OnlineRun
-from labpnn.objectives.pib_td import PIBTDObjective, PIBTDOptions
+from labpnn.rl.online import OnlineRun
+from labpnn.objectives.pib_td import PIBTDObjective
 
 
 class DigitalUnit:
@@ -63,14 +63,14 @@ def dqn_run(recipe, seed: int, episodes: int) -> OnlineRun:
     env = Environment(recipe.env.model_copy(update={"episodes": episodes}), seed)
     widths = [256, recipe.units[0].out, 256]
     unit = DigitalUnit(env.encoder.n_bits, widths, env.n_actions, seed)
-    options = PIBTDOptions(**{**recipe.objective_options(), "pib": False})
+    options = objective_options(recipe).model_copy(update={"pib": False})
     objective = PIBTDObjective(options, env.n_actions, env.n_actions, True, seed)
-    return OnlineRun.build([unit], env, OnlineOptions(**recipe.scheme_options()), [objective], seed)
+    return OnlineRun.build([unit], env, scheme_options(recipe), [objective], seed)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 seeds, 150 episodes at most (does not solve)")
+    p.add_argument("--quick", action="store_true", help="1 seed, 120 episodes at most (does not solve)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--episodes", type=int, default=None, help="at most, per run (default: the recipe's)")
     p.add_argument("--png", type=Path, default=Path("docs/img/rl_cartpole.png"))
@@ -78,8 +78,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     recipe = load_recipe("rl-cartpole-opu")
-    seeds = range(2 if args.quick else args.seeds)
-    episodes = args.episodes or (150 if args.quick else recipe.env.episodes)
+    seeds = range(1 if args.quick else args.seeds)
+    episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
     makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
     if args.only:
         makers = {k: v for k, v in makers.items() if k.startswith({"pnn": "optical", "dqn": "digital"}[args.only])}

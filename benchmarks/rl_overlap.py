@@ -20,8 +20,7 @@ import yaml
 
 from labpnn.bench import Bench, default_path
 from labpnn.recipe import load_recipe
-from labpnn.rl.build import build_online_run
-from labpnn.rl.online import OnlineOptions
+from labpnn.rl.build import build_online_run, objective_options, scheme_options
 
 
 def twin_bench(recipe, **options) -> Bench:
@@ -37,8 +36,7 @@ def twin_bench(recipe, **options) -> Bench:
 def measure(overlap: bool, args) -> dict[str, float]:
     recipe = load_recipe("rl-cartpole-opu")
     env = recipe.env.model_copy(update={"episodes": args.episodes})
-    options = OnlineOptions(**{**recipe.scheme_options(), "overlap": overlap, "warmup": 200,
-                               "epsilon_steps": 2000})
+    options = scheme_options(recipe).model_copy(update={"overlap": overlap, "warmup": 200, "epsilon_steps": 2000})
     bench = twin_bench(recipe, frametime_us=args.frametime_us, reconfigure_us=args.reconfigure_us)
     try:
         run = build_online_run(recipe, bench, env, options, seed=args.seed)

@@ -164,3 +164,55 @@ def test_a_checkpoint_resumes_the_run_where_it_stopped():
                                                   first.learner.models[0].state_dict().values()))
     resumed.run()
     assert [r["episode"] for r in rows] == [2, 3] and len(resumed.progress.returns) == 4
+
+
+ENGINE_RECIPE = {
+    "name": "rl-engine-tiny", "seed": 0,
+    "env": {"id": "CartPole-v1", "episodes": 4, "bounds": [2.4, 3.0, 0.2095, 3.5], "levels": 4},
+    "units": [{"kind": "scattering", "instrument": "opu-rl1", "out": 8, "activation": "sigmoid"},
+              {"kind": "scattering", "instrument": "opu-rl2", "out": 2, "activation": "none",
+               "encoding": "thermometer", "bits": 4}],
+    "scheme": {"name": "online", "overlap": False, "warmup": 30, "calibration": 20, "batch_size": 16,
+               "replay": 500, "checkpoint_every": 2},
+    "objective": "pib-td"}
+
+
+def test_a_bad_environment_is_refused_before_any_instrument_is_touched(tmp_path):
+    from labpnn.bench import Bench
+    from labpnn.engine import Run
+    from labpnn.recipe import parse_recipe
+
+    bench = Bench.load(None)
+    recipe = parse_recipe({**ENGINE_RECIPE, "env": {**ENGINE_RECIPE["env"], "id": "NoSuchEnv-v0"}})
+    with pytest.raises(ConfigError, match="unknown gymnasium environment 'NoSuchEnv-v0'"):
+        Run(recipe, bench, tmp_path / "bad.h5").execute()
+    assert not bench["opu-rl1"].connected and not bench["opu-rl2"].connected
+    with pytest.raises(ConfigError, match="either 'dataset'.*or 'env'.*not neither"):
+        parse_recipe({k: v for k, v in ENGINE_RECIPE.items() if k != "env"})
+    with pytest.raises(ConfigError, match="scheme: no scheme 'offline'"):
+        parse_recipe({**ENGINE_RECIPE, "scheme": "offline"})
+
+
+def test_an_aborted_run_resumes_from_its_checkpoint_with_the_replay_buffer(tmp_path):
+    from labpnn.bench import Bench
+    from labpnn.engine import Run, State
+    from labpnn.events import Episode
+    from labpnn.recipe import parse_recipe
+    from labpnn.runlog import RunReader
+
+    bench, path = Bench.load(None), tmp_path / "rl.h5"
+    run = Run(parse_recipe(ENGINE_RECIPE), bench, path)
+    run.bus.subscribe(lambda ev: run.abort("test") if isinstance(ev, Episode) and ev.episode == 2 else None)
+    assert run.execute() is State.IDLE
+    with RunReader(path) as reader:
+        assert [e["episode"] for e in reader.episodes] == [0, 1, 2]
+        assert reader.unit(0).live_state is not None
+    assert Run.reopen(path, bench).execute() is State.DONE
+    with RunReader(path) as reader:
+        episodes = [e["episode"] for e in reader.episodes]
+        summary = reader.summary()
+    assert episodes == [0, 1, 2, 2, 3]  # episode 2 again: from the checkpoint after episode 1
+    assert [e["episode"] for e in summary["episodes"]] == episodes
+    assert set(summary["episodes"][0]) == {"episode", "return", "length"}
+    assert any("resumed at episode 2" in e["message"] for e in summary["events"])
+    bench.close()

@@ -4,6 +4,7 @@ instrument is touched), the units on their instruments, one pib-td objective per
 from __future__ import annotations
 
 from labpnn.errors import ConfigError
+from labpnn.objectives import OBJECTIVES
 from labpnn.rl.env import EnvSpec, Environment
 from labpnn.rl.online import OnlineOptions, OnlineRun
 from labpnn.objectives.pib_td import PIBTDObjective, PIBTDOptions
@@ -20,10 +21,21 @@ def check_units(units) -> None:
                               f"projection and a digital layer); {unit.name} is a {type(unit).__name__}")
 
 
-def objectives(recipe, units, env: Environment, options: dict | None = None) -> list[PIBTDObjective]:
-    o = PIBTDOptions(**(recipe.objective_options() if options is None else options))
-    return [PIBTDObjective(o, u.out_features, env.n_actions, i == len(units) - 1, seed=recipe.seed + i)
-            for i, u in enumerate(units)]
+def scheme_options(recipe) -> OnlineOptions:
+    """The recipe's `scheme:` options (scheme online)."""
+    from labpnn.schemes import SCHEMES
+
+    return SCHEMES.parse(recipe.scheme_spec(), "scheme")[1]
+
+
+def objective_options(recipe, index: int = 0) -> PIBTDOptions:
+    """Unit `index`'s `objective:` options (pib-td)."""
+    return OBJECTIVES.parse(recipe.objective_spec(index), recipe.objective_field(index))[1]
+
+
+def objectives(recipe, units, env: Environment) -> list[PIBTDObjective]:
+    return [PIBTDObjective(objective_options(recipe, i), u.out_features, env.n_actions, i == len(units) - 1,
+                           seed=recipe.seed + i) for i, u in enumerate(units)]
 
 
 def build_online_run(recipe, bench, env_spec: EnvSpec | None = None, options: OnlineOptions | None = None,
@@ -33,7 +45,7 @@ def build_online_run(recipe, bench, env_spec: EnvSpec | None = None, options: On
 
     seed = recipe.seed if seed is None else seed
     env = Environment(env_spec or recipe.env, seed)
-    options = options or OnlineOptions(**recipe.scheme_options())
+    options = options or scheme_options(recipe)
     units = build_units(recipe, bench, env.encoder.n_bits)
     check_units(units)
     objs = objectives(recipe, units, env)
