@@ -51,8 +51,8 @@ class UnitSpec(Strict):
 
     @model_validator(mode="after")
     def _bits_need_bitplanes(self):
-        if self.bits != 1 and self.encoding != "bitplane":
-            raise ValueError(f"bits: {self.bits} bits need encoding: bitplane (encoding "
+        if self.bits != 1 and self.encoding == "threshold":
+            raise ValueError(f"bits: {self.bits} bits need encoding: bitplane or thermometer (encoding "
                              f"{self.encoding!r} sends 1 bit per feature)")
         return self
 

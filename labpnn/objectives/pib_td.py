@@ -17,7 +17,6 @@ targets are computed without gradient.
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterable
 from typing import Literal
 
@@ -88,15 +87,12 @@ class PIBTDObjective:
         pib = pib_terms(batch.x, y, z, beta=o.beta, alpha=o.alpha)
         return pib.loss + o.lambda_td * td, {**values, "I_XZ": pib.i_xz.item(), "I_YZ": pib.i_yz.item()}
 
-    def state_bytes(self) -> bytes:
+    def state(self) -> dict:
         """The head, the target copy and the step count, for a checkpoint."""
-        buf = io.BytesIO()
-        torch.save({"head": self.head.state_dict(), "steps": self.steps,
-                    "target": None if self.target is None else self.target.state_dict()}, buf)
-        return buf.getvalue()
+        return {"head": self.head.state_dict(), "steps": self.steps,
+                "target": None if self.target is None else self.target.state_dict()}
 
-    def load_state_bytes(self, b: bytes, model: nn.Module) -> None:
-        state = torch.load(io.BytesIO(b), weights_only=True)
+    def load_state(self, state: dict, model: nn.Module) -> None:
         self.head.load_state_dict(state["head"])
         self.steps = int(state["steps"])
         if state["target"] is not None:

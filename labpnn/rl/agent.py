@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import threading
 import time
 
@@ -131,24 +130,17 @@ class Learner:
         with self.lock:
             return copy.deepcopy(self.models[index].state_dict())
 
-    def state_bytes(self) -> bytes:
-        with self.lock:
-            return self.state_bytes_unlocked()
+    def state(self) -> dict:
+        """Steps, models, optimisers and objectives, for a checkpoint (the caller holds `lock`)."""
+        return {"steps": self.steps, "models": [m.state_dict() for m in self.models],
+                "optimisers": [o.state_dict() for o in self.optimisers],
+                "objectives": [o.state() for o in self.objectives]}
 
-    def state_bytes_unlocked(self) -> bytes:
-        """state_bytes() for a caller already holding `lock`."""
-        buf = io.BytesIO()
-        torch.save({"steps": self.steps, "models": [m.state_dict() for m in self.models],
-                    "optimisers": [o.state_dict() for o in self.optimisers],
-                    "objectives": [o.state_bytes() for o in self.objectives]}, buf)
-        return buf.getvalue()
-
-    def load_state_bytes(self, b: bytes) -> None:
+    def load_state(self, state: dict) -> None:
         with self.lock:
-            state = torch.load(io.BytesIO(b), weights_only=True)
             self.steps = int(state["steps"])
             for m, o, obj, ms, os_, objs in zip(self.models, self.optimisers, self.objectives,
                                                  state["models"], state["optimisers"], state["objectives"]):
                 m.load_state_dict(ms)
                 o.load_state_dict(os_)
-                obj.load_state_bytes(objs, m)
+                obj.load_state(objs, m)

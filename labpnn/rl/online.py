@@ -14,16 +14,15 @@ step past the warm-up, in either mode, so both do the same learning per experien
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from labpnn import state_image
 from labpnn.rl.agent import Agent, Learner
 from labpnn.rl.env import Environment
 from labpnn.rl.replay import ReplayBuffer
@@ -202,18 +201,21 @@ class OnlineRun:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_bytes(self) -> bytes:
-        """Progress, learner (models, optimisers, objectives) and replay buffer; the learner's
-        lock makes it one consistent moment even while the learner thread runs."""
-        buf = io.BytesIO()
+        """Progress, learner (models, optimisers, objectives) and replay buffer, as a training
+        state image (labpnn.state_image: no pickle); the learner's lock makes it one
+        consistent moment even while the learner thread runs."""
         with self.learner.lock:
-            learner = self.learner.state_bytes_unlocked()
-            replay = self.replay.state()
-        torch.save({"episode": self.progress.episode, "env_steps": self.progress.env_steps,
-                    "returns": self.progress.returns, "learner": learner, "replay": replay}, buf)
-        return buf.getvalue()
+            state = {"episode": self.progress.episode, "env_steps": self.progress.env_steps,
+                     "returns": list(self.progress.returns), "learner": self.learner.state(),
+                     "replay": self.replay.state()}
+        return state_image.dump(state)
 
     def load_state_bytes(self, b: bytes) -> None:
-        state = torch.load(io.BytesIO(b), weights_only=False)
-        self.progress = Progress(int(state["episode"]), int(state["env_steps"]), list(state["returns"]))
-        self.learner.load_state_bytes(state["learner"])
-        self.replay.load(state["replay"])
+        """Restore a state_bytes() checkpoint; ValueError when it is damaged or does not fit."""
+        try:
+            state = state_image.load(bytes(b))
+            self.learner.load_state(state["learner"])
+            self.replay.load(state["replay"])
+        except (state_image.StateError, KeyError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"the agent's checkpoint does not fit this run ({type(exc).__name__}: {exc})") from None
+        self.progress = Progress(int(state["episode"]), int(state["env_steps"]), [float(r) for r in state["returns"]])

@@ -66,20 +66,19 @@ class ReplayBuffer:
         common = {"action": s["action"], "reward": s["reward"], "done": s["done"]}
         return [Batch(s["obs"], s[f"h{i}"], {**common, "h_next": s[f"h{i}_next"]}) for i in range(self.n_units)]
 
-    def state(self) -> dict[str, np.ndarray]:
-        """The filled part of the buffer, in storage order, and the count added."""
+    def state(self) -> dict:
+        """The filled part of the buffer (tensors, in storage order) and the count added."""
         with self._lock:
             n = len(self)
-            return {**{k: v[:n].copy() for k, v in self.arrays.items()},
-                    "added": np.array(self.added, np.int64)}
+            return {**{k: torch.from_numpy(v[:n].copy()) for k, v in self.arrays.items()}, "added": self.added}
 
-    def load(self, state: dict[str, np.ndarray]) -> None:
+    def load(self, state: dict) -> None:
         """Restore a state() checkpoint taken from a buffer of the same shape."""
         with self._lock:
             added = int(state["added"])
             n = min(added, self.capacity)
             for k, v in self.arrays.items():
-                if k not in state or state[k].shape != (n, *v.shape[1:]):
+                if k not in state or tuple(state[k].shape) != (n, *v.shape[1:]):
                     raise ValueError(f"replay checkpoint: {k!r} missing or of the wrong shape")
-                v[:n] = state[k]
+                v[:n] = np.asarray(state[k])
             self.added = added

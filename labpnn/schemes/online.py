@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from labpnn.errors import ConfigError
+from labpnn.errors import ConfigError, RunLogError
 from labpnn.events import Episode, InfoEvent, Step
 from labpnn.objectives.pib_td import NEEDS
 from labpnn.rl.build import check_units
@@ -43,7 +43,10 @@ class Online:
                               on_checkpoint=lambda blob: self._checkpoint(ctx, run, blob))
         saved = ctx.log.live_state(0, 0)
         if saved is not None:
-            run.load_state_bytes(saved[1])
+            try:
+                run.load_state_bytes(saved[1])
+            except ValueError as exc:
+                raise RunLogError(f"{ctx.log.path}: the agent's checkpoint (unit 0's optimiser slot): {exc}") from None
             ctx.emit(InfoEvent(text=f"resumed at episode {run.progress.episode} "
                                     f"({run.progress.env_steps} environment steps, replay buffer restored)"))
         progress = run.run()
