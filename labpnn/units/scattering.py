@@ -264,8 +264,9 @@ class ScatteringUnit:
             raise ValueError(f"unit {name!r}: bits={bits} needs encoding 'bitplane' or 'thermometer'")
         capacity = projector.max_n_features if isinstance(projector, FittableProjector) else projector.n_inputs
         if capacity < binary_width(in_features, encoding, bits):
+            levels = f" x {bits} thermometer levels" if encoding == "thermometer" else ""
             raise ValueError(f"unit {name!r}: the projector takes {capacity} inputs, fewer than the "
-                             f"{binary_width(in_features, encoding, bits)} bits of its {encoding} code")
+                             f"unit's in_features {in_features}{levels}")
         self.name, self.projector = name, projector
         self.in_features, self.out_features, self.n_outputs = in_features, out_features, projector.n_outputs
         self.activation, self.encoding, self.bits, self.threshold = activation, encoding, bits, threshold
