@@ -145,7 +145,10 @@ def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
     # one measurement per unit for each state seen (the first of each episode, then one per step)
     assert calls.count("unit0") == calls.count("unit1") == 1 + steps + 4  # 1: calibration
     report = run.report()
-    assert report["learner_steps"] > 0 and run.agent.deployments > 2
+    assert report["learner_steps"] > 0
+    # 2: each unit deployed at the start; in turns, the learner's snapshots follow on schedule
+    # (overlapped, a learner slower than the actor may hand over none before the run ends)
+    assert run.agent.deployments >= 2 + 2 * (not overlap) * (report["learner_steps"] // 5)
     assert 0 <= report["idle_fraction"] < 1
     assert all(np.isfinite(r["losses"]).all() for r in rows[-1:])
 
