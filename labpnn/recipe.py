@@ -141,7 +141,10 @@ class Recipe(Strict):
                     raise ConfigError(f"augment: objective {name!r} ({self.objective_field(i)}) compares two "
                                       "augmented views of every input; list the augmentations that make them, "
                                       "e.g. augment: [{name: shift, pixels: 2}] (docs/unsupervised.md)")
-            self.augmentations()
+            if self.dataset is not None:
+                self.augmentations()
+            elif self.augment:
+                raise ConfigError("augment: augmentations apply to a dataset's inputs; an env: recipe takes none")
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return self
