@@ -15,6 +15,7 @@ from labpnn.errors import LabpnnError
 from labpnn.events import Event
 from labpnn.gui.bridge import EventBridge
 from labpnn.gui.characterisation_view import CharacterisationView
+from labpnn.gui.episodes_dock import EpisodesDock
 from labpnn.gui.events_dock import EventsDock, FaultBanner
 from labpnn.gui.feature_map_dock import FeatureMapDock
 from labpnn.gui.hardware_dock import ConductanceDock, FrameDock
@@ -62,7 +63,8 @@ class MainWindow(QMainWindow):
         self.frame = FrameDock(self)
         self.events = EventsDock(self)
         self.feature_map = FeatureMapDock(self)
-        self.views = (self.info_plane, self.training, self.conductance, self.frame, self.events)
+        self.episodes = EpisodesDock(self)
+        self.views = (self.info_plane, self.training, self.conductance, self.frame, self.events, self.episodes)
         self._arrange()
         self._menus()
 
@@ -95,7 +97,9 @@ class MainWindow(QMainWindow):
         self.splitDockWidget(self.training, self.events, Qt.Orientation.Vertical)
         self.tabifyDockWidget(self.conductance, self.frame)
         self.tabifyDockWidget(self.frame, self.feature_map)
+        self.tabifyDockWidget(self.training, self.episodes)
         self.conductance.raise_()
+        self.training.raise_()
         self.resize(1600, 1000)
         self.resizeDocks([self.run_dock, self.info_plane, self.training], [420, 640, 540],
                          Qt.Orientation.Horizontal)
@@ -118,7 +122,7 @@ class MainWindow(QMainWindow):
             file.addAction(action)
         view = self.menuBar().addMenu("&View")
         for dock in (self.run_dock, self.instruments, self.info_plane, self.training, self.conductance,
-                     self.frame, self.feature_map, self.events):
+                     self.frame, self.feature_map, self.events, self.episodes):
             view.addAction(dock.toggleViewAction())
 
     def _restore(self) -> None:

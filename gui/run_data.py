@@ -16,7 +16,7 @@ from labpnn.runlog import RunReader
 LISTED_KINDS = tuple(k for k in KINDS if k in LOGGED_KINDS)
 """The kinds the events log lists: those the engine writes to the run file. The others (step,
 info_plane, measure, frame) arrive many times a second and are drawn, not listed."""
-SECTIONS = frozenset({"info_plane", "training", "accuracy", "deployed", "frame", "log"})
+SECTIONS = frozenset({"info_plane", "training", "accuracy", "deployed", "frame", "log", "episodes"})
 
 
 @dataclass
@@ -46,6 +46,7 @@ class RunData:
     deployed: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # unit -> read-back arrays
     frame: tuple[str, np.ndarray] | None = None                           # (what, 2-D array)
     log: list[LogRow] = field(default_factory=list)
+    episodes: list[tuple[int, float]] = field(default_factory=list)      # RL: (episode, return)
     state: str = "idle"
     changed: set[str] = field(default_factory=set)
     _loss: dict[int | None, tuple[int, float]] = field(default_factory=dict, repr=False)  # step event's loss
@@ -79,6 +80,9 @@ class RunData:
         elif ev.kind == "frame":
             self.frame = (d.get("what", ""), np.atleast_2d(np.asarray(d["frame"])))
             self.changed.add("frame")
+        elif ev.kind == "episode":
+            self.episodes.append((int(d["episode"]), float(d["return"])))
+            self.changed.add("episodes")
         elif ev.kind == "state":
             self.state = d["state"]
         if ev.kind in LISTED_KINDS:
@@ -117,6 +121,7 @@ class RunData:
             if acc["value"] is not None:
                 data.accuracies[(acc["unit"], acc["what"], acc["split"])] = acc["value"]
         data.log = [LogRow(e["time"], e["kind"], e["unit"], e["message"]) for e in reader.events]
+        data.episodes = [(e["episode"], e["return"]) for e in reader.episodes]
         data.changed = set(SECTIONS)
         return data
 

@@ -162,7 +162,8 @@ class RunDock(QDockWidget):
             self.show_message(str(exc), error=True)
         else:
             units = ", ".join(f"{u.kind} {u.out}" for u in self.recipe.units)
-            self.show_message(f"✓ {self.recipe.name}: {self.recipe.dataset.name}, units {units}", error=False)
+            task = self.recipe.env.id if self.recipe.env else self.recipe.dataset.name
+            self.show_message(f"✓ {self.recipe.name}: {task}, units {units}", error=False)
         self._enable()
 
     def show_message(self, text: str, error: bool) -> None:

@@ -26,7 +26,8 @@ class RunProgress:
     def __init__(self, recipe, clock=time.time):
         self.clock = clock
         self.steps = [recipe.unit_pib(i).steps for i in range(len(recipe.units))]
-        self.rows = {"train": recipe.dataset.n_train, "test": recipe.dataset.n_test}  # None: not known yet
+        d = recipe.dataset
+        self.rows = {"train": d.n_train if d else 0, "test": d.n_test if d else 0}  # None: not known yet
         self.steps_done = [0] * len(self.steps)
         self.inputs_done: dict[tuple[int, str], int] = {}   # (unit, split) -> inputs passed through
         self.phase = Phase()

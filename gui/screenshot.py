@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="PIB steps of the last unit to wait for")
     parser.add_argument("--run", help="a finished run file: shoot its feature map instead of a live run")
     parser.add_argument("--method", default="auto", help="the feature map's method (with --run)")
+    parser.add_argument("--episodes", type=int, default=0,
+                        help="RL recipes: episodes to wait for instead (the Episodes dock in front)")
     args = parser.parse_args(argv)
 
     app = QApplication(sys.argv[:1])
@@ -63,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                     app.exit(1)
             return
         traj = window.data.trajectories.get((len(window.data.units) - 1, 0))
-        if window.running() and (traj is None or len(traj.steps) < args.steps):
+        waiting = (len(window.data.episodes) < args.episodes if args.episodes else
+                   traj is None or len(traj.steps) < args.steps)
+        if window.running() and waiting:
             return
         poll.stop()
+        if args.episodes:
+            window.episodes.raise_()
         window.redraw()
         app.processEvents()
         _save(app, window, args.out)

@@ -107,6 +107,11 @@ class Run:
 
     # -- the run
     def _dataset(self) -> data.Dataset:
+        """The recipe's dataset, or its RL environment (labpnn.rl.env.Environment)."""
+        if self.recipe.env is not None:
+            from labpnn.rl.env import Environment
+
+            return Environment(self.recipe.env, self.recipe.seed)
         spec = self.recipe.dataset
         try:
             return data.load(spec.name, n_train=spec.n_train, n_test=spec.n_test, seed=spec.seed, path=spec.path)
@@ -138,12 +143,12 @@ class Run:
         unsubscribe = self.bus.subscribe(RunRecorder(self._log), critical=True) if self._log else None
         try:
             self.states.move(State.RUNNING)
-            ds = self._dataset()
+            ds = self._dataset()  # an RL environment too: checked before any instrument is touched
             self.link.connect([self.bench[n] for n in names])
             for name in names:  # a replay refuses, before anything runs, a recipe it has no recording for
                 if isinstance(self.bench[name], Replaying):
                     self.bench[name].check_recipe(self.recipe)
-            units = build_units(self.recipe, self.bench, ds.x_train.shape[1])
+            units = build_units(self.recipe, self.bench, ds.in_features if self.recipe.env else ds.x_train.shape[1])
             scheme = SCHEMES.build(self.recipe.scheme_spec(), "scheme")
             self._check_injections()
             if self._log is None:
@@ -176,15 +181,20 @@ class Run:
                 self._log.close()
 
     def _layout(self, units: list[Unit], ds: data.Dataset) -> RunLayout:
+        if self.recipe.env is not None:  # an environment: no samples to keep, no readout
+            return RunLayout(units=self._unit_layouts(units), n_train=0, n_test=0, n_classes=ds.n_classes)
         return RunLayout(
-            units=[UnitLayout(name=u.name, kind=spec.kind, in_features=u.in_features, out_features=u.out_features,
-                              param_shapes={k: tuple(v.shape) for k, v in u.model().state_dict().items()},
-                              deployed_shapes=u.deployed_shapes(), steps=self.recipe.unit_pib(i).steps,
-                              array_attrs=u.array_attrs() if isinstance(u, DescribesArrays) else {})
-                   for i, (u, spec) in enumerate(zip(units, self.recipe.units))],
+            units=self._unit_layouts(units),
             n_train=len(ds.x_train), n_test=len(ds.x_test), n_classes=ds.n_classes,
             readout_param_shapes={"weight": (ds.n_classes, units[-1].out_features), "bias": (ds.n_classes,),
                                   "mean": (units[-1].out_features,), "std": (units[-1].out_features,)})
+
+    def _unit_layouts(self, units: list[Unit]) -> list[UnitLayout]:
+        return [UnitLayout(name=u.name, kind=spec.kind, in_features=u.in_features, out_features=u.out_features,
+                           param_shapes={k: tuple(v.shape) for k, v in u.model().state_dict().items()},
+                           deployed_shapes=u.deployed_shapes(), steps=self.recipe.unit_pib(i).steps,
+                           array_attrs=u.array_attrs() if isinstance(u, DescribesArrays) else {})
+                for i, (u, spec) in enumerate(zip(units, self.recipe.units))]
 
     def _checkpoint(self) -> None:
         """Between steps: honour abort and pause (instruments safe while paused), run checks."""

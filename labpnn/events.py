@@ -10,6 +10,7 @@ per recovery from a fault):
                          split ("prepare"|"train"|"test"|"verify", measure), start (first step, optimise)
 - Step (step):           step, steps, loss, revision, and the objective's values (bits), e.g. I_XZ, I_YZ
 - InfoPlane (info_plane): step, I_XZ, I_YZ (bits), revision; objectives that log both
+- Episode (episode):     episode, return, length, epsilon, env_steps, learner_steps, average, losses (RL)
 - Deployed (deployed):   revision, arrays as read back ("weights", "g_target", "g_read" in siemens, ...)
 - Measured (measure):    split, done, total (inputs)
 - Accuracy (accuracy):   split ("train"|"test"), value (0..1), what ("probe"|"readout"|"verify"|"linear"), revision
@@ -47,6 +48,7 @@ class Kind(enum.StrEnum):
     WARNING = "warning"
     FAULT = "fault"
     INFO = "info"
+    EPISODE = "episode"
 
 
 KINDS = tuple(k.value for k in Kind)
@@ -129,6 +131,29 @@ class Step(Event):
     def data(self) -> dict[str, Any]:
         return {"step": self.step, "steps": self.steps, "loss": self.loss, "revision": self.revision,
                 **self.values}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Episode(Event):
+    """One finished RL episode (scheme online); `average` over the last `window` episodes,
+    `losses` each unit's mean loss over the episode's optimisation steps (NaN before learning)."""
+
+    kind = Kind.EPISODE
+    logged = False  # the run file's episodes table holds it
+    episode: int
+    total: float  # the return: rewards summed over the episode
+    length: int
+    epsilon: float
+    env_steps: int
+    learner_steps: int
+    average: float
+    losses: tuple[float, ...] = ()
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"episode": self.episode, "return": self.total, "length": self.length, "epsilon": self.epsilon,
+                "env_steps": self.env_steps, "learner_steps": self.learner_steps, "average": self.average,
+                "losses": list(self.losses)}
 
 
 @dataclass(frozen=True, kw_only=True)

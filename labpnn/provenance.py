@@ -37,7 +37,7 @@ def provenance(recipe, bench, names: list[str], dataset) -> dict[str, Any]:
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "bench_file": str(bench.source),
-        "seeds": {"recipe": recipe.seed, "dataset": recipe.dataset.seed},
+        "seeds": {"recipe": recipe.seed, **({"dataset": recipe.dataset.seed} if recipe.dataset else {})},
         "dataset": dataset.meta,
         "simulated": simulated,
         "data_simulated": any(simulated.values()),

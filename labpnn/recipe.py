@@ -18,6 +18,7 @@ from labpnn.errors import ConfigError
 from labpnn.objectives import DEFAULT as DEFAULT_OBJECTIVE
 from labpnn.objectives import OBJECTIVES
 from labpnn.pib import PIBSettings
+from labpnn.rl.env import EnvSpec
 from labpnn.schemes import DEFAULT as DEFAULT_SCHEME
 from labpnn.schemes import SCHEMES
 
@@ -40,7 +41,7 @@ class UnitSpec(Strict):
     out: int = Field(ge=1, description="output features of the unit")
     activation: Literal["relu", "tanh", "sigmoid", "none"] = "relu"
     bias: bool = True
-    encoding: Literal["threshold", "bitplane"] = "threshold"
+    encoding: Literal["threshold", "bitplane", "thermometer"] = "threshold"
     bits: int = Field(1, ge=1, le=8)
     threshold: float = 0.5
     optical_features: int | None = Field(None, ge=1, description="camera pixels used (SLM + camera)")
@@ -50,8 +51,8 @@ class UnitSpec(Strict):
 
     @model_validator(mode="after")
     def _bits_need_bitplanes(self):
-        if self.bits != 1 and self.encoding != "bitplane":
-            raise ValueError(f"bits: {self.bits} bits need encoding: bitplane (encoding "
+        if self.bits != 1 and self.encoding == "threshold":
+            raise ValueError(f"bits: {self.bits} bits need encoding: bitplane or thermometer (encoding "
                              f"{self.encoding!r} sends 1 bit per feature)")
         return self
 
@@ -96,7 +97,8 @@ class Recipe(Strict):
     name: str
     description: str = ""
     seed: int = Field(0, ge=0)
-    dataset: DatasetSpec
+    dataset: DatasetSpec | None = None
+    env: EnvSpec | None = Field(None, description="a reinforcement-learning environment instead of a dataset")
     units: list[UnitSpec] = Field(min_length=1)
     scheme: str | dict | None = Field(None, description="who trains when and where; None: cascade")
     objective: str | dict | None = Field(None, description="what each unit minimises; None: pib")
@@ -122,6 +124,13 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _dataset_or_env(self):
+        if (self.dataset is None) == (self.env is None):
+            raise ValueError("give either 'dataset' (supervised) or 'env' (reinforcement learning), not "
+                             + ("both" if self.env else "neither"))
+        return self
+
+    @model_validator(mode="after")
     def _plug_ins_and_overrides(self):
         try:
             SCHEMES.parse(self.scheme_spec(), "scheme")
@@ -132,7 +141,10 @@ class Recipe(Strict):
                     raise ConfigError(f"augment: objective {name!r} ({self.objective_field(i)}) compares two "
                                       "augmented views of every input; list the augmentations that make them, "
                                       "e.g. augment: [{name: shift, pixels: 2}] (docs/unsupervised.md)")
-            self.augmentations()
+            if self.dataset is not None:
+                self.augmentations()
+            elif self.augment:
+                raise ConfigError("augment: augmentations apply to a dataset's inputs; an env: recipe takes none")
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return self

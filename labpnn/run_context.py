@@ -70,7 +70,7 @@ class RunContext:
             unit = self.units[index]
             info = ObjectiveContext(index=index, in_features=unit.in_features, out_features=unit.out_features,
                                     n_classes=self.dataset.n_classes, settings=self.recipe.unit_pib(index),
-                                    seed=self.seed + index)
+                                    seed=self.seed + index, last=index == len(self.units) - 1)
             self._objectives[index] = OBJECTIVES.build(self.recipe.objective_spec(index),
                                                        self.recipe.objective_field(index), info)
         return self._objectives[index]

@@ -37,6 +37,8 @@ class SimOPUSettings(BaseModel):
     seed: int = 0
     exposure_us: float = Field(400.0, gt=0, description="base exposure")
     frametime_us: float = Field(0.0, ge=0, description="time per input frame (real OPU ~500)")
+    reconfigure_us: float = Field(0.0, ge=0, description="time a fit (reconfiguration: input window, "
+                                  "exposure) keeps the twin busy")
     counts_per_us: float = Field(0.5, gt=0, description="mean output per us with all inputs on")
     auto_exposure_counts: float = Field(40.0, gt=0, description="mean output the "
                                         "auto-exposure aims the fit data at")
@@ -104,6 +106,7 @@ class SimOPU:
             if not 1 <= n_features <= self.max_n_features:
                 raise ValueError(f"n_features {n_features} must be in 1..{self.max_n_features}")
             s = self.settings
+            time.sleep(s.reconfigure_us * 1e-6)
             self.n_features = int(n_features)
             self.exposure_us = s.exposure_us
             if X is not None and X.size:
@@ -206,6 +209,7 @@ class SimOPUDevice(OPUFront):
         seed: int = Field(0, description="seed of R and of the noise")
         exposure_us: float = Field(400.0, gt=0, description="base exposure")
         frametime_us: float = Field(0.0, ge=0, description="time per input frame (real OPU ~500)")
+        reconfigure_us: float = Field(0.0, ge=0, description="time a fit (a reconfiguration) takes")
 
         @model_validator(mode="after")
         def _fits_in_memory(self):
@@ -222,4 +226,4 @@ class SimOPUDevice(OPUFront):
     def _make_core(self) -> SimOPU:
         o = self.options
         return SimOPU(self.n_components, self.max_n_features, seed=o.seed, exposure_us=o.exposure_us,
-                      frametime_us=o.frametime_us)
+                      frametime_us=o.frametime_us, reconfigure_us=o.reconfigure_us)

@@ -454,3 +454,41 @@ def test_installed_pyside_keeps_reference_counts(qtbot):
         probe.setObjectName("x")
     assert abs(sys.getrefcount(None) - before) < 100
 
+
+
+RL_TINY = """\
+name: gui-rl-tiny
+env: {id: CartPole-v1, episodes: 4, bounds: [2.4, 3.0, 0.2095, 3.5], levels: 4}
+units:
+  - {kind: scattering, instrument: opu-rl1, out: 8, activation: sigmoid, encoding: threshold}
+  - {kind: scattering, instrument: opu-rl2, out: 2, activation: none, encoding: thermometer, bits: 4}
+scheme: {name: online, warmup: 30, calibration: 20, batch_size: 16, replay: 500}
+objective: pib-td
+"""
+
+
+def test_episodes_dock_shows_returns_and_their_running_average_live(qtbot, window, tmp_path):
+    pytest.importorskip("gymnasium")
+    from labpnn.gui.episodes_dock import running_average
+
+    w, path, out = window, tmp_path / "rl.yaml", tmp_path / "rl.h5"
+    path.write_text(RL_TINY)
+    w.run_dock.load_file(path)
+    assert w.run_dock.recipe is not None, w.run_dock.message.text()
+    assert "CartPole-v1" in w.run_dock.message.text()
+    w.run_dock.output.setText(str(out))
+    qtbot.mouseClick(w.run_dock.buttons["Start"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.running(), timeout=5 * WAIT_MS)  # an RL run starts slowly on a busy machine
+    w.redraw()
+    with RunReader(out) as reader:
+        returns = [e["return"] for e in reader.episodes]
+    assert len(returns) == 4
+    assert w.data.episodes == list(enumerate(returns))  # drawn from the live events, not the file
+    x, y = w.episodes.returns.getData()
+    np.testing.assert_array_equal(x, [0, 1, 2, 3])
+    np.testing.assert_array_equal(y, returns)
+    np.testing.assert_allclose(w.episodes.average.getData()[1], np.cumsum(returns) / np.arange(1, 5))
+    np.testing.assert_allclose(running_average(np.array([1.0, 3.0, 5.0, 7.0]), window=2), [1, 2, 4, 6])
+    assert w.open_run(out)  # from the file: the same curve
+    w.redraw()
+    np.testing.assert_array_equal(w.episodes.returns.getData()[1], returns)

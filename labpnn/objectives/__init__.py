@@ -28,9 +28,10 @@ class ObjectiveContext:
     index: int              # the unit's position in the network
     in_features: int        # the unit's input width (what model() takes after prepare())
     out_features: int       # the unit's output width
-    n_classes: int          # of the dataset
+    n_classes: int          # of the dataset; of an RL environment: its actions
     settings: PIBSettings   # the unit's `pib:` settings (the recipe's, with the unit's overrides)
     seed: int               # the unit's seed (recipe seed, unit index)
+    last: bool = False      # the network's last unit (in RL its outputs are the Q-values)
 
 
 def register_objective(name: str, options: type[BaseModel],
@@ -40,3 +41,4 @@ def register_objective(name: str, options: type[BaseModel],
 
 from labpnn.objectives import pib as _pib  # noqa: E402,F401  (registers "pib")
 from labpnn.objectives import two_view as _two_view  # noqa: E402,F401  (registers "pib-2view")
+from labpnn.objectives import pib_td as _pib_td  # noqa: E402,F401  (registers "pib-td")

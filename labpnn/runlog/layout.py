@@ -49,6 +49,14 @@ WRITER_DTYPE = np.dtype([("time", "<f8"), ("action", utf8(8)), ("pid", "<i8"),
                          ("started", "<f8"), ("host", utf8(64))])
 RAGGED_INDEX_DTYPE = np.dtype([("offset", "<i8"), ("length", "<i8")])
 
+
+def episode_dtype(n_units: int) -> np.dtype:
+    """A row of the `episodes` table (RL runs): `losses` is each unit's mean loss over the
+    optimisation steps taken during the episode (NaN before learning starts)."""
+    return np.dtype([("episode", "<i8"), ("return", "<f8"), ("length", "<i8"), ("epsilon", "<f8"),
+                     ("env_steps", "<i8"), ("learner_steps", "<i8"), ("average", "<f8"),
+                     ("time", "<f8"), ("losses", "<f8", (max(1, int(n_units)),))])
+
 _TABLE_CHUNK_BYTES = 16 * 1024
 _ARRAY_CHUNK_BYTES = 1024 * 1024
 _FEATURE_CHUNK_ROWS = 256

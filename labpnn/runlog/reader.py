@@ -324,6 +324,17 @@ class RunReader:
         return self._final_accuracy("train")
 
     @property
+    def episodes(self) -> list[dict[str, Any]]:
+        """The RL episodes recorded (empty for supervised runs and older files)."""
+        if "episodes" not in self._file():
+            return []
+        return [{"episode": int(r["episode"]), "return": float(r["return"]), "length": int(r["length"]),
+                 "epsilon": float(r["epsilon"]), "env_steps": int(r["env_steps"]),
+                 "learner_steps": int(r["learner_steps"]), "average": float(r["average"]),
+                 "losses": [_jsonable(v) for v in r["losses"]], "time": float(r["time"])}
+                for r in self._table("episodes")]
+
+    @property
     def faults(self) -> list[dict[str, Any]]:
         """The fault records, each with the accuracies the run measured after it filled in
         where the record had none (fault_accuracy.complete)."""
@@ -435,6 +446,7 @@ class RunReader:
             "accuracies": accuracies,
             "checkpoints": [{"unit": None if u < 0 else u, "revision": r, "phase": p}
                             for u, r, p in checkpoints],
+            "episodes": [{k: e[k] for k in ("episode", "return", "length")} for e in self.episodes],
             "events": self.events,
             "faults": self.faults,
             "provenance": self.provenance,

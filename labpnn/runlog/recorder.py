@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from labpnn.events import Accuracy, Event, Fault, Recovered, StateChanged
+from labpnn.events import Accuracy, Episode, Event, Fault, Recovered, StateChanged
 from labpnn.runlog.writer import RunLog
 
 
@@ -25,5 +25,7 @@ class RunRecorder:
                 self.log.accuracy(ev.unit, ev.revision, ev.split, ev.value, ev.what)
             elif isinstance(ev, Fault) and not ev.pending or isinstance(ev, Recovered):
                 self.log.fault(ev.record())
+            elif isinstance(ev, Episode):
+                self.log.episode(ev.data)
             if ev.logged:
                 self.log.event(ev)

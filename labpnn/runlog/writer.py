@@ -27,6 +27,7 @@ from labpnn.runlog.layout import (
     CHECKPOINT_DTYPE, COMMIT_DTYPE, EVENT_DTYPE, FORMAT, FORMAT_VERSION, INFO_DTYPE, LIBVER,
     MESSAGE_BYTES, PARAM_KINDS, PHASES, RAGGED_INDEX_DTYPE, REASON_BYTES, SPLITS, STATE_DTYPE,
     STATES, WRITER_DTYPE, RunLayout, utf8, _array_chunks, _check_layout, _key, _table_chunk,
+    episode_dtype,
 )
 from labpnn.runlog.repair import (
     _drop_unsaved_steps, _refuse_finished, _refuse_live_writer, _refuse_protected,
@@ -83,6 +84,9 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
     table(f, "accuracies", ACCURACY_DTYPE).attrs["unit"] = "-1: the final readout"
     table(f, "checkpoints", CHECKPOINT_DTYPE)
     table(f, "writers", WRITER_DTYPE)
+    table(f, "episodes", episode_dtype(len(layout.units))).attrs["units"] = (
+        "return: reward summed over the episode; average: over the last `window` episodes; "
+        "time: seconds since the epoch")
     faults = f.create_group("faults")
     faults.create_dataset("json", shape=(0,), maxshape=(None,), dtype="u1",
                           chunks=(4096,), fletcher32=True).attrs["encoding"] = "JSON, UTF-8"
@@ -218,6 +222,7 @@ class RunLog:
                 "test": g["features/test"],
                 "rows": g["features/rows"],
             })
+        self._episodes = f["episodes"] if "episodes" in f else None  # older files have none
         self._checkpoints = [(int(r["unit"]), int(r["revision"]), _text(r["phase"]))
                              for r in f["checkpoints"][...]]
 
@@ -427,6 +432,21 @@ class RunLog:
         new = np.array([r, s, slot, data.size], dtype="<i8")
         u["pointer"][...] = new                   # ... before the pointer names them
         u["ptr"] = new
+        self._flush()
+
+    @_writes
+    def episode(self, row: Mapping[str, Any]) -> None:
+        """One finished RL episode: episode, return, length, epsilon, env_steps,
+        learner_steps, average, losses (one per unit)."""
+        self._live()
+        if self._episodes is None:
+            raise RunLogError(f"{self.path}: this run file predates episode records")
+        dtype = self._episodes.dtype
+        losses = np.full(dtype["losses"].shape, np.nan)
+        losses[: len(row["losses"])] = row["losses"]
+        self._append(self._episodes, _row(dtype, **{k: row[k] for k in dtype.names
+                                                    if k not in ("time", "losses")},
+                                          time=time.time(), losses=losses))
         self._flush()
 
     @_writes

@@ -29,7 +29,7 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int,
         device = bench.require(spec.instruments[0], CrossbarArray, who)
         return CrossbarUnit(name, device, in_features, spec.out, activation=spec.activation, bias=spec.bias,
                             seed=seed + index, clip=spec.clip, measure_format=measure_format)
-    from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector
+    from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector, binary_width
 
     if len(spec.instruments) == 1:
         projector = bench.require(spec.instruments[0], Projector, who)
@@ -37,13 +37,15 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int,
         slm, camera = (bench[n] for n in spec.instruments)
         if spec.optical_features is None:
             raise ConfigError(f"{who}: an SLM + camera unit needs 'optical_features' (camera pixels used)")
-        projector = SLMCameraProjector(slm, camera, n_inputs=in_features, n_outputs=spec.optical_features,
+        projector = SLMCameraProjector(slm, camera, n_inputs=binary_width(in_features, spec.encoding, spec.bits),
+                                       n_outputs=spec.optical_features,
                                        seed=seed + index)
     else:
         raise ConfigError(f"{who}: 'instrument' must name an OPU, or [slm, camera]; got {spec.instruments}")
     limit = getattr(projector, "max_n_features", projector.n_inputs)
-    if limit < in_features:
-        raise ConfigError(f"{who}: its input has {in_features} features (one binary input each), but "
-                          f"{spec.instruments[0]!r} takes at most {limit}")
+    width = binary_width(in_features, spec.encoding, spec.bits)
+    if limit < width:
+        raise ConfigError(f"{who}: its input has {in_features} features ({width} binary inputs in its "
+                          f"{spec.encoding} code), but {spec.instruments[0]!r} takes at most {limit}")
     return ScatteringUnit(name, projector, in_features, spec.out, activation=spec.activation,
                           encoding=spec.encoding, bits=spec.bits, threshold=spec.threshold, seed=seed + index)

@@ -329,6 +329,22 @@ def instance(encoder) -> BaseTransformer:
     return encoder() if inspect.isclass(encoder) else encoder
 
 
+class ThermometerEncoder:
+    """Each feature in [0, 1] lights the first round(x * levels) of its `levels` bits:
+    (n, f) -> (n, f * levels) uint8, feature by feature. Unlike bit planes, nearby values
+    share most bits, so a random projection of the code varies smoothly with the input."""
+
+    def __init__(self, levels: int = 4):
+        if not 1 <= int(levels) <= 256:
+            raise ValueError(f"ThermometerEncoder: levels must be in 1..256, got {levels}")
+        self.levels = int(levels)
+        self.thresholds = ((np.arange(self.levels) + 0.5) / self.levels).astype(np.float32)
+
+    def transform(self, X) -> np.ndarray:
+        X = _as_2d_float(X, "ThermometerEncoder")
+        return (X[:, :, None] > self.thresholds).reshape(len(X), -1).astype(np.uint8)
+
+
 class FixedRangeBitPlanEncoder:
     """Quantise each feature in [0, 1] to n_bits and emit each bit plane as its own binary row.
 

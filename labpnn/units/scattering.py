@@ -19,6 +19,7 @@ from labpnn.units.opu_encoding import (
     BinaryThresholdEncoder,
     FixedRangeBitPlanDecoder,
     FixedRangeBitPlanEncoder,
+    ThermometerEncoder,
 )
 from labpnn.errors import DeviceError
 from labpnn.instruments.base import Connectable
@@ -229,32 +230,43 @@ class SLMCameraProjector(Connectable):
                 "slm": self.slm.snapshot(), "camera": self.camera.snapshot()}
 
 
+ENCODINGS = ("threshold", "bitplane", "thermometer")
+
+
+def binary_width(in_features: int, encoding: str, bits: int) -> int:
+    """The projector inputs a unit's code lights: a thermometer code takes `bits` per feature."""
+    return in_features * bits if encoding == "thermometer" else in_features
+
+
 class ScatteringUnit:
     """Fixed optical projection, then Linear(n_outputs, out_features) and an activation.
 
     prepare(h) = normalise(decode(projector.project(encode(h)))): the threshold encoding
     sends h > threshold; the bitplane encoding scales h by its maximum (fixed at the first
     call), clips to [0, 1] and projects `bits` planes separately (lightonml's separated bit
-    planes: `bits` times the rows, in_features wide). An OPU is fitted to the unit's first
+    planes: `bits` times the rows, in_features wide); the thermometer encoding scales alike
+    and lights `bits` levels per feature (one row, in_features * bits wide). An OPU is fitted to the unit's first
     batch (input size and exposure), and refitted when another unit sharing it fitted it since;
     an SLM projector with more inputs than in_features gets the extra ones off. The features are then
     standardised with a mean and a scale frozen at the first call, so measure() uses the
-    same. Nothing physical is programmed: deploy() freezes the digital layer's weights,
-    which measure() then applies to a fresh optical measurement."""
+    same. No weights are programmed: deploy() freezes the digital layer's weights, which
+    measure() then applies to a fresh optical measurement, and refits an OPU to the unit (a
+    reconfiguration; the twin's `reconfigure_us` is its duration)."""
 
     def __init__(self, name: str, projector: Projector, in_features: int, out_features: int,
-                 activation: str = "relu", encoding: Literal["threshold", "bitplane"] = "threshold",
+                 activation: str = "relu", encoding: Literal["threshold", "bitplane", "thermometer"] = "threshold",
                  bits: int = 1, threshold: float = 0.5, seed: int = 0):
         if not isinstance(projector, Projector):
             raise TypeError(f"unit {name!r}: {type(projector).__name__} is not a Projector")
-        capacity = projector.max_n_features if isinstance(projector, FittableProjector) else projector.n_inputs
-        if capacity < in_features:
-            raise ValueError(f"unit {name!r}: the projector takes {capacity} inputs, fewer "
-                             f"than the unit's in_features {in_features}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unit {name!r}: encoding must be one of {ENCODINGS}, got {encoding!r}")
         if encoding == "threshold" and bits != 1:
-            raise ValueError(f"unit {name!r}: bits={bits} needs encoding 'bitplane'")
-        if encoding not in ("threshold", "bitplane"):
-            raise ValueError(f"unit {name!r}: encoding must be 'threshold' or 'bitplane', got {encoding!r}")
+            raise ValueError(f"unit {name!r}: bits={bits} needs encoding 'bitplane' or 'thermometer'")
+        capacity = projector.max_n_features if isinstance(projector, FittableProjector) else projector.n_inputs
+        if capacity < binary_width(in_features, encoding, bits):
+            levels = f" x {bits} thermometer levels" if encoding == "thermometer" else ""
+            raise ValueError(f"unit {name!r}: the projector takes {capacity} inputs, fewer than the "
+                             f"unit's in_features {in_features}{levels}")
         self.name, self.projector = name, projector
         self.in_features, self.out_features, self.n_outputs = in_features, out_features, projector.n_outputs
         self.activation, self.encoding, self.bits, self.threshold = activation, encoding, bits, threshold
@@ -263,6 +275,8 @@ class ScatteringUnit:
         self.feature_scale: float | None = None
         if encoding == "threshold":
             self._encoder = BinaryThresholdEncoder(threshold)
+        elif encoding == "thermometer":
+            self._encoder = ThermometerEncoder(bits)
         else:
             self._encoder = FixedRangeBitPlanEncoder(bits)
             self._decoder = FixedRangeBitPlanDecoder(bits)
@@ -308,8 +322,9 @@ class ScatteringUnit:
         else:
             if self.input_scale is None:
                 self.input_scale = float(h.max()) if h.max() > 0 else 1.0
-            planes = self._encoder.transform(np.clip(h / np.float32(self.input_scale), 0, 1))
-            y = self._decoder.transform(self._project_bits(planes))
+            code = self._encoder.transform(np.clip(h / np.float32(self.input_scale), 0, 1))
+            y = self._project_bits(code) if self.encoding == "thermometer" else self._decoder.transform(
+                self._project_bits(code))
         if y.shape != (len(h), self.n_outputs):
             raise DeviceError(f"projector answered shape {y.shape}, expected {(len(h), self.n_outputs)}",
                               self.name)
@@ -347,6 +362,11 @@ class ScatteringUnit:
         return attrs
 
     def deploy(self) -> dict[str, np.ndarray]:
+        """Freeze the digital layer; a fittable projector (an OPU) already fitted to this unit
+        is refitted to it, as putting a unit back on the instrument reconfigures it."""
+        if self._fit_sample is not None and isinstance(self.projector, FittableProjector):
+            self.projector.fit1d(X=self._fit_sample)
+            self._fit_id = self.projector.fit_id
         linear = self._model[0]
         with torch.no_grad():
             self._deployed = {"weight": linear.weight.detach().cpu().numpy().astype(np.float32),

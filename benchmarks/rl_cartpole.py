@@ -1,0 +1,136 @@
+"""CartPole-v1 solved by the optical deep PNN of recipe rl-cartpole-opu (OPU twins, each unit
+on its local PIB + TD objective, scheme online), beside a digital DQN of the same size trained
+with backprop, over several seeds.
+
+Solved: the mean return of `window` (100) consecutive episodes reaches the environment's
+reward threshold (475 for CartPole-v1); episodes to solve: the episodes run when it does.
+The digital DQN has the same widths as the PNN (thermometer code 64 -> 256 -> 128 sigmoid ->
+256 -> 2 actions), every layer trained end to end by backprop on the TD loss alone (double DQN,
+the same replay, epsilon schedule, target refresh, optimiser and scheme), acting without
+hardware. Prints a table and saves the running-average curves (docs/img/rl_cartpole.png).
+Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--png docs/img/rl_cartpole.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from labpnn.bench import Bench
+from labpnn.recipe import load_recipe
+from labpnn.rl.build import build_online_run, objective_options, scheme_options
+from labpnn.rl.env import Environment
+from labpnn.rl.online import OnlineRun
+from labpnn.objectives.pib_td import PIBTDObjective
+
+
+class DigitalUnit:
+    """The digital DQN as one 'unit': no physical stage, the whole MLP as its model."""
+
+    name = "digital"
+
+    def __init__(self, in_features: int, widths: list[int], n_actions: int, seed: int):
+        torch.manual_seed(seed)
+        layers, n = [], in_features
+        for i, w in enumerate(widths):
+            layers += [nn.Linear(n, w), nn.Sigmoid() if i % 2 else nn.ReLU()]
+            n = w
+        self._model = nn.Sequential(*layers, nn.Linear(n, n_actions))
+        self.in_features = self.n_outputs = in_features
+        self.out_features = n_actions
+
+    def prepare(self, h):
+        return np.asarray(h, np.float32)
+
+    def model(self):
+        return self._model
+
+    def deploy(self):
+        return {}
+
+
+def pnn_run(recipe, seed: int, episodes: int) -> OnlineRun:
+    bench = Bench.load()
+    return build_online_run(recipe, bench, recipe.env.model_copy(update={"episodes": episodes}), seed=seed)
+
+
+def dqn_run(recipe, seed: int, episodes: int) -> OnlineRun:
+    env = Environment(recipe.env.model_copy(update={"episodes": episodes}), seed)
+    widths = [256, recipe.units[0].out, 256]
+    unit = DigitalUnit(env.encoder.n_bits, widths, env.n_actions, seed)
+    options = objective_options(recipe).model_copy(update={"pib": False})
+    objective = PIBTDObjective(options, env.n_actions, env.n_actions, True, seed)
+    return OnlineRun.build([unit], env, scheme_options(recipe), [objective], seed)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 seed, 120 episodes at most (does not solve)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--episodes", type=int, default=None, help="at most, per run (default: the recipe's)")
+    p.add_argument("--png", type=Path, default=Path("docs/img/rl_cartpole.png"))
+    p.add_argument("--only", choices=["pnn", "dqn"], default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    recipe = load_recipe("rl-cartpole-opu")
+    seeds = range(1 if args.quick else args.seeds)
+    episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
+    makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
+    if args.only:
+        makers = {k: v for k, v in makers.items() if k.startswith({"pnn": "optical", "dqn": "digital"}[args.only])}
+    results: dict[str, list[dict]] = {}
+    for name, make in makers.items():
+        for seed in seeds:
+            run = make(recipe, seed, episodes)
+            started = time.perf_counter()
+            progress = run.run()
+            r = {"seed": seed, "solved_at": progress.solved_at, "returns": progress.returns,
+                 "wall_s": time.perf_counter() - started, **run.report()}
+            results.setdefault(name, []).append(r)
+            print(f"{name}, seed {seed}: {'solved after ' + str(r['solved_at']) + ' episodes' if r['solved_at'] else 'not solved'}"
+                  f" ({len(r['returns'])} episodes, {r['env_steps']} env steps, {r['wall_s']:.0f} s)", flush=True)
+    window, threshold = recipe.env.window, 475.0
+    print(f"\nCartPole-v1, solved = mean return >= {threshold:g} over {window} consecutive episodes "
+          f"(at most {episodes} episodes per run)")
+    print(f"{'agent':<32} {'solved':>8} {'episodes to solve (median, range)':>36} {'best mean of 100':>17} {'wall s (median)':>16}")
+    for name, rows in results.items():
+        solved = [r["solved_at"] for r in rows if r["solved_at"]]
+        best = [max(np.convolve(r["returns"], np.ones(window) / window, "valid"), default=np.mean(r["returns"]))
+                for r in rows]
+        span = f"{int(np.median(solved))} ({min(solved)}-{max(solved)})" if solved else "-"
+        print(f"{name:<32} {len(solved):>3}/{len(rows):<4} {span:>36} {np.median(best):>17.1f} "
+              f"{np.median([r['wall_s'] for r in rows]):>16.0f}")
+    plot(results, window, threshold, args.png)
+
+
+def plot(results, window: int, threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, rows), colour in zip(results.items(), ("tab:blue", "tab:grey")):
+        for i, r in enumerate(rows):
+            returns = np.asarray(r["returns"])
+            avg = [returns[max(0, k - window + 1):k + 1].mean() for k in range(len(returns))]
+            ax.plot(np.arange(1, len(avg) + 1), avg, color=colour, lw=1.2, alpha=0.8,
+                    label=name if i == 0 else None)
+    ax.axhline(threshold, color="k", ls="--", lw=0.8, label=f"solved ({threshold:g})")
+    ax.set_xlabel("episode")
+    ax.set_ylabel(f"return, mean of the last {window} episodes")
+    ax.set_title("CartPole-v1: one curve per seed")
+    ax.legend(loc="upper left", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"curves: {path}")
+
+
+if __name__ == "__main__":
+    main()

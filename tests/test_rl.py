@@ -1,0 +1,221 @@
+"""Reinforcement learning on the OPU twins: environment checks, thermometer code, replay
+buffer, the pib-td objective's locality, and short online runs (acting through the
+hardware, learning overlapped or in turns, checkpoint and resume). Short runs only:
+solving CartPole is benchmarks/rl_cartpole.py's job."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from labpnn.errors import ConfigError
+from labpnn.protocols import Batch
+from labpnn.rl.env import EnvSpec, Environment, ThermometerCode
+from labpnn.rl.online import OnlineOptions, OnlineRun
+from labpnn.objectives.pib_td import PIBTDObjective, PIBTDOptions
+from labpnn.rl.replay import ReplayBuffer
+
+gymnasium = pytest.importorskip("gymnasium")
+
+CARTPOLE = EnvSpec(id="CartPole-v1", episodes=4, bounds=[2.4, 3.0, 0.2095, 3.5], levels=4)
+
+
+def test_environment_checks_name_the_field_and_the_problem(monkeypatch):
+    with pytest.raises(ConfigError, match=r"env.id: unknown gymnasium environment 'CartPol-v9'"):
+        Environment(EnvSpec(id="CartPol-v9"), 0)
+    with pytest.raises(ConfigError, match=r"Pendulum-v1.*action space Box.*Discrete spaces only"):
+        Environment(EnvSpec(id="Pendulum-v1", bounds=[1, 1, 8]), 0)
+    with pytest.raises(ConfigError, match=r"observation space is unbounded"):
+        Environment(EnvSpec(id="CartPole-v1"), 0)
+    with pytest.raises(ConfigError, match=r"env.bounds: \[1.0\] must be 4 finite numbers"):
+        Environment(EnvSpec(id="CartPole-v1", bounds=[1.0]), 0)
+    monkeypatch.setitem(sys.modules, "gymnasium", None)
+    with pytest.raises(ConfigError, match=r"needs the gymnasium package.*labpnn\[rl\]"):
+        Environment(CARTPOLE, 0)
+
+
+def test_episodes_are_seeded_by_run_seed_and_episode():
+    a, b, c = Environment(CARTPOLE, 3), Environment(CARTPOLE, 3), Environment(CARTPOLE, 4)
+    assert np.array_equal(a.reset(5), b.reset(5))
+    assert not np.array_equal(a.reset(5), a.reset(6))
+    assert not np.array_equal(a.reset(5), c.reset(5))
+    assert a.solved_return == 475.0 and a.n_actions == 2
+
+
+def test_thermometer_code_lights_levels_in_order():
+    code = ThermometerCode(np.array([1.0, 2.0]), levels=4)
+    bits = code(np.array([[-1.0, 0.0], [0.3, 2.0], [5.0, -5.0]]))
+    assert bits.dtype == np.uint8 and bits.shape == (3, 8)
+    assert bits.tolist() == [[0, 0, 0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0]]
+
+
+def _filled(n=50, seed=1) -> ReplayBuffer:
+    rb = ReplayBuffer(40, 2, [3], seed)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        rb.add(rng.random(2), i % 2, 1.0, i % 7 == 0, [rng.random(3)], [rng.random(3)])
+    return rb
+
+
+def test_replay_minibatches_depend_on_seed_and_step_and_survive_a_checkpoint():
+    rb = _filled()
+    assert len(rb) == 40 and rb.added == 50
+    first = rb.sample(3, 8)
+    assert all(np.array_equal(first[k], rb.sample(3, 8)[k]) for k in first)
+    assert not np.array_equal(first["h0"], rb.sample(4, 8)["h0"])
+    copy = ReplayBuffer(40, 2, [3], 1)
+    copy.load(rb.state())
+    assert copy.added == 50 and all(np.array_equal(first[k], copy.sample(3, 8)[k]) for k in first)
+    with pytest.raises(ValueError, match="'h0' missing or of the wrong shape"):
+        ReplayBuffer(40, 2, [5], 1).load(rb.state())
+
+
+def _batch(n=16, width=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, width, generator=g)
+    targets = {"action": torch.randint(0, 2, (n,), generator=g), "reward": torch.ones(n),
+               "h_next": torch.randn(n, width, generator=g), "done": (torch.rand(n, generator=g) < 0.2).float()}
+    return Batch(torch.rand(n, 4, generator=g), h, targets)
+
+
+def test_pib_td_gradients_stay_in_the_unit_and_its_head():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Sigmoid())
+    objective = PIBTDObjective(PIBTDOptions(), out_features=5, n_actions=2, last=False, seed=0)
+    batch = _batch()
+    upstream = torch.nn.Linear(6, 6)  # what produced h on the hardware: no graph reaches it
+    h = batch.h.requires_grad_(False)
+    loss, values = objective.loss(model, Batch(batch.x, h, batch.targets))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert all(p.grad is not None for p in objective.parameters())
+    assert all(p.grad is None for p in upstream.parameters()) and h.grad is None
+    assert set(values) == {"td", "q", "I_XZ", "I_YZ"} and values["I_XZ"] >= 0
+    assert objective.target is not None and not any(p.requires_grad for p in objective.target.parameters())
+
+
+def test_pib_td_bootstraps_from_a_target_copy_refreshed_on_schedule():
+    model = torch.nn.Linear(6, 2)
+    objective = PIBTDObjective(PIBTDOptions(target_every=2), 2, 2, last=True, seed=0)
+    objective.loss(model, _batch())
+    frozen = objective.target[0].weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    objective.loss(model, _batch())  # step 1: the copy is kept
+    assert torch.equal(objective.target[0].weight, frozen)
+    objective.loss(model, _batch())  # step 2: refreshed
+    assert torch.equal(objective.target[0].weight, model.weight)
+    td_only, values = PIBTDObjective(PIBTDOptions(pib=False), 2, 2, True, 0).loss(model, _batch())
+    assert "I_XZ" not in values and td_only.item() == pytest.approx(10 * values["td"], rel=1e-6)
+    with pytest.raises(ValueError, match=r"the last unit gives the Q-values.*out \(3\).*actions \(2\)"):
+        PIBTDObjective(PIBTDOptions(), 3, 2, last=True, seed=0)
+
+
+def _run(overlap: bool, episodes: int = 4, **callbacks) -> OnlineRun:
+    from labpnn.sim_devices.opu import SimOPUDevice
+    from labpnn.units.scattering import ScatteringUnit
+
+    env = Environment(CARTPOLE.model_copy(update={"episodes": episodes}), 0)
+    units, n_in = [], env.encoder.n_bits
+    for i, (out, act, enc, bits) in enumerate(((8, "sigmoid", "threshold", 1), (2, "none", "bitplane", 2))):
+        opu = SimOPUDevice(name=f"opu{i}", n_components=32, max_n_features=16, seed=i)
+        opu.connect()
+        units.append(ScatteringUnit(f"unit{i}", opu, n_in, out, activation=act, encoding=enc, bits=bits, seed=i))
+        n_in = out
+    options = OnlineOptions(overlap=overlap, replay=500, batch_size=16, warmup=30, calibration=20,
+                            deploy_every=5, updates_per_step=1.0, epsilon_steps=100, checkpoint_every=2)
+    objectives = [PIBTDObjective(PIBTDOptions(), u.out_features, 2, i == 1, seed=i) for i, u in enumerate(units)]
+    return OnlineRun.build(units, env, options, objectives, seed=0, **callbacks)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
+    rows = []
+    run = _run(overlap, on_episode=rows.append)
+    calls = []
+    for unit in run.agent.units:
+        project = unit.projector.project
+        unit.projector.project = lambda x, project=project, name=unit.name: (calls.append(name), project(x))[1]
+    progress = run.run()
+    steps = progress.env_steps
+    assert [r["episode"] for r in rows] == [0, 1, 2, 3]
+    assert sum(r["length"] for r in rows) == steps == sum(progress.returns)
+    # one measurement per unit for each state seen (the first of each episode, then one per step)
+    assert calls.count("unit0") == calls.count("unit1") == 1 + steps + 4  # 1: calibration
+    report = run.report()
+    assert report["learner_steps"] > 0
+    # 2: each unit deployed at the start; in turns, the learner's snapshots follow on schedule
+    # (overlapped, a learner slower than the actor may hand over none before the run ends)
+    assert run.agent.deployments >= 2 + 2 * (not overlap) * (report["learner_steps"] // 5)
+    assert 0 <= report["idle_fraction"] < 1
+    assert all(np.isfinite(r["losses"]).all() for r in rows[-1:])
+
+
+def test_a_checkpoint_resumes_the_run_where_it_stopped():
+    blobs = []
+    first = _run(False, episodes=2, on_checkpoint=blobs.append)
+    first.run()
+    assert len(blobs) == 1
+    rows = []
+    resumed = _run(False, episodes=4, on_episode=rows.append)
+    resumed.load_state_bytes(blobs[0])
+    assert resumed.progress.episode == 2 and resumed.replay.added == first.replay.added
+    assert resumed.learner.steps == first.learner.steps
+    assert all(torch.equal(a, b) for a, b in zip(resumed.learner.models[0].state_dict().values(),
+                                                  first.learner.models[0].state_dict().values()))
+    resumed.run()
+    assert [r["episode"] for r in rows] == [2, 3] and len(resumed.progress.returns) == 4
+
+
+ENGINE_RECIPE = {
+    "name": "rl-engine-tiny", "seed": 0,
+    "env": {"id": "CartPole-v1", "episodes": 4, "bounds": [2.4, 3.0, 0.2095, 3.5], "levels": 4},
+    "units": [{"kind": "scattering", "instrument": "opu-rl1", "out": 8, "activation": "sigmoid"},
+              {"kind": "scattering", "instrument": "opu-rl2", "out": 2, "activation": "none",
+               "encoding": "thermometer", "bits": 4}],
+    "scheme": {"name": "online", "overlap": False, "warmup": 30, "calibration": 20, "batch_size": 16,
+               "replay": 500, "checkpoint_every": 2},
+    "objective": "pib-td"}
+
+
+def test_a_bad_environment_is_refused_before_any_instrument_is_touched(tmp_path):
+    from labpnn.bench import Bench
+    from labpnn.engine import Run
+    from labpnn.recipe import parse_recipe
+
+    bench = Bench.load(None)
+    recipe = parse_recipe({**ENGINE_RECIPE, "env": {**ENGINE_RECIPE["env"], "id": "NoSuchEnv-v0"}})
+    with pytest.raises(ConfigError, match="unknown gymnasium environment 'NoSuchEnv-v0'"):
+        Run(recipe, bench, tmp_path / "bad.h5").execute()
+    assert not bench["opu-rl1"].connected and not bench["opu-rl2"].connected
+    with pytest.raises(ConfigError, match="either 'dataset'.*or 'env'.*not neither"):
+        parse_recipe({k: v for k, v in ENGINE_RECIPE.items() if k != "env"})
+    with pytest.raises(ConfigError, match="scheme: no scheme 'offline'"):
+        parse_recipe({**ENGINE_RECIPE, "scheme": "offline"})
+
+
+def test_an_aborted_run_resumes_from_its_checkpoint_with_the_replay_buffer(tmp_path):
+    from labpnn.bench import Bench
+    from labpnn.engine import Run, State
+    from labpnn.events import Episode
+    from labpnn.recipe import parse_recipe
+    from labpnn.runlog import RunReader
+
+    bench, path = Bench.load(None), tmp_path / "rl.h5"
+    run = Run(parse_recipe(ENGINE_RECIPE), bench, path)
+    run.bus.subscribe(lambda ev: run.abort("test") if isinstance(ev, Episode) and ev.episode == 2 else None)
+    assert run.execute() is State.IDLE
+    with RunReader(path) as reader:
+        assert [e["episode"] for e in reader.episodes] == [0, 1, 2]
+        assert reader.unit(0).live_state is not None
+    assert Run.reopen(path, bench).execute() is State.DONE
+    with RunReader(path) as reader:
+        episodes = [e["episode"] for e in reader.episodes]
+        summary = reader.summary()
+    assert episodes == [0, 1, 2, 2, 3]  # episode 2 again: from the checkpoint after episode 1
+    assert [e["episode"] for e in summary["episodes"]] == episodes
+    assert set(summary["episodes"][0]) == {"episode", "return", "length"}
+    assert any("resumed at episode 2" in e["message"] for e in summary["events"])
+    bench.close()
