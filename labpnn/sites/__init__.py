@@ -12,6 +12,7 @@ docs/parallel.md has the set-up on several machines.
 
 from labpnn.sites.cluster import Sites, open_sites, payload_bytes
 from labpnn.sites.remote import ClusterBench, RemoteDevice, RemoteUnit
+from labpnn.sites.scheme import parallel_options
 from labpnn.sites.site import SiteFile, load_site, serve
 
-__all__ = ["ClusterBench", "RemoteDevice", "RemoteUnit", "SiteFile", "Sites", "load_site", "open_sites", "payload_bytes", "serve"]
+__all__ = ["ClusterBench", "RemoteDevice", "RemoteUnit", "SiteFile", "Sites", "load_site", "open_sites", "parallel_options", "payload_bytes", "serve"]

@@ -45,7 +45,8 @@ class _Ctx:
 class ParallelRun(Run):
     def __init__(self, *args, scheme=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.scheme = scheme
+        from labpnn.sites.scheme import ParallelScheme, parallel_options
+        self.scheme = scheme or ParallelScheme(parallel_options(self.recipe))
 
     def _train(self, units, ds):
         self.scheme.run(_Ctx(self, units, ds))

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import numpy as np
 import torch
 
 from labpnn.errors import ClusterError
 from labpnn.sites import site as site_tasks
-from labpnn.sites.site import RESOURCE, SiteFile, SitePlugin, resource
+from labpnn.sites.site import QUIET, RESOURCE, SiteFile, SitePlugin, resource
 
 SCATTER_BYTES = 1 << 20  # array arguments above this go straight to the worker (not through the scheduler)
 POLL_S = 1.0             # how often a waiting call checks that its site is still there
@@ -87,20 +89,22 @@ class Sites:
         return cls._discover(client, scheduler)
 
     @classmethod
-    def embedded(cls, sites: list[SiteFile], source: str) -> Sites:
-        """A cluster in this process: a scheduler on 127.0.0.1 and one worker process per site."""
-        from distributed import Client, Nanny, Scheduler, SpecCluster
+    def embedded(cls, sites: list[SiteFile], source: str, processes: bool = True) -> Sites:
+        """A cluster in this process: a scheduler on 127.0.0.1 and one worker process per site
+        (processes False: worker threads in this process, for tests)."""
+        from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
 
         _quiet()
-        workers = {s.site: {"cls": Nanny, "options": {
-            "name": s.site, "nthreads": 1, "host": "127.0.0.1", "dashboard_address": None,
+        workers = {s.site: {"cls": Nanny if processes else Worker, "options": {
+            "name": s.site, "nthreads": 1, "host": "127.0.0.1", "dashboard": False, "dashboard_address": ":0",
             "silence_logs": logging.WARNING,
             "resources": {resource(n): 1 for n in s.instruments},
             "plugins": {SitePlugin(s.site, {n: e.model_dump() for n, e in s.instruments.items()}, source)}}}
             for s in sites}
-        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
-        cluster = SpecCluster(scheduler=scheduler, workers=workers, silence_logs=logging.WARNING,
-                              name="labpnn-embedded")
+        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": ":0"}}
+        with dask.config.set(QUIET):  # the worker processes take the config along
+            cluster = SpecCluster(scheduler=scheduler, workers=workers, silence_logs=logging.WARNING,
+                                  name="labpnn-embedded")
         try:
             client = Client(cluster, set_as_default=False)
             found = cls._discover(client, cluster.scheduler_address)
@@ -180,7 +184,7 @@ class Sites:
                     result, seconds = future.result(timeout=POLL_S)
                     break
                 except (TimeoutError, DaskTimeout):
-                    if address not in self.client.scheduler_info(n_workers=-1)["workers"]:
+                    if not self._present(address):
                         future.cancel()
                         raise ClusterError(f"{who} was lost mid-run: its worker left the cluster at "
                                            f"{self.address}; restart it, then resume the run") from None
@@ -200,6 +204,14 @@ class Sites:
             if unit is not None:
                 self.unit_traffic[unit].add(sent, received, seconds)
         return result
+
+    def _present(self, address: str) -> bool:
+        """Whether the scheduler still lists the worker (asked twice, a second apart, before saying no)."""
+        for attempt in range(2):
+            if address in self.client.scheduler_info(n_workers=-1)["workers"]:
+                return True
+            time.sleep(POLL_S * (attempt == 0))
+        return False
 
     def close(self) -> None:
         try:

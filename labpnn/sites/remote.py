@@ -89,6 +89,7 @@ class RemoteUnit:
         self.name, self.in_features, self.out_features = info["name"], info["in_features"], info["out_features"]
         self._model: torch.nn.Module = info["model"]
         self._deployed_shapes = info["deployed_shapes"]
+        self._predicts = info["predicts"]
         self._held = _fingerprint(self._model)  # the parameters the site holds
 
     def _call(self, task, *args) -> Any:
@@ -141,15 +142,17 @@ class RemoteUnit:
         return self._unit_call("measure", h)
 
     def expected(self, h: np.ndarray) -> np.ndarray | None:
-        return self._unit_call("expected", h)
+        return self._unit_call("expected", h) if self._predicts else None
 
     # -- training at the site (the parallel scheme)
     def load_inputs(self, revision: int, x: np.ndarray, y: np.ndarray, h: np.ndarray, settings, seed: int,
                     batch: int) -> None:
-        """What the unit trains on in `revision`, measured at its site: prepare(h), with x and y."""
+        """What the unit trains on in `revision`, measured at its site: prepare(h), with x and y
+        (h, when it is x itself, does not travel twice)."""
         params = self._changed()
         try:
-            self._call(tasks.load_inputs, self._key, revision, x, y, h, settings.model_dump(), seed, batch, params)
+            self._call(tasks.load_inputs, self._key, revision, x, y, None if h is x else h, settings.model_dump(),
+                       seed, batch, params)
         except BaseException:
             self._held = None
             raise

@@ -191,3 +191,14 @@ def _load(unit: RemoteUnit, params: dict[str, np.ndarray]) -> None:
 
 def _emit(ctx, kind: str, message: str, unit: int | None = None, **data) -> None:
     ctx.emit(kind, message, unit, **data)
+
+
+def parallel_options(recipe) -> ParallelOptions | None:
+    """The recipe's parallel scheme options, or None when its scheme is another."""
+    spec = recipe.scheme
+    spec = {"name": spec} if isinstance(spec, str) else spec
+    if not spec or spec.get("name") != "parallel":
+        return None
+    from labpnn.config_errors import validate
+
+    return validate(ParallelOptions, spec, f"recipe {recipe.name!r}", "scheme")

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import torch
 from distributed import Worker, WorkerPlugin, get_worker
+from distributed.comm import connect
 from pydantic import Field
 
 from labpnn.bench import Bench, BenchFile
@@ -39,6 +41,14 @@ from labpnn.health import no_signal
 from labpnn.pib import PIBSettings, UnitOptimiser
 
 PLUGIN = "labpnn-site"
+QUIET = {  # a site's work holds the GIL; dask's monitors, waking the event loop every 1-20 ms, took
+    # turns with it and halved a PIB step's speed on a busy machine (0.31 against 0.14 s per step)
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
 RESOURCE = "instrument:"  # + the instrument's name: the worker resource that pins work to it
 
 log = logging.getLogger(__name__)
@@ -83,6 +93,7 @@ class SitePlugin(WorkerPlugin):
         spec = BenchFile.model_validate({"instruments": self.instruments})
         self.bench = Bench.from_spec(spec, Path(self.source))  # constructs; connects on demand
         self.host = socket.gethostname()
+        warm_up()
 
     def teardown(self, worker: Worker) -> None:
         if self.bench is not None:
@@ -100,6 +111,15 @@ class SitePlugin(WorkerPlugin):
         except KeyError:
             raise ClusterError(f"site {self.site!r}: no unit {key!r} here (the worker was restarted since "
                                "the coordinator built it)") from None
+
+
+def warm_up() -> None:
+    """Load the training stack now: torch's optimisers import for seconds on first use, holding
+    the GIL (a site's event loop then misses its heartbeats mid-run)."""
+    weight = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([weight], lr=0.01)
+    weight.sum().backward()
+    opt.step()
 
 
 def _task(fn):
@@ -143,7 +163,9 @@ def open_unit(site: SitePlugin, key: str, index: int, spec: dict, in_features: i
     site.sessions[key] = _Session(unit)
     return {"name": unit.name, "in_features": unit.in_features, "out_features": unit.out_features,
             "model": unit.model(), "deployed_shapes": unit.deployed_shapes(),
-            "instruments": [d.name for d in unit.instruments()]}
+            "instruments": [d.name for d in unit.instruments()],
+            # a unit whose physical stage must be measured to be known never predicts its outputs
+            "predicts": unit.expected(np.zeros((0, unit.in_features), np.float32)) is not None}
 
 
 @_task
@@ -156,11 +178,13 @@ def unit_call(site: SitePlugin, key: str, method: str, args: tuple, params: dict
 
 
 @_task
-def load_inputs(site: SitePlugin, key: str, revision: int, x: np.ndarray, y: np.ndarray, h: np.ndarray,
+def load_inputs(site: SitePlugin, key: str, revision: int, x: np.ndarray, y: np.ndarray, h: np.ndarray | None,
                 settings: dict, seed: int, batch: int, params: dict | None) -> int:
     """What the unit trains on in `revision`: its physical stage measured here on its input
-    rows h (batches of `batch`), with the network input x and the labels y. Returns the rows."""
+    rows h (None: x itself; batches of `batch`), with the network input x and the labels y.
+    Returns the rows."""
     session = site.session(key)
+    h = x if h is None else h
     unit = session.unit
     if params is not None:
         _load(unit.model(), params)
@@ -205,16 +229,22 @@ def serve(scheduler: str, site_path: str | Path, host: str | None = None) -> int
     spec = load_site(path)
     bench = Bench.from_spec(spec, path)  # checks every entry here, before joining the cluster
     del bench
-    return asyncio.run(_serve(scheduler, spec, path, host))
+    with dask.config.set(QUIET):
+        return asyncio.run(_serve(scheduler, spec, path, host))
 
 
 async def _serve(scheduler: str, spec: SiteFile, path: Path, host: str | None) -> int:
     plugin = SitePlugin(spec.site, {n: e.model_dump() for n, e in spec.instruments.items()}, str(path))
     resources = {resource(n): 1 for n in spec.instruments}
-    worker = Worker(scheduler, name=spec.site, nthreads=1, resources=resources, plugins=(plugin,), host=host,
-                    dashboard=False, death_timeout=connect_timeout())
     quiet = logging.getLogger("distributed")
     quiet.setLevel(logging.CRITICAL)  # a failure to join is ours to explain
+    try:
+        comm = await connect(scheduler, timeout=connect_timeout())  # unreachable: say so now
+        await comm.close()
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(_join_error(scheduler, spec.site, exc)) from None
+    worker = Worker(scheduler, name=spec.site, nthreads=1, resources=resources, plugins=(plugin,), host=host,
+                    dashboard=False)
     try:
         await worker
     except Exception as exc:
@@ -259,7 +289,6 @@ def _join_error(scheduler: str, site: str, exc: BaseException) -> str:
 
 
 def connect_timeout() -> float:
-    import dask
     from dask.utils import parse_timedelta
 
     return parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
