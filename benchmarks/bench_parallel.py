@@ -46,9 +46,10 @@ def run_cascade(recipe, out: Path) -> dict:
 
 
 def run_parallel(recipe, out: Path) -> dict:
+    from labpnn.engine import Run
     from labpnn.runlog import RunReader
-    from labpnn.sites import ClusterBench, open_sites, parallel_options
-    from labpnn.sites._interim import ParallelRun as Run
+    from labpnn.schemes.parallel import parallel_options
+    from labpnn.sites import ClusterBench, open_sites
 
     start = time.perf_counter()
     with open_sites(recipe, layout=parallel_options(recipe).sites) as sites:

@@ -32,16 +32,12 @@ def _run(args: argparse.Namespace) -> int:
     from labpnn.bench import Bench
     from labpnn.engine import Run
     from labpnn.recipe import load_recipe
-    from labpnn.sites import parallel_options
     from labpnn.sites import ClusterBench
-    from labpnn.sites._interim import ParallelRun
 
     recipe = _stored_recipe(args.resume) if args.resume else load_recipe(args.recipe)
     sites = _sites(recipe, args)
     try:
         bench = Bench.load(args.config) if sites is None else ClusterBench(sites)
-        if sites is not None and parallel_options(recipe) is not None:
-            Run = ParallelRun  # noqa: N806  INTERIM
         if args.resume:
             run = Run.reopen(args.resume, bench)
         else:
@@ -64,7 +60,8 @@ def _stored_recipe(path: str):
 
 def _sites(recipe, args: argparse.Namespace):
     """The sites of a parallel recipe (or of any recipe given --scheduler): None otherwise."""
-    from labpnn.sites import open_sites, parallel_options
+    from labpnn.schemes.parallel import parallel_options
+    from labpnn.sites import open_sites
 
     options = parallel_options(recipe)
     if options is None and not args.scheduler:

@@ -93,7 +93,7 @@ def thread_sites():
 def test_a_unit_pinned_to_an_instrument_no_site_holds_is_refused_before_training(thread_sites):
     recipe = parse_recipe({**TINY, "units": [TINY["units"][0], {"kind": "crossbar", "instrument": "crossbar2", "out": 8}]})
     with pytest.raises(ClusterError, match=r"recipe unit 1 \(crossbar\) is pinned to instrument\(s\) crossbar2, "
-                                           r"which no site .* holds; .*paris .*: opu; beijing .*: crossbar"):
+                                           r"which no site .* holds; the sites hold: beijing .*: crossbar; paris .*: opu"):
         thread_sites.check(recipe)
     thread_sites.check(parse_recipe(TINY))
 

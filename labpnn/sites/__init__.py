@@ -7,12 +7,13 @@ instruments; the coordinator (the engine) sends arrays and parameters, never ins
   their bytes and seconds).
 * `remote`: `RemoteDevice`, `RemoteUnit` and `ClusterBench`, what the engine drives.
 
+The scheme that trains every unit at once at its site is labpnn.schemes.parallel.
+
 docs/parallel.md has the set-up on several machines.
 """
 
 from labpnn.sites.cluster import Sites, open_sites, payload_bytes
 from labpnn.sites.remote import ClusterBench, RemoteDevice, RemoteUnit
-from labpnn.sites.scheme import parallel_options
 from labpnn.sites.site import SiteFile, load_site, serve
 
-__all__ = ["ClusterBench", "RemoteDevice", "RemoteUnit", "SiteFile", "Sites", "load_site", "open_sites", "parallel_options", "payload_bytes", "serve"]
+__all__ = ["ClusterBench", "RemoteDevice", "RemoteUnit", "SiteFile", "Sites", "load_site", "open_sites", "payload_bytes", "serve"]

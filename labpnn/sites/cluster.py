@@ -156,7 +156,7 @@ class Sites:
         if not self.sites:
             return "no labpnn site has joined it (start them with labpnn worker --scheduler ADDRESS --config SITE.yaml)"
         return "the sites hold: " + "; ".join(f"{s.name} ({s.host}, {s.address}): {', '.join(sorted(s.instruments))}"
-                                              for s in self.sites.values())
+                                              for _, s in sorted(self.sites.items()))
 
     def site_of(self, instruments: list[str]) -> Site:
         return self.sites[self.holders[instruments[0]]]

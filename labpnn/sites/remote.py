@@ -126,6 +126,11 @@ class RemoteUnit:
     def model(self) -> torch.nn.Module:
         return self._model
 
+    @property
+    def last_frame(self) -> None:
+        """None: camera frames and OPU images stay at the site (only features travel)."""
+        return None
+
     def deployed_shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._deployed_shapes)
 
@@ -145,14 +150,14 @@ class RemoteUnit:
         return self._unit_call("expected", h) if self._predicts else None
 
     # -- training at the site (the parallel scheme)
-    def load_inputs(self, revision: int, x: np.ndarray, y: np.ndarray, h: np.ndarray, settings, seed: int,
-                    batch: int) -> None:
-        """What the unit trains on in `revision`, measured at its site: prepare(h), with x and y
-        (h, when it is x itself, does not travel twice)."""
+    def load_inputs(self, revision: int, objective, x: np.ndarray, targets: dict[str, np.ndarray], h: np.ndarray,
+                    settings, seed: int, batch: int) -> None:
+        """What the unit trains on in `revision`, measured at its site: prepare(h), with x and the
+        objective's targets (h, when it is x itself, does not travel twice)."""
         params = self._changed()
         try:
-            self._call(tasks.load_inputs, self._key, revision, x, y, None if h is x else h, settings.model_dump(),
-                       seed, batch, params)
+            self._call(tasks.load_inputs, self._key, revision, objective, x, targets, None if h is x else h,
+                       settings.model_dump(), seed, batch, params)
         except BaseException:
             self._held = None
             raise

@@ -38,6 +38,7 @@ from labpnn.bench import Bench, BenchFile
 from labpnn.config_errors import read_yaml, validate
 from labpnn.errors import ClusterError
 from labpnn.health import no_signal
+from labpnn.batches import sampler
 from labpnn.pib import PIBSettings, UnitOptimiser
 
 PLUGIN = "labpnn-site"
@@ -178,11 +179,11 @@ def unit_call(site: SitePlugin, key: str, method: str, args: tuple, params: dict
 
 
 @_task
-def load_inputs(site: SitePlugin, key: str, revision: int, x: np.ndarray, y: np.ndarray, h: np.ndarray | None,
-                settings: dict, seed: int, batch: int, params: dict | None) -> int:
+def load_inputs(site: SitePlugin, key: str, revision: int, objective, x: np.ndarray, targets: dict[str, np.ndarray],
+                h: np.ndarray | None, settings: dict, seed: int, batch: int, params: dict | None) -> int:
     """What the unit trains on in `revision`: its physical stage measured here on its input
-    rows h (None: x itself; batches of `batch`), with the network input x and the labels y.
-    Returns the rows."""
+    rows h (None: x itself; batches of `batch`), with the network input x and the objective's
+    targets (the labels). Returns the rows."""
     session = site.session(key)
     h = x if h is None else h
     unit = session.unit
@@ -192,7 +193,9 @@ def load_inputs(site: SitePlugin, key: str, revision: int, x: np.ndarray, y: np.
     problem = no_signal(inputs, strict=True)
     if problem:
         raise ClusterError(f"site {site.site!r}, unit {unit.name}: its physical stage gives no signal ({problem})")
-    session.optimiser = UnitOptimiser(unit.model(), inputs, x, y, PIBSettings.model_validate(settings), seed)
+    settings = PIBSettings.model_validate(settings)
+    sample = sampler(x, inputs, targets, settings.batch_size, seed)
+    session.optimiser = UnitOptimiser(unit.model(), objective, sample, settings, seed)
     session.revision = revision
     return len(inputs)
 
@@ -201,7 +204,8 @@ def load_inputs(site: SitePlugin, key: str, revision: int, x: np.ndarray, y: np.
 def train(site: SitePlugin, key: str, revision: int, start: int, stop: int, state: bytes | None,
           final: bool) -> dict[str, Any]:
     """Optimisation steps [start, stop) of the unit (after restoring `state` when given): their
-    records, the optimiser state after them, and on the last chunk the trained parameters."""
+    records (step, loss, logged values), the optimiser state after them, and on the last chunk
+    the trained parameters."""
     session = site.session(key)
     if session.optimiser is None or session.revision != revision:
         raise ClusterError(f"site {site.site!r}: unit {key!r} has no inputs loaded for revision {revision}")
@@ -209,7 +213,7 @@ def train(site: SitePlugin, key: str, revision: int, start: int, stop: int, stat
     if state is not None:
         opt.load_state_bytes(state)
     records = [opt.step(s) for s in range(start, stop)]
-    return {"records": [(r.step, r.loss, r.i_xz, r.i_yz) for r in records], "state": opt.state_bytes(),
+    return {"records": [(r.step, r.loss, dict(r.values)) for r in records], "state": opt.state_bytes(),
             "params": _params(opt.model) if final else None}
 
 

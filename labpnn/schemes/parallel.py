@@ -30,19 +30,18 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from labpnn import readout
 from labpnn.errors import ConfigError
-from labpnn.sites.remote import RemoteUnit
+from labpnn.events import InfoPlane, PhaseStarted, Step
+from labpnn.run_context import RunContext
+from labpnn.schemes import register_scheme
 
 
 class ParallelOptions(BaseModel):
-    """The recipe's `scheme: {name: parallel, ...}`."""
+    """`scheme: {name: parallel, rounds: 1, chunk: 25, sites: {paris: [opu], beijing: [crossbar]}}`."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "parallel"
     rounds: int = Field(1, ge=1, description="train-all-then-measure rounds after the initialisation pass")
     chunk: int = Field(25, ge=1, description="optimisation steps per call to a site (and per checkpoint)")
     sites: dict[str, list[str]] | None = Field(
@@ -54,22 +53,28 @@ class _Stopped(Exception):
     """Another unit's thread failed: this one stops at its next chunk."""
 
 
-class ParallelScheme:
+class Parallel:
     name = "parallel"
 
     def __init__(self, options: ParallelOptions):
         self.options = options
 
-    def run(self, ctx) -> None:
+    def run(self, ctx: RunContext) -> None:
+        from labpnn.sites.remote import RemoteUnit  # dask only where a parallel run needs it
+
         units = ctx.units
-        remote = [i for i, u in enumerate(units) if not isinstance(u, RemoteUnit)]
-        if remote:
-            raise ConfigError(f"scheme parallel: unit(s) {remote} are not at a site; run it on a cluster "
-                              "(labpnn run starts one, or joins --scheduler)")
+        local = [i for i, u in enumerate(units) if not isinstance(u, RemoteUnit)]
+        if local:
+            raise ConfigError(f"scheme parallel: unit(s) {local} are not at a site; run it on a cluster "
+                              "(labpnn run starts one for a parallel recipe, or joins --scheduler)")
         if ctx.recipe.faults.verify:
-            raise ConfigError("scheme parallel: faults.verify is not supported (the verification pass "
-                              "retrains units one after another: use scheme cascade)")
+            raise ConfigError("scheme parallel: faults.verify is not supported (its recovery retrains units one "
+                              "after another: use scheme cascade)")
         for index, unit in enumerate(units):
+            needs = set(ctx.objective(index).needs) - set(ctx.supervised_targets())
+            if needs:
+                raise ConfigError(f"scheme parallel: unit {index}'s objective {ctx.objective(index).name!r} needs "
+                                  f"{sorted(needs)}, which this scheme does not provide (it provides the labels)")
             ctx.log.site_record({"unit": index, "revision": None, "site": unit.site, "host": unit.host,
                                  "address": unit.address, "what": "assigned"})
         ds = ctx.dataset
@@ -79,7 +84,7 @@ class ParallelScheme:
             features = self._round(ctx, rev, inputs)
         ctx.readout(*features[-1], self.options.rounds)
 
-    def _round(self, ctx, rev: int, inputs: list | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _round(self, ctx: RunContext, rev: int, inputs: list | None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Revision `rev` of every unit, one thread per unit: optimise (rev > 0), deploy, then
         measure as soon as the upstream unit's rev-`rev` features exist."""
         units, ds = ctx.units, ctx.dataset
@@ -91,8 +96,7 @@ class ParallelScheme:
         def work(index: int) -> None:
             unit = units[index]
             try:
-                before = unit.traffic()
-                started = time.perf_counter()
+                before, started = unit.traffic(), time.perf_counter()
                 if rev == 0:
                     self._initial(ctx, index, unit)
                 else:
@@ -128,31 +132,31 @@ class ParallelScheme:
             raise errors[0]
         return features
 
-    def _initial(self, ctx, index: int, unit: RemoteUnit) -> None:
+    @staticmethod
+    def _initial(ctx: RunContext, index: int, unit) -> None:
         """Revision 0 is the initial network: its parameters recorded as trained, with no step."""
         if ctx.done(index, 0, "optimised"):
-            _load(unit, ctx.log.read_params(index, 0, "trained"))
-            return
-        ctx.log.params(index, 0, "trained", {k: v.detach().numpy() for k, v in unit.model().state_dict().items()})
-        ctx.checkpoint_phase(index, 0, "optimised")
+            ctx.restore(index, 0, unit)
+        else:
+            ctx.log.params(index, 0, "trained", {k: v.detach().numpy() for k, v in unit.model().state_dict().items()})
+            ctx.checkpoint_phase(index, 0, "optimised")
 
-    def _optimise(self, ctx, index: int, rev: int, unit: RemoteUnit, h_train: np.ndarray,
+    def _optimise(self, ctx: RunContext, index: int, rev: int, unit, h_train: np.ndarray,
                   stop: threading.Event) -> None:
         """Optimise at the unit's site in chunks; each chunk's steps and the optimiser state
-        after it are recorded here (so a resume repeats no recorded step)."""
-        log = ctx.log
+        after it are recorded here as they arrive (so a resume repeats no recorded step)."""
         if ctx.done(index, rev, "optimised"):
-            _load(unit, log.read_params(index, rev, "trained"))
+            ctx.restore(index, rev, unit)
             return
-        _load(unit, log.read_params(index, rev - 1, "trained"))
-        settings = ctx.recipe.unit_pib(index)
-        seed = int(np.random.SeedSequence([ctx.seed, index, rev]).generate_state(1)[0])
-        ds = ctx.dataset
-        unit.load_inputs(rev, ds.x_train, ds.y_train, h_train, settings, seed, ctx.recipe.measure.batch_size)
+        ctx.restore(index, rev - 1, unit)
+        log, ds, settings = ctx.log, ctx.dataset, ctx.recipe.unit_pib(index)
+        objective = ctx.objective(index)
+        unit.load_inputs(rev, objective, ds.x_train, ctx.supervised_targets(), h_train, settings,
+                         ctx.unit_seed(index, rev), ctx.recipe.measure.batch_size)
         live = log.live_state(index, rev)
         start, state = (live[0] + 1, live[1]) if live is not None else (0, None)
-        _emit(ctx, "phase", f"unit {index}: PIB optimisation at site {unit.site}, {settings.steps} steps", index,
-              phase="optimise", steps=settings.steps, start=start)
+        ctx.emit(PhaseStarted(unit=index, phase="optimise", steps=settings.steps, start=start,
+                              what=f"{objective.name} at site {unit.site}"))
         for a in range(start, settings.steps, self.options.chunk):
             ctx.checkpoint()
             if stop.is_set():
@@ -160,45 +164,36 @@ class ParallelScheme:
             b = min(a + self.options.chunk, settings.steps)
             out = unit.train(rev, a, b, state, final=b == settings.steps)
             state = None  # the site keeps its optimiser between chunks
-            log.steps(index, rev, out["records"], out["state"])
-            for step, loss, i_xz, i_yz in out["records"]:
-                _emit(ctx, "step", "", index, step=step, steps=settings.steps, loss=loss, I_XZ=i_xz, I_YZ=i_yz,
-                      revision=rev)
-                _emit(ctx, "info_plane", "", index, step=step, I_XZ=i_xz, I_YZ=i_yz, revision=rev)
-        if start >= settings.steps:  # every step was recorded before a resume: the state holds the model
-            unit.train(rev, settings.steps, settings.steps, log.live_state(index, rev)[1], final=True)
-        log.params(index, rev, "trained", {k: v.detach().numpy() for k, v in unit.model().state_dict().items()})
+            rows = [(s, loss, values.get("I_XZ", np.nan), values.get("I_YZ", np.nan))
+                    for s, loss, values in out["records"]]
+            log.steps(index, rev, rows, out["state"])
+            for (step, loss, values), (_, _, i_xz, i_yz) in zip(out["records"], rows):
+                ctx.emit(Step(unit=index, step=step, steps=settings.steps, loss=loss, values=values, revision=rev))
+                if "I_XZ" in values and "I_YZ" in values:
+                    ctx.emit(InfoPlane(unit=index, step=step, I_XZ=i_xz, I_YZ=i_yz, revision=rev))
+        if start >= settings.steps:  # every step recorded before a resume: the saved state holds the model
+            unit.train(rev, settings.steps, settings.steps, state, final=True)
+        ctx.log.params(index, rev, "trained", {k: v.detach().numpy() for k, v in unit.model().state_dict().items()})
         ctx.checkpoint_phase(index, rev, "optimised")
 
-    def _measure(self, ctx, index: int, rev: int, unit: RemoteUnit, upstream) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _measure(ctx: RunContext, index: int, rev: int, unit, upstream) -> tuple[np.ndarray, np.ndarray]:
         if ctx.done(index, rev, "measured"):
             return ctx.log.read_features(index, rev, "train"), ctx.log.read_features(index, rev, "test")
-        f_train = ctx.measure(index, rev, unit, upstream[0], "train")
-        f_test = ctx.measure(index, rev, unit, upstream[1], "test")
+        monitor = ctx.monitor(index)  # one history for both splits
+        f_train = ctx.measure(index, rev, unit, upstream[0], "train", monitor=monitor)
+        f_test = ctx.measure(index, rev, unit, upstream[1], "test", monitor=monitor)
         ctx.checkpoint_phase(index, rev, "measured")
-        ds = ctx.dataset
-        for split, value in zip(("train", "test"), readout.probe_accuracy(f_train, ds.y_train, f_test, ds.y_test,
-                                                                           ds.n_classes)):
-            ctx.log.accuracy(index, rev, split, value, "probe")
-            _emit(ctx, "accuracy", f"unit {index} (site {unit.site}) linear probe, {split}: {100 * value:.1f} %",
-                  index, split=split, value=value, what="probe", revision=rev)
+        ctx.probe(index, rev, f_train, f_test)
         return f_train, f_test
 
 
-def _load(unit: RemoteUnit, params: dict[str, np.ndarray]) -> None:
-    unit.model().load_state_dict({k: torch.as_tensor(v) for k, v in params.items()})
-
-
-def _emit(ctx, kind: str, message: str, unit: int | None = None, **data) -> None:
-    ctx.emit(kind, message, unit, **data)
+register_scheme("parallel", ParallelOptions, Parallel)
 
 
 def parallel_options(recipe) -> ParallelOptions | None:
     """The recipe's parallel scheme options, or None when its scheme is another."""
-    spec = recipe.scheme
-    spec = {"name": spec} if isinstance(spec, str) else spec
-    if not spec or spec.get("name") != "parallel":
-        return None
-    from labpnn.config_errors import validate
+    from labpnn.schemes import SCHEMES
 
-    return validate(ParallelOptions, spec, f"recipe {recipe.name!r}", "scheme")
+    name, options = SCHEMES.parse(recipe.scheme_spec(), "scheme")
+    return options if name == "parallel" else None
