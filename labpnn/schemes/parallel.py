@@ -98,6 +98,8 @@ class Parallel:
             try:
                 before, started = unit.traffic(), time.perf_counter()
                 if rev == 0:
+                    if not ctx.done(index, 0, "measured"):
+                        ctx.inject(index)  # a recipe's simulated fault due before the unit's first deployment
                     self._initial(ctx, index, unit)
                 else:
                     self._optimise(ctx, index, rev, unit, inputs[index][0], stop)

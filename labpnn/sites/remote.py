@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from labpnn.bench import Bench
-from labpnn.errors import ClusterError
+from labpnn.errors import ClusterError, ConfigError
 from labpnn.protocols import Health
 from labpnn.sites import site as tasks
 from labpnn.sites.cluster import Sites
@@ -36,8 +36,8 @@ class RemoteDevice:
         self.site = sites.site_of([name])
         self.simulated = bool(self.site.instruments[name]["simulated"])
 
-    def _call(self, method: str, *args: Any) -> Any:
-        return self._sites.call([self.name], tasks.device_call, self.name, method, args)
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._sites.call([self.name], tasks.device_call, self.name, method, args, kwargs)
 
     @property
     def connected(self) -> bool:
@@ -73,6 +73,20 @@ class RemoteDevice:
 
     def snapshot(self) -> dict[str, Any]:
         return {**self._call("snapshot"), "site": self.site.name, "host": self.site.host}
+
+    # FaultInjectable, for a twin at the site (fault recipes and tests)
+    def inject_fault(self, kind: str, **params: Any) -> None:
+        self._injectable()
+        self._call("inject_fault", kind, **params)
+
+    def clear_faults(self) -> None:
+        self._injectable()
+        self._call("clear_faults")
+
+    def _injectable(self) -> None:
+        if not self.site.instruments[self.name].get("injectable"):
+            raise ConfigError(f"instrument {self.name!r} at site {self.site.name!r} is not a twin that can "
+                              "simulate faults")
 
 
 class RemoteUnit:

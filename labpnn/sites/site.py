@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from distributed import Worker, WorkerPlugin, get_worker
 from distributed.comm import connect
+from distributed.security import Security
 from pydantic import Field
 
 from labpnn.bench import Bench, BenchFile
@@ -40,6 +41,7 @@ from labpnn.errors import ClusterError
 from labpnn.health import no_signal
 from labpnn.batches import sampler
 from labpnn.pib import PIBSettings, UnitOptimiser
+from labpnn.protocols import FaultInjectable
 
 PLUGIN = "labpnn-site"
 QUIET = {  # a site's work holds the GIL; dask's monitors, waking the event loop every 1-20 ms, took
@@ -143,15 +145,15 @@ def _task(fn):
 def describe(site: SitePlugin) -> dict[str, Any]:
     """Who this site is: name, host, process, and its instruments (simulated or not)."""
     return {"site": site.site, "host": site.host, "pid": os.getpid(), "source": site.source,
-            "instruments": {n: {"simulated": bool(d.simulated), "type": type(d).__name__}
-                            for n, d in site.bench.devices.items()}}
+            "instruments": {n: {"simulated": bool(d.simulated), "type": type(d).__name__,
+                                "injectable": isinstance(d, FaultInjectable)} for n, d in site.bench.devices.items()}}
 
 
 @_task
-def device_call(site: SitePlugin, name: str, method: str, args: tuple) -> Any:
+def device_call(site: SitePlugin, name: str, method: str, args: tuple, kwargs: dict) -> Any:
     """A Device method (or property) of one of this site's instruments."""
     value = getattr(site.bench[name], method)
-    return value(*args) if callable(value) else value
+    return value(*args, **kwargs) if callable(value) else value
 
 
 @_task
@@ -243,7 +245,8 @@ async def _serve(scheduler: str, spec: SiteFile, path: Path, host: str | None) -
     quiet = logging.getLogger("distributed")
     quiet.setLevel(logging.CRITICAL)  # a failure to join is ours to explain
     try:
-        comm = await connect(scheduler, timeout=connect_timeout())  # unreachable: say so now
+        # unreachable: say so now (with dask's TLS settings for tls:// addresses)
+        comm = await connect(scheduler, timeout=connect_timeout(), **Security().get_connection_args("worker"))
         await comm.close()
     except (OSError, TimeoutError) as exc:
         raise ClusterError(_join_error(scheduler, spec.site, exc)) from None
