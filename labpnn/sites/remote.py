@@ -79,6 +79,10 @@ class RemoteDevice:
         self._injectable()
         self._call("inject_fault", kind, **params)
 
+    def check_fault(self, kind: str, **params: Any) -> None:
+        self._injectable()
+        self._call("check_fault", kind, **params)
+
     def clear_faults(self) -> None:
         self._injectable()
         self._call("clear_faults")
