@@ -24,9 +24,13 @@ so ten or more runnable processes per core), `python benchmarks/bench_parallel.p
 | parallel | 1 | 202.8 | 0.77x | 59.4 | 93.60 | 125.3 | 30.7 | paris 184.1, beijing 150.7 |
 | parallel | 2 | 321.1 | 0.48x | 45.2 | 92.55 | 214.1 | 55.7 | paris 298.0, beijing 233.0 |
 
+Again at load average 14-15 (`python benchmarks/bench_parallel.py`): cascade 81.8 s, parallel
+109.1 s (0.75x; start-up 26.7 s), the same accuracies and bytes, paris busy 100.2 s, beijing 76.9 s.
+
 On that machine the target (1.6x with two units) was not reached: the two sites did overlap
 (184 s and 151 s of work in 203 s), but each did its unit's work about twice as slowly as the
-coordinator alone does in the cascade. With every core oversubscribed, a site's compute thread
+coordinator alone does in the cascade (paris alone, 100 s, took longer than the whole cascade,
+82 s, in the second measurement); why, beyond the GIL below, is not established. With every core oversubscribed, a site's compute thread
 and its worker's event loop (heartbeats, the scheduler's messages, each chunk's results) take
 turns at the GIL, and each turn waits for the operating system to schedule the other thread
 again; dask's monitors made it worse (labpnn.sites.site.QUIET turns them down: 0.31 s against
