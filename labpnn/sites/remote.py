@@ -96,14 +96,14 @@ class RemoteDevice:
 class RemoteUnit:
     """A unit built at the site holding its instruments (Unit protocol), plus site-side training."""
 
-    def __init__(self, sites: Sites, index: int, spec, in_features: int, seed: int):
+    def __init__(self, sites: Sites, index: int, spec, in_features: int, seed: int, measure_format: str = "float32"):
         self._sites, self.index = sites, index
         self._names = list(spec.instruments)
         where = sites.site_of(self._names)
         self.site, self.host, self.address = where.name, where.host, where.address
         self._key = f"{uuid.uuid4().hex}-{index}"
         self._lock = threading.Lock()
-        info = self._call(tasks.open_unit, self._key, index, spec.model_dump(), in_features, seed)
+        info = self._call(tasks.open_unit, self._key, index, spec.model_dump(), in_features, seed, measure_format)
         self.name, self.in_features, self.out_features = info["name"], info["in_features"], info["out_features"]
         self._model: torch.nn.Module = info["model"]
         self._deployed_shapes = info["deployed_shapes"]
@@ -198,9 +198,9 @@ class ClusterBench(Bench):
         super().__init__({n: RemoteDevice(sites, n) for n in sites.holders}, Path(f"cluster {sites.address}"))
         self.sites = sites
 
-    def build_unit(self, index: int, spec, in_features: int, seed: int) -> RemoteUnit:
+    def build_unit(self, index: int, spec, in_features: int, seed: int, measure_format: str = "float32") -> RemoteUnit:
         """Recipe unit `index`, built at the site holding its instruments."""
-        return RemoteUnit(self.sites, index, spec, in_features, seed)
+        return RemoteUnit(self.sites, index, spec, in_features, seed, measure_format)
 
 
 def _fingerprint(model: torch.nn.Module) -> str:

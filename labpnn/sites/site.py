@@ -157,12 +157,13 @@ def device_call(site: SitePlugin, name: str, method: str, args: tuple, kwargs: d
 
 
 @_task
-def open_unit(site: SitePlugin, key: str, index: int, spec: dict, in_features: int, seed: int) -> dict[str, Any]:
+def open_unit(site: SitePlugin, key: str, index: int, spec: dict, in_features: int, seed: int,
+              measure_format: str) -> dict[str, Any]:
     """Build recipe unit `index` on this site's instruments; its model travels back once."""
     from labpnn.recipe import UnitSpec
     from labpnn.units import build_unit
 
-    unit = build_unit(index, UnitSpec.model_validate(spec), site.bench, in_features, seed)
+    unit = build_unit(index, UnitSpec.model_validate(spec), site.bench, in_features, seed, measure_format)
     site.sessions[key] = _Session(unit)
     return {"name": unit.name, "in_features": unit.in_features, "out_features": unit.out_features,
             "model": unit.model(), "deployed_shapes": unit.deployed_shapes(),
