@@ -106,8 +106,9 @@ class RunData:
     def from_reader(cls, reader: RunReader) -> RunData:
         """Everything a run file holds so far (a RunReader, refreshed by the caller)."""
         data = cls(state=reader.state)
+        sites = {r["unit"]: r["site"] for r in reader.site_records if r.get("unit") is not None}
         for u in reader.units:
-            data.units[u.index] = f"{u.name} ({u.kind})"
+            data.units[u.index] = f"{u.name} ({u.kind}" + (f", site {sites[u.index]})" if u.index in sites else ")")
             data.planned[u.index] = u.layout.steps
             info = u.info_plane
             for rev in np.unique(info["revision"]):

@@ -66,7 +66,11 @@ class Bench:
     @classmethod
     def load(cls, path: str | Path | None = None) -> Bench:
         path = Path(path) if path is not None else default_path()
-        spec = validate(BenchFile, read_yaml(path, "bench file"), f"bench file {path}")
+        return cls.from_spec(validate(BenchFile, read_yaml(path, "bench file"), f"bench file {path}"), path)
+
+    @classmethod
+    def from_spec(cls, spec: BenchFile, path: Path) -> Bench:
+        """The instruments of a validated bench file (or site file) read from `path`."""
         if not spec.instruments:
             raise ConfigError(f"bench file {path}: 'instruments' is empty")
         devices = {name: _construct(path, name, entry) for name, entry in spec.instruments.items()}

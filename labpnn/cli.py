@@ -3,6 +3,10 @@
   labpnn run                      the default recipe on the default bench (the twins)
   labpnn run --recipe NAME|FILE --config instruments.yaml --out RUN.h5
   labpnn run --resume RUN.h5      continue a killed, aborted or failed run
+  labpnn run --recipe hybrid-parallel [--scheduler tcp://HOST:PORT]
+                                  every unit trained at once at its own site (dask workers)
+  labpnn worker --scheduler tcp://HOST:PORT --config site.yaml
+                                  a site: the instruments of one lab, serving the runs
   labpnn inspect RUN.h5 [--json]  what a run file holds
   labpnn sim crossbar|opu ...     serve a simulated instrument on its wire protocol
   labpnn characterise crossbar [--config BENCH] [--out board.h5]   measure a board (docs/characterise.md)
@@ -26,19 +30,55 @@ from labpnn.recipes import DEFAULT_RECIPE
 
 def _run(args: argparse.Namespace) -> int:
     from labpnn.bench import Bench
-    from labpnn.engine import Run, State
-    from labpnn.progress import Progress
+    from labpnn.engine import Run
     from labpnn.recipe import load_recipe
+    from labpnn.sites import ClusterBench
+
+    recipe = _stored_recipe(args.resume) if args.resume else load_recipe(args.recipe)
+    sites = _sites(recipe, args)
+    try:
+        bench = Bench.load(args.config) if sites is None else ClusterBench(sites)
+        if args.resume:
+            run = Run.reopen(args.resume, bench)
+        else:
+            out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            run = Run(recipe, bench, out)
+        return _execute(run, bench, args)
+    finally:
+        if sites is not None:
+            sites.close()
+
+
+def _stored_recipe(path: str):
+    from labpnn.recipe import parse_recipe
+    from labpnn.runlog import RunReader
+
+    with RunReader(path) as reader:
+        return parse_recipe(reader.recipe, f"recipe stored in {path}")
+
+
+def _sites(recipe, args: argparse.Namespace):
+    """The sites of a parallel recipe (or of any recipe given --scheduler): None otherwise."""
+    from labpnn.schemes.parallel import parallel_options
+    from labpnn.sites import open_sites
+
+    options = parallel_options(recipe)
+    if options is None and not args.scheduler:
+        return None
+    print(f"labpnn: {'joining the dask cluster at ' + args.scheduler if args.scheduler else 'starting the sites'}",
+          file=sys.stderr)
+    sites = open_sites(recipe, scheduler=args.scheduler, bench_path=args.config,
+                       layout=options.sites if options else None)
+    print(f"labpnn: {sites.describe()}", file=sys.stderr)
+    return sites
+
+
+def _execute(run, bench, args: argparse.Namespace) -> int:
+    from labpnn.engine import State
+    from labpnn.progress import Progress
     from labpnn.runlog import RunReader, format_summary
 
-    bench = Bench.load(args.config)
-    if args.resume:
-        run = Run.reopen(args.resume, bench)
-    else:
-        recipe = load_recipe(args.recipe)
-        out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        run = Run(recipe, bench, out)
     if args.on_fault:
         run.recipe.faults.on_persistent = args.on_fault
         print(f"labpnn: persistent faults handled by policy {args.on_fault!r} (--on-fault)", file=sys.stderr)
@@ -152,6 +192,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from labpnn.sites import serve
+
+    return serve(args.scheduler, args.config, host=args.host)
+
+
 def _gui(args: argparse.Namespace) -> int:
     from labpnn.gui.app import main as gui_main
 
@@ -172,7 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--on-fault", choices=["recover", "pause", "abort"],
                      help="override the recipe's faults.on_persistent (e.g. to resume past a fault "
                           "with 'recover'); 'pause' asks in a terminal, aborts (resumable) without one")
+    run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                     help="train on the sites of this dask cluster (default for a parallel recipe: start "
+                          "one here, one worker per site, cut from --config)")
     run.set_defaults(func=_run)
+
+    worker = sub.add_parser("worker", help="serve one site's instruments to runs (a dask worker)")
+    worker.add_argument("--scheduler", required=True, metavar="tcp://HOST:PORT", help="the dask scheduler to join")
+    worker.add_argument("--config", required=True, metavar="SITE.yaml",
+                        help="site file: 'site: NAME' and the site's instruments (bench-file entries)")
+    worker.add_argument("--host", help="address to listen on (e.g. 127.0.0.1; default: dask's choice)")
+    worker.set_defaults(func=_worker)
 
     inspect = sub.add_parser("inspect", help="summarise a run file")
     inspect.add_argument("run", help="RUN.h5")

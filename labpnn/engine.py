@@ -58,6 +58,7 @@ class Run:
         self._ctx: RunContext | None = None
         self._executed = False
         self._cond = threading.Condition(threading.RLock())
+        self._pausing = threading.Lock()
         self._pause = False
         self._abort: str | None = None
         self._check = False
@@ -207,20 +208,26 @@ class Run:
             self._self_tests()
         if not pause:
             return
-        self.states.move(State.PAUSING)
-        self._safe_state(self.recipe.instruments())
-        self.states.move(State.PAUSED)
-        with self._cond:
-            while self._pause and not self._abort:
-                self._cond.wait(0.5)
-            if self._abort:
-                raise AbortRequested(self._abort)
-        for name in self.recipe.instruments():  # a safe state may have closed it (an OPU's light source)
-            device = self.bench[name]
-            if not device.connected:
-                device.connect()
-                self.emit(InfoEvent(text=f"{name}: reconnected after the pause"))
-        self.states.move(State.RUNNING)
+        with self._pausing:  # a scheme's threads (the parallel scheme's) pause once, together
+            with self._cond:
+                if not self._pause or self._abort:  # another thread paused, and was resumed (or aborted)
+                    if self._abort:
+                        raise AbortRequested(self._abort)
+                    return
+            self.states.move(State.PAUSING)
+            self._safe_state(self.recipe.instruments())
+            self.states.move(State.PAUSED)
+            with self._cond:
+                while self._pause and not self._abort:
+                    self._cond.wait(0.5)
+                if self._abort:
+                    raise AbortRequested(self._abort)
+            for name in self.recipe.instruments():  # a safe state may have closed it (an OPU's light source)
+                device = self.bench[name]
+                if not device.connected:
+                    device.connect()
+                    self.emit(InfoEvent(text=f"{name}: reconnected after the pause"))
+            self.states.move(State.RUNNING)
 
     def _self_tests(self) -> None:
         """The on-demand checks (Run.check): every instrument's self-test, as events."""

@@ -30,5 +30,9 @@ class TransportError(DeviceError):
     """The link to an instrument failed: timeout, lost serial port or socket. Often transient."""
 
 
+class ClusterError(LabpnnError):
+    """A dask scheduler that cannot be reached, a site (worker) lost or misconfigured."""
+
+
 class AbortRequested(LabpnnError):
     """Raised inside a run at a checkpoint when an abort was requested."""

@@ -1,6 +1,6 @@
 """The HDF5 run log: one file per run, written live (SWMR) and readable after a crash.
 
-`RunLog` is the writer (the engine's thread only), `RunReader` the reader (CLI, GUI,
+`RunLog` is the writer (the engine's threads; one lock serialises its calls), `RunReader` the reader (CLI, GUI,
 anything watching a live run). The file layout, the string encodings and what
 `RunLog.resume` does are documented in docs/runlog.md; the short version:
 

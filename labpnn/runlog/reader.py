@@ -339,15 +339,20 @@ class RunReader:
         """The fault records, each with the accuracies the run measured after it filled in
         where the record had none (fault_accuracy.complete)."""
         accuracies = self.accuracies
-        return [complete(r, accuracies) for r in self._fault_records()]
+        return [complete(r, accuracies) for r in self._json_records("faults")]
 
-    def _fault_records(self) -> list[dict[str, Any]]:
-        index = self._table("faults/index")
+    @property
+    def site_records(self) -> list[dict[str, Any]]:
+        """What each site did for each unit and revision (parallel runs; [] otherwise)."""
+        return self._json_records("sites") if "sites" in self._file() else []
+
+    def _json_records(self, group: str) -> list[dict[str, Any]]:
+        index = self._table(f"{group}/index")
         if not index.size:
             return []
-        blob = self._table("faults/json")
+        blob = self._table(f"{group}/json")
         out = []
-        with self._reading("the fault records (faults/)"):
+        with self._reading(f"the records in {group}/"):
             for row in index:
                 a, n = int(row["offset"]), int(row["length"])
                 if a + n > blob.shape[0]:
@@ -410,6 +415,8 @@ class RunReader:
     def summary(self) -> dict[str, Any]:
         """What `labpnn inspect --json` prints."""
         checkpoints = self.checkpoints
+        records = self.site_records
+        where = {r["unit"]: r for r in records if r.get("unit") is not None}  # the last per unit
         units = []
         for u in self.units:
             info = u.info_plane
@@ -424,6 +431,7 @@ class RunReader:
                 "feature_rows": {s: u.feature_rows(s) for s in SPLITS},
                 "checkpoints": [{"revision": r, "phase": p}
                                 for un, r, p in checkpoints if un == u.index],
+                "site": where.get(u.index, {}).get("site"), "host": where.get(u.index, {}).get("host"),
             })
         accuracies = self.accuracies
         test = self.test_accuracy
@@ -449,7 +457,23 @@ class RunReader:
             "episodes": [{k: e[k] for k in ("episode", "return", "length")} for e in self.episodes],
             "events": self.events,
             "faults": self.faults,
+            "sites": _per_site(records),
+            "site_records": records,
             "provenance": self.provenance,
             "bench": self.bench,
             "damaged": list(self.damaged.values()),
         })
+
+
+def _per_site(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Site records summed per site: host, address, units, seconds busy, payload bytes each way."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        site = out.setdefault(r["site"], {"host": None, "address": None, "units": [], "busy_s": 0.0,
+                                          "bytes_sent": 0, "bytes_received": 0})
+        site["host"], site["address"] = r.get("host"), r.get("address")
+        if r.get("unit") is not None and r["unit"] not in site["units"]:
+            site["units"].append(r["unit"])
+        for key in ("busy_s", "bytes_sent", "bytes_received"):
+            site[key] += r.get(key, 0)
+    return out

@@ -57,6 +57,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         else:
             head += " not optimised yet"
         lines.append(head)
+        if u.get("site"):
+            lines.append(f"    site: {u['site']} (host {u.get('host')})")
         probes = [a for a in accs if a.get("unit") == u.get("index")]
         if probes:
             latest: dict[str, Any] = {}
@@ -75,6 +77,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append("final readout: " + ", ".join(f"{k} {_pct(v)}" for k, v in latest.items()))
     else:
         lines.append("final readout: none yet")
+    for name, site in (summary.get("sites") or {}).items():
+        lines.append(f"site {name} ({site.get('host')}, {site.get('address')}): units {site.get('units')}, "
+                     f"busy {_duration(site.get('busy_s'))}, {site.get('bytes_sent', 0) / 1e6:.2f} MB sent to it, "
+                     f"{site.get('bytes_received', 0) / 1e6:.2f} MB received from it")
     faults = summary.get("faults") or []
     lines.append(f"faults: {len(faults)}")
     for fr in faults:

@@ -87,10 +87,11 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
     table(f, "episodes", episode_dtype(len(layout.units))).attrs["units"] = (
         "return: reward summed over the episode; average: over the last `window` episodes; "
         "time: seconds since the epoch")
-    faults = f.create_group("faults")
-    faults.create_dataset("json", shape=(0,), maxshape=(None,), dtype="u1",
-                          chunks=(4096,), fletcher32=True).attrs["encoding"] = "JSON, UTF-8"
-    table(faults, "index", RAGGED_INDEX_DTYPE)
+    for name in ("faults", "sites"):  # ragged JSON records: fault reports; work done at each site
+        g = f.create_group(name)
+        g.create_dataset("json", shape=(0,), maxshape=(None,), dtype="u1",
+                         chunks=(4096,), fletcher32=True).attrs["encoding"] = "JSON, UTF-8"
+        table(g, "index", RAGGED_INDEX_DTYPE)
 
     ro = f.create_group("readout")
     arrays(ro.create_group("params"), layout.readout_param_shapes)
@@ -178,7 +179,8 @@ def _writes(method: Any) -> Any:
     @functools.wraps(method)
     def wrapper(self: RunLog, *args: Any, **kwargs: Any) -> Any:
         try:
-            return method(self, *args, **kwargs)
+            with self._lock:  # a scheme's threads may record at once (the parallel scheme)
+                return method(self, *args, **kwargs)
         except RunLogError:
             raise
         except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
@@ -188,7 +190,8 @@ def _writes(method: Any) -> Any:
 
 
 class RunLog:
-    """Writer, used from the engine's thread only. Every method flushes before returning."""
+    """Writer, used from the engine's threads (one lock serialises the recording methods).
+    Every method flushes before returning."""
 
     path: Path
     layout: RunLayout
@@ -199,12 +202,14 @@ class RunLog:
         self.path = path
         self.layout = layout
         self._closed = False
+        self._lock = threading.RLock()
         self._recipe = _read_json_dataset(f["meta/recipe"])
         self._state = _text(f["state"][-1]["state"]) if len(f["state"]) else "idle"
         self._tables = {n: f[n] for n in ("state", "events", "accuracies", "checkpoints",
                                           "writers")}
         self._fault_json = f["faults/json"]
         self._fault_index = f["faults/index"]
+        self._sites = (f["sites/json"], f["sites/index"]) if "sites" in f else None  # older files: none
         self._readout = {n: f[f"readout/params/{_key(n)}"] for n in layout.readout_param_shapes}
         self._readout_commits = f["readout/commits"]
         self._units = []
@@ -414,13 +419,24 @@ class RunLog:
     def step(self, unit: int, revision: int, step: int, *, loss: float, i_xz: float,
              i_yz: float, state: bytes) -> None:
         """One PIB step: an info-plane row and the optimiser state after it (for resume)."""
+        self.steps(unit, revision, [(step, loss, i_xz, i_yz)], state)
+
+    @_writes
+    def steps(self, unit: int, revision: int, rows: list[tuple[int, float, float, float]],
+              state: bytes) -> None:
+        """Consecutive PIB steps (step, loss, I_XZ, I_YZ), e.g. a chunk trained at a site: their
+        info-plane rows, then the optimiser state after the last one (for resume)."""
         self._live()
         u = self._unit(unit)
         r = self._revision(revision)
-        s = int(step)
+        if not rows:
+            raise RunLogError(f"{self.path}: steps() of unit {unit} with no rows")
         data = np.frombuffer(bytes(state) if not isinstance(state, bytes) else state,
                              dtype=np.uint8)
-        self._append(u["info"], (r, s, float(loss), float(i_xz), float(i_yz), time.time()))
+        now = time.time()
+        for s, loss, i_xz, i_yz in rows:
+            self._append(u["info"], (r, int(s), float(loss), float(i_xz), float(i_yz), now))
+        s = int(rows[-1][0])
         ptr = u["ptr"]
         slot = 0 if ptr[2] != 0 else 1            # never the slot the pointer names
         ds = u["slots"][slot]
@@ -428,7 +444,7 @@ class RunLog:
             ds.resize((data.size,))
         if data.size:
             ds[: data.size] = data
-        self._flush()                             # the row and the state are on disk ...
+        self._flush()                             # the rows and the state are on disk ...
         new = np.array([r, s, slot, data.size], dtype="<i8")
         u["pointer"][...] = new                   # ... before the pointer names them
         u["ptr"] = new
@@ -586,8 +602,20 @@ class RunLog:
                                "accuracy_before": None, "accuracy_after_fault": None,
                                "accuracy_recovered": None, "message": "", "time": time.time()}
         rec.update(record)
+        self._append_json(self._fault_json, self._fault_index, rec)
+
+    @_writes
+    def site_record(self, record: dict[str, Any]) -> None:
+        """What one site did for one unit and revision (site, host, address, seconds, bytes)."""
+        self._live()
+        if self._sites is None:
+            raise RunLogError(f"{self.path}: this run file predates site records (format without sites/)")
+        if not isinstance(record, Mapping) or "site" not in record:
+            raise RunLogError(f"{self.path}: a site record is a dict with at least 'site'")
+        self._append_json(*self._sites, {"time": time.time(), **record})
+
+    def _append_json(self, blob: h5py.Dataset, index: h5py.Dataset, rec: dict[str, Any]) -> None:
         raw = np.frombuffer(_dumps(rec), dtype=np.uint8)
-        blob, index = self._fault_json, self._fault_index
         end = int(index[-1]["offset"] + index[-1]["length"]) if index.shape[0] else 0
         if blob.shape[0] < end + raw.size:
             blob.resize((end + raw.size,))

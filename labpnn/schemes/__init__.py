@@ -26,3 +26,4 @@ def register_scheme(name: str, options: type[BaseModel], factory: Callable[[Base
 
 from labpnn.schemes import cascade as _cascade  # noqa: E402,F401  (registers "cascade")
 from labpnn.schemes import online as _online  # noqa: E402,F401  (registers "online")
+from labpnn.schemes import parallel as _parallel  # noqa: E402,F401  (registers "parallel")

@@ -19,6 +19,9 @@ def build_units(recipe, bench: Bench, in_features: int) -> list[Unit]:
 
 def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int,
                measure_format: str = "float32") -> Unit:
+    remote = getattr(bench, "build_unit", None)  # a cluster's bench builds each unit at its site
+    if remote is not None:
+        return remote(index, spec, in_features, seed, measure_format)
     who = f"recipe unit {index} ({spec.kind})"
     name = f"unit{index}"
     if spec.kind == "crossbar":
