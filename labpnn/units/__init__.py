@@ -29,7 +29,7 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int,
         device = bench.require(spec.instruments[0], CrossbarArray, who)
         return CrossbarUnit(name, device, in_features, spec.out, activation=spec.activation, bias=spec.bias,
                             seed=seed + index, clip=spec.clip, measure_format=measure_format)
-    from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector
+    from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector, inputs_taken
 
     if len(spec.instruments) == 1:
         projector = bench.require(spec.instruments[0], Projector, who)
@@ -41,8 +41,7 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int,
                                        seed=seed + index)
     else:
         raise ConfigError(f"{who}: 'instrument' must name an OPU, or [slm, camera]; got {spec.instruments}")
-    limit = getattr(projector, "max_n_features", projector.n_inputs)
-    if limit < in_features:
+    if (limit := inputs_taken(projector)) < in_features:
         raise ConfigError(f"{who}: its input has {in_features} features (one binary input each), but "
                           f"{spec.instruments[0]!r} takes at most {limit}")
     return ScatteringUnit(name, projector, in_features, spec.out, activation=spec.activation,

@@ -72,6 +72,11 @@ class FittableProjector(Projector, Protocol):
     def fit1d(self, X=None, n_features: int | None = None) -> None: ...
 
 
+def inputs_taken(projector: Projector) -> int:
+    """The most binary inputs the projector takes (a fittable one: up to its max_n_features)."""
+    return projector.max_n_features if isinstance(projector, FittableProjector) else projector.n_inputs
+
+
 def _binary_rows(x, n_inputs: int, where: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != n_inputs:
@@ -247,8 +252,7 @@ class ScatteringUnit:
                  bits: int = 1, threshold: float = 0.5, seed: int = 0):
         if not isinstance(projector, Projector):
             raise TypeError(f"unit {name!r}: {type(projector).__name__} is not a Projector")
-        capacity = projector.max_n_features if isinstance(projector, FittableProjector) else projector.n_inputs
-        if capacity < in_features:
+        if (capacity := inputs_taken(projector)) < in_features:
             raise ValueError(f"unit {name!r}: the projector takes {capacity} inputs, fewer "
                              f"than the unit's in_features {in_features}")
         if encoding == "threshold" and bits != 1:
@@ -276,7 +280,7 @@ class ScatteringUnit:
     @property
     def last_frame(self) -> np.ndarray | None:
         """The projector's last camera frame / OPU output image (for the GUI)."""
-        return getattr(self.projector, "last_frame", None)
+        return self.projector.last_frame
 
     def instruments(self) -> list[Device]:
         """The bench's instruments behind the projection: the OPU, or the SLM and the camera."""
