@@ -71,8 +71,7 @@ class CrossbarArray(Device, Protocol):
     """A memristor crossbar doing analog matrix-vector products in memory."""
 
     array_shape: tuple[int, int]
-    g_range: tuple[float, float]  # (g_min, g_max) conductance range in use, siemens
-    deployment_id: int            # changes whenever the array is reprogrammed or reset
+    deployment_id: int  # changes whenever the array is reprogrammed or reset
 
     def program_weights(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Program signed weights (in_features, out_features) as differential conductance
@@ -83,6 +82,10 @@ class CrossbarArray(Device, Protocol):
 
     def read_weights(self) -> dict[str, np.ndarray]:
         """Read back the programmed state; same keys and shapes as program_weights returns."""
+        ...
+
+    def conductance_range(self) -> tuple[float, float]:
+        """(g_min, g_max) of the conductances in use, siemens."""
         ...
 
     def matmul(self, x: np.ndarray, format: str = "float32") -> np.ndarray:

@@ -118,7 +118,7 @@ class CrossbarUnit:
         g_exp = np.asarray(expected["g_read"], dtype=np.float64)
         if first["g_read"].shape != g_exp.shape or first["weights"].shape != self.deployed_shapes()["weights"]:
             return False
-        g_max = self.device.g_range[1]
+        g_max = self.device.conductance_range()[1]
         # sigma at a level symmetric in the three reads: if the board holds g_exp, the three are
         # exchangeable and both means below have the same expectation
         level = (g_exp + first["g_read"] + second["g_read"]) / 3
