@@ -79,8 +79,8 @@ from pathlib import Path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
 BENCH = {"instruments": {"crossbar": {"driver": "sim-crossbar", "options": {"seed": 1}},
-                         "opu": {"driver": "opu", "options": {"simulated": True, "n_components": 2000,
-                                                              "max_n_features": 1024, "seed": 2}}}}
+                         "opu": {"driver": "sim-opu", "options": {"n_components": 2000, "max_n_features": 1024,
+                                                                  "seed": 2}}}}
 MEMORY_NETS = {"mnist-256-128": ([256, 128], 1024), "mnist-256-128-b256": ([256, 128], 256),
                "wide-4096x4": ([4096, 4096, 4096, 4096], 256)}
 
@@ -151,7 +151,7 @@ def case_direct(recipe_dict: dict, bench_path: str, out: str) -> dict:
 
     from labpnn import data, readout
     from labpnn.bench import Bench
-    from labpnn.pib import UnitOptimiser
+    from labpnn.objectives.pib import pib_optimiser
     from labpnn.recipe import parse_recipe
     from labpnn.units import build_units
 
@@ -178,7 +178,7 @@ def case_direct(recipe_dict: dict, bench_path: str, out: str) -> dict:
     for index, unit in enumerate(units):
         settings = recipe.unit_pib(index)
         seed = int(np.random.SeedSequence([recipe.seed, index, 0]).generate_state(1)[0])
-        opt = UnitOptimiser(unit.model(), batched(unit.prepare, h_train), ds.x_train, ds.y_train, settings, seed)
+        opt = pib_optimiser(unit.model(), batched(unit.prepare, h_train), ds.x_train, ds.y_train, settings, seed)
         for step in range(settings.steps):
             opt.step(step)
         unit.deploy()
@@ -208,14 +208,15 @@ def data_subset(ds, n: int):
 def case_mem_pib(widths: list[int], batch: int, steps: int, mnist: str) -> dict:
     import torch
 
-    from labpnn.pib import PIBSettings, UnitOptimiser
+    from labpnn.objectives.pib import pib_optimiser
+    from labpnn.pib import PIBSettings
     from labpnn.units.base import Activation
 
     ds = _mnist(None, mnist)
     # warm-up: the same operations on a few samples, so that library code paged in on first use
     # (BLAS, LAPACK, autograd) is not counted as the computation's memory
     warm = torch.nn.Sequential(torch.nn.Linear(784, 8), Activation("relu"))
-    UnitOptimiser(warm, ds.x_train[:64], ds.x_train[:64], ds.y_train[:64], PIBSettings(steps=1, batch_size=64),
+    pib_optimiser(warm, ds.x_train[:64], ds.x_train[:64], ds.y_train[:64], PIBSettings(steps=1, batch_size=64),
                   seed=0).step(0)
     del warm
     m = Meter()
@@ -225,7 +226,7 @@ def case_mem_pib(widths: list[int], batch: int, steps: int, mnist: str) -> dict:
     settings = PIBSettings(steps=steps, batch_size=batch)
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         model = torch.nn.Sequential(torch.nn.Linear(a, b), Activation("relu"))
-        opt = UnitOptimiser(model, h, ds.x_train, ds.y_train, settings, seed=i)
+        opt = pib_optimiser(model, h, ds.x_train, ds.y_train, settings, seed=i)
         for s in range(steps):
             opt.step(s)
         with torch.no_grad():

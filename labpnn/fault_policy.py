@@ -9,6 +9,7 @@ next checkpoint, checkpoint() honours it (returns once the operator resumed).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 from labpnn.errors import AbortRequested, DeviceError
@@ -20,8 +21,8 @@ class Control(Protocol):
     def checkpoint(self) -> None: ...
 
 
-class FaultPolicy:
-    """The base: the messages and actions every policy defines."""
+class FaultPolicy(ABC):
+    """The base: the messages every policy defines, and its actions (by default: go on)."""
 
     name: str
     records_at_verify = False  # a fault found by verification is recorded at once (no recovery follows)
@@ -30,15 +31,22 @@ class FaultPolicy:
         """The policy where the run cannot pause and measure again (a dead physical stage)."""
         return self
 
-    def channels_then(self, mask: bool) -> str: ...
+    @abstractmethod
+    def channels_then(self, mask: bool) -> str:
+        """What the run does about broken channels (`mask`: they are zeroed)."""
 
-    def instrument_then(self) -> str: ...
+    @abstractmethod
+    def instrument_then(self) -> str:
+        """What the run does about a unit without signal."""
 
-    def accuracy_drop_then(self) -> str: ...
+    @abstractmethod
+    def accuracy_drop_then(self) -> str:
+        """What the run does about verification's accuracy drop."""
 
     def after_channels(self, control: Control, index: int, channels: list[int]) -> None:
         """Broken channels recorded: go on, pause, or stop."""
 
+    @abstractmethod
     def after_instrument(self, control: Control, message: str) -> None:
         """A unit without signal, recorded: stop (raise), or pause and return to measure again."""
 

@@ -71,6 +71,7 @@ class CrossbarArray(Device, Protocol):
     """A memristor crossbar doing analog matrix-vector products in memory."""
 
     array_shape: tuple[int, int]
+    deployment_id: int  # changes whenever the array is reprogrammed or reset
 
     def program_weights(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Program signed weights (in_features, out_features) as differential conductance
@@ -81,6 +82,10 @@ class CrossbarArray(Device, Protocol):
 
     def read_weights(self) -> dict[str, np.ndarray]:
         """Read back the programmed state; same keys and shapes as program_weights returns."""
+        ...
+
+    def conductance_range(self) -> tuple[float, float]:
+        """(g_min, g_max) of the conductances in use, siemens."""
         ...
 
     def matmul(self, x: np.ndarray, format: str = "float32") -> np.ndarray:
@@ -96,6 +101,7 @@ class Projector(Device, Protocol):
 
     n_inputs: int
     n_outputs: int
+    last_frame: np.ndarray | None  # the last camera frame / OPU output as a 2-D image (GUI)
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """Binary uint8 input (n, n_inputs) -> measured intensities (n, n_outputs), float32."""

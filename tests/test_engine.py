@@ -50,11 +50,7 @@ def test_pause_resume_abort_from_another_thread(tmp_path):
     worker.start()
     assert steps.wait(60)
     run.pause()
-    for _ in range(300):
-        if run.state is State.PAUSED:
-            break
-        threading.Event().wait(0.05)
-    assert run.state is State.PAUSED
+    assert run.states.wait_for(State.PAUSED, timeout=60) is State.PAUSED
     assert bench["crossbar"].output is False  # instruments safe while paused
     paused_at = len(RunReader(tmp_path / "run.h5").unit(0).info_plane)
     threading.Event().wait(0.3)

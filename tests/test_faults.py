@@ -363,7 +363,12 @@ def test_stuck_cells_tolerated_at_deploy_detected_at_verification(tmp_path):
     recipe = fault_recipe({"verify": True, "inject": [
         {"at": 0, "instrument": "crossbar", "kind": "stuck_cells", "params": {"count": 8, "seed": 5}},
         {"at": "verify", "instrument": "crossbar", "kind": "stuck_cells", "params": {"fraction": 0.02, "seed": 3}}]})
-    assert Run(recipe, bench, tmp_path / "run.h5").execute() is State.DONE
+    run = Run(recipe, bench, tmp_path / "run.h5")
+    found = collect(run, Fault)
+    assert run.execute() is State.DONE
+    (drop,) = found
+    assert (drop.fault, drop.unit, drop.channels, drop.action) == (FaultKind.ACCURACY_DROP, None, (), "recover")
+    assert drop.accuracy_after_fault < drop.accuracy_before and drop.pending  # recorded once recovered
 
     reader = RunReader(tmp_path / "run.h5")
     events = reader.events
@@ -372,8 +377,7 @@ def test_stuck_cells_tolerated_at_deploy_detected_at_verification(tmp_path):
     assert any("cells failed write-verify" in e["message"] for e in before)  # seen at deploy ...
     assert not any(e["kind"] == "fault" for e in before)  # ... and tolerated
     assert any(e["message"] == "unit 0: reprogramming (the instrument held other parameters)" for e in after)
-    (fault,) = [e for e in after if e["kind"] == "fault"]
-    assert "although every channel passes its checks" in fault["message"]
+    assert [e["kind"] for e in after].count("fault") == 1
     (record,) = reader.faults
     assert record["kind"] == "accuracy_drop" and record["unit"] == 0 and record["channels"] == []
     assert record["accuracy_recovered"] > record["accuracy_after_fault"]
@@ -406,15 +410,20 @@ def test_saturating_camera_stops_the_run_resumably(tmp_path):
     recipe = optical_recipe("slm", {"verify": True, "inject": [
         {"at": 0, "instrument": "camera", "kind": "disconnect"},
         {"at": "verify", "instrument": "camera", "kind": "saturate"}]})
-    with pytest.raises(DeviceError, match=r"unit 0: 1[2-6] of its 1[2-6] output channels that carried signal are "
-                                          r"broken \(stuck: channels .*\) while measuring verify"):
-        Run(recipe, bench, tmp_path / "run.h5").execute()
+    run = Run(recipe, bench, tmp_path / "run.h5")
+    found = collect(run, Fault)
+    with pytest.raises(DeviceError, match=r"^unit 0: .* while measuring verify"):
+        run.execute()
+    (fault,) = found
+    assert (fault.fault, fault.unit, fault.split, fault.action) == (FaultKind.INSTRUMENT, 0, "verify", "recover")
+    assert 12 <= len(fault.channels) <= 16 and set(fault.channels) <= set(range(16))
     reader = RunReader(tmp_path / "run.h5")
     assert any("link lost (injected fault); reconnecting" in m for m in messages(reader, "warning"))
     assert any("link restored" in m for m in messages(reader, "info"))
-    assert reader.state == "failed" and "the instrument itself is at fault" in reader.reason
+    assert reader.state == "failed" and reader.reason == fault.detail
     (record,) = reader.faults
     assert record["kind"] == "instrument" and record["unit"] == 0 and record["split"] == "verify"
+    assert record["channels"] == list(fault.channels) and record["action"] == "recover"
     assert (-1, 0, "optimised") in reader.checkpoints  # the trained network is all there
     assert_every_step_once(reader)
 
@@ -427,19 +436,18 @@ def test_opu_exposure_collapse_pauses_then_recovers_after_the_fix(tmp_path):
     recipe = optical_recipe("opu", {"verify": True, "on_persistent": "pause", "inject": [
         {"at": "verify", "instrument": "opu", "kind": "exposure_collapse"}]})
     run = Run(recipe, bench, tmp_path / "run.h5")
+    found = collect(run, Fault)
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("state", run.execute()))
     worker.start()
-    deadline = time.monotonic() + 120
-    while run.state is not State.PAUSED and worker.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert run.state is State.PAUSED
+    assert run.states.wait_for(State.PAUSED, timeout=120) is State.PAUSED
+    (fault,) = found
+    assert (fault.fault, fault.unit, fault.split, fault.action) == (FaultKind.INSTRUMENT, 0, "verify", "pause")
     opu = bench["opu"]
     assert opu.connected is False  # safe: the light source is off
     reader = RunReader(tmp_path / "run.h5")
     assert reader.state == "paused"
-    (fault,) = [e for e in reader.events if e["kind"] == "fault"]
-    assert "unit 0:" in fault["message"] and "the run pauses" in fault["message"]
+    assert [(e["kind"], e["unit"]) for e in reader.events if e["kind"] == "fault"] == [("fault", 0)]
     reader.close()
     opu._core.clear_faults()  # the operator fixes the exposure
     run.unpause()
@@ -465,11 +473,8 @@ def adc_at_unit0(policy: str) -> dict:
                                                  "params": {"columns": [18], "mode": "garbage"}}]}
 
 
-def wait_for_state(run: Run, worker: threading.Thread, state: State, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while run.state is not state and worker.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert run.state is state
+def wait_for_state(run: Run, state: State, timeout: float = 120) -> None:
+    assert run.states.wait_for(state, timeout=timeout) is state
 
 
 def start(run: Run) -> tuple[threading.Thread, dict]:
@@ -482,14 +487,17 @@ def start(run: Run) -> tuple[threading.Thread, dict]:
 def test_policy_pause_then_abort_then_resume_and_continue(tmp_path):
     bench = twin_bench(tmp_path)
     run = Run(fault_recipe(adc_at_unit0("pause")), bench, tmp_path / "run.h5")
+    found = collect(run, Fault)
     worker, result = start(run)
-    wait_for_state(run, worker, State.PAUSED)
+    wait_for_state(run, State.PAUSED)
     assert bench["crossbar"].output is False  # safe while the operator decides
+    (fault,) = found
+    assert (fault.fault, fault.unit, fault.channels, fault.split, fault.action) == (
+        FaultKind.BROKEN_CHANNELS, 0, (2,), "train", "pause")
+    assert fault.diagnoses[2] in GARBAGE
     reader = RunReader(tmp_path / "run.h5")
     assert reader.state == "paused"
-    (fault,) = [e for e in reader.events if e["kind"] == "fault"]
-    assert fault["message"].startswith("unit 0: 1 broken output channel(s) while measuring train: ")
-    assert "channel 2; the run pauses: Resume keeps going with them, Abort stops (resumable)" in fault["message"]
+    assert [e["message"] for e in reader.events if e["kind"] == "fault"] == [fault.message]
     reader.close()
     run.abort("operator: stop here")
     worker.join(60)
@@ -503,7 +511,7 @@ def test_policy_pause_then_abort_then_resume_and_continue(tmp_path):
     bench = twin_bench(tmp_path)
     run = Run.reopen(tmp_path / "run.h5", bench)
     worker, result = start(run)
-    wait_for_state(run, worker, State.PAUSED)
+    wait_for_state(run, State.PAUSED)
     run.unpause()
     worker.join(120)
     assert result["state"] is State.DONE
@@ -519,12 +527,15 @@ def test_policy_pause_then_abort_then_resume_and_continue(tmp_path):
 
 def test_policy_abort_stops_resumably_and_on_fault_overrides_it(tmp_path):
     bench = twin_bench(tmp_path)
-    assert Run(fault_recipe(adc_at_unit0("abort")), bench, tmp_path / "run.h5").execute() is State.IDLE
+    run = Run(fault_recipe(adc_at_unit0("abort")), bench, tmp_path / "run.h5")
+    found = collect(run, Fault)
+    assert run.execute() is State.IDLE
+    (fault,) = found
+    assert (fault.fault, fault.unit, fault.channels, fault.action) == (FaultKind.BROKEN_CHANNELS, 0, (2,), "abort")
     reader = RunReader(tmp_path / "run.h5")
     assert reader.state == "idle" and reader.reason == "aborted: unit 0: broken output channels [2]"
     (record,) = reader.faults
     assert record["kind"] == "broken_channels" and record["channels"] == [2] and record["action"] == "abort"
-    assert any("the run stops (resumable with labpnn run --resume)" in m for m in messages(reader, "fault"))
     assert reader.unit(0).info_plane["step"].tolist() == list(range(STEPS))
     assert bench["crossbar"].output is False
     reader.close()

@@ -8,14 +8,8 @@ from sklearn.linear_model import LogisticRegression
 
 from labpnn import info
 from labpnn.batches import sampler
-from labpnn.objectives.pib import PIBObjective
-from labpnn.pib import PIBSettings, StepRecord, UnitOptimiser, pib_terms
-
-
-def pib_optimiser(model, h, x, y, settings: PIBSettings, seed: int) -> UnitOptimiser:
-    """Supervised PIB on (h, x, y), as the cascade sets it up."""
-    objective = PIBObjective(beta=settings.beta, alpha=settings.alpha)
-    return UnitOptimiser(model, objective, sampler(x, h, {"y": y}, settings.batch_size, seed), settings, seed)
+from labpnn.objectives.pib import pib_optimiser
+from labpnn.pib import PIBSettings, StepRecord, pib_terms
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -279,6 +279,11 @@ class MappedCrossbar(Instrument):
     def connected(self) -> bool:
         raise NotImplementedError
 
+    def conductance_range(self) -> tuple[float, float]:
+        """(g_min, g_max) of the conductances in use, siemens (CrossbarArray)."""
+        cfg = self._board_config()
+        return cfg.g_min, cfg.g_max
+
     @property
     def deployment_id(self) -> int:
         """Changes whenever the array is reprogrammed or reset: whoever programmed it can

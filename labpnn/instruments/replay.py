@@ -247,6 +247,11 @@ class ReplayCrossbar(Instrument):
         with self._lock:
             return {k: v.copy() for k, v in self._deployed().readback.items()}
 
+    def conductance_range(self) -> tuple[float, float]:
+        """(g_min, g_max) of the recorded board, siemens."""
+        lo, hi = self._recorded.get("g_range") or (0.0, 0.0)
+        return float(lo), float(hi)
+
     def matmul(self, x: np.ndarray, format: str = "float32") -> np.ndarray:
         """The recorded outputs for x (they travelled in whatever `format` the run used)."""
         x = np.asarray(x, np.float32)

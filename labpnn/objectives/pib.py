@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn.objectives import ObjectiveContext, register_objective
-from labpnn.pib import pib_terms
+from labpnn.pib import PIBSettings, pib_terms
 from labpnn.protocols import Batch
 
 
@@ -50,3 +50,14 @@ def _build(options: PIBOptions, ctx: ObjectiveContext) -> PIBObjective:
 
 
 register_objective("pib", PIBOptions, _build)
+
+
+def pib_optimiser(model, inputs, x, y, settings: PIBSettings, seed: int):
+    """A UnitOptimiser of supervised PIB on (inputs, x, y) with `settings`: what the cascade sets
+    up for one unit, outside a run (tests, benchmarks)."""
+    from labpnn.batches import sampler
+    from labpnn.pib import UnitOptimiser
+
+    objective = PIBObjective(beta=settings.beta, alpha=settings.alpha, sigma_x=settings.sigma_x,
+                             sigma_z=settings.sigma_z)
+    return UnitOptimiser(model, objective, sampler(x, inputs, {"y": y}, settings.batch_size, seed), settings, seed)

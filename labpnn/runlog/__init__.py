@@ -29,6 +29,7 @@ The package, one module per concern (each imports only those above it):
 * `h5io`: HDF5 helpers: encodings, SWMR reads, tolerant reads, open errors, the format check.
 * `repair`: writer liveness and what `RunLog.resume` does to a killed run's file.
 * `writer`: `RunLog`, and the creation of a new run file.
+* `recorder`: `RunRecorder`, the run log as a subscriber of the engine's events.
 * `reader`: `RunReader` and `UnitView`.
 * `summary`: `format_summary`, the text of `labpnn inspect`.
 """

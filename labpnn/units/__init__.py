@@ -32,7 +32,7 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int,
         device = bench.require(spec.instruments[0], CrossbarArray, who)
         return CrossbarUnit(name, device, in_features, spec.out, activation=spec.activation, bias=spec.bias,
                             seed=seed + index, clip=spec.clip, measure_format=measure_format)
-    from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector, binary_width
+    from labpnn.units.scattering import ScatteringUnit, SLMCameraProjector, binary_width, inputs_taken
 
     if len(spec.instruments) == 1:
         projector = bench.require(spec.instruments[0], Projector, who)
@@ -45,7 +45,7 @@ def build_unit(index: int, spec, bench: Bench, in_features: int, seed: int,
                                        seed=seed + index)
     else:
         raise ConfigError(f"{who}: 'instrument' must name an OPU, or [slm, camera]; got {spec.instruments}")
-    limit = getattr(projector, "max_n_features", projector.n_inputs)
+    limit = inputs_taken(projector)
     width = binary_width(in_features, spec.encoding, spec.bits)
     if limit < width:
         raise ConfigError(f"{who}: its input has {in_features} features ({width} binary inputs in its "

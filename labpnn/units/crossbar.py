@@ -118,7 +118,7 @@ class CrossbarUnit:
         g_exp = np.asarray(expected["g_read"], dtype=np.float64)
         if first["g_read"].shape != g_exp.shape or first["weights"].shape != self.deployed_shapes()["weights"]:
             return False
-        g_max = self.device.snapshot().get("g_range", (0.0, 0.0))[1]
+        g_max = self.device.conductance_range()[1]
         # sigma at a level symmetric in the three reads: if the board holds g_exp, the three are
         # exchangeable and both means below have the same expectation
         level = (g_exp + first["g_read"] + second["g_read"]) / 3
@@ -131,7 +131,7 @@ class CrossbarUnit:
         ok = bool(held.mean() <= (MARGIN + 8 / np.sqrt(g_exp.size)) * max(noise.mean(), 1.0)
                   and n_held <= 2 * n_noise + 3)
         if ok and self._weights is None:  # resumed: the board already holds this unit
-            self._weights, self._token = first["weights"], getattr(self.device, "deployment_id", None)
+            self._weights, self._token = first["weights"], self.device.deployment_id
         return ok
 
     @property
@@ -172,11 +172,11 @@ class CrossbarUnit:
 
     def _program(self, w: np.ndarray) -> dict[str, np.ndarray]:
         result = self.device.program_weights(w)
-        self._weights, self._token = w, getattr(self.device, "deployment_id", None)
+        self._weights, self._token = w, self.device.deployment_id
         return result
 
     def _holds_own(self) -> bool:
-        return getattr(self.device, "deployment_id", None) == self._token
+        return self.device.deployment_id == self._token
 
 
 def _read_noise(first: np.ndarray, second: np.ndarray, g: np.ndarray) -> np.ndarray:

@@ -73,6 +73,11 @@ class FittableProjector(Projector, Protocol):
     def fit1d(self, X=None, n_features: int | None = None) -> None: ...
 
 
+def inputs_taken(projector: Projector) -> int:
+    """The most binary inputs the projector takes (a fittable one: up to its max_n_features)."""
+    return projector.max_n_features if isinstance(projector, FittableProjector) else projector.n_inputs
+
+
 def _binary_rows(x, n_inputs: int, where: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != n_inputs:
@@ -262,8 +267,7 @@ class ScatteringUnit:
             raise ValueError(f"unit {name!r}: encoding must be one of {ENCODINGS}, got {encoding!r}")
         if encoding == "threshold" and bits != 1:
             raise ValueError(f"unit {name!r}: bits={bits} needs encoding 'bitplane' or 'thermometer'")
-        capacity = projector.max_n_features if isinstance(projector, FittableProjector) else projector.n_inputs
-        if capacity < binary_width(in_features, encoding, bits):
+        if (capacity := inputs_taken(projector)) < binary_width(in_features, encoding, bits):
             levels = f" x {bits} thermometer levels" if encoding == "thermometer" else ""
             raise ValueError(f"unit {name!r}: the projector takes {capacity} inputs, fewer than the "
                              f"unit's in_features {in_features}{levels}")
@@ -290,7 +294,7 @@ class ScatteringUnit:
     @property
     def last_frame(self) -> np.ndarray | None:
         """The projector's last camera frame / OPU output image (for the GUI)."""
-        return getattr(self.projector, "last_frame", None)
+        return self.projector.last_frame
 
     def instruments(self) -> list[Device]:
         """The bench's instruments behind the projection: the OPU, or the SLM and the camera."""
