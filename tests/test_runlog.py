@@ -540,6 +540,36 @@ def test_reader_while_writer_live_in_subprocess(tmp_path):
         proc.wait()
 
 
+DIES_AFTER_RESIZE = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, sys.argv[2])
+    from test_runlog import new_log, state_bytes
+    log = new_log(__import__("pathlib").Path(sys.argv[1]))
+    log.set_state("running")
+    for s in range(3):
+        log.step(0, 0, s, loss=0.0, i_xz=0.0, i_yz=0.0, state=state_bytes(s))
+    log._f["units/0/info_plane"].resize((5,))   # room made, rows not written, not counted
+    log._f.flush()
+    os._exit(0)                                 # the writer dies before its next record
+""")
+
+
+def test_rows_past_the_committed_count_stay_hidden_and_resume_drops_them(tmp_path):
+    """A SWMR reader can see a table's new extent before its bytes: readers show only the
+    rows meta/committed counts, and a resume cuts the rest."""
+    path = tmp_path / "run.h5"
+    script = tmp_path / "dies.py"
+    script.write_text(DIES_AFTER_RESIZE)
+    subprocess.run([sys.executable, str(script), str(path), str(Path(__file__).parent)],
+                   check=True, timeout=120)
+    with RunReader(path) as r:
+        assert list(r.units[0].info_plane["step"]) == [0, 1, 2]
+        assert len(r._file()["units/0/info_plane"]) == 5
+    RunLog.resume(path).close()
+    with h5py.File(path, "r") as f:
+        assert list(f["units/0/info_plane"]["step"]) == [0, 1, 2]
+
+
 # ----------------------------------------------------------------------------- crashes and resume
 
 def kill_writer(proc) -> None:

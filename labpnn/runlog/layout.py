@@ -57,6 +57,23 @@ def episode_dtype(n_units: int) -> np.dtype:
                      ("env_steps", "<i8"), ("learner_steps", "<i8"), ("average", "<f8"),
                      ("time", "<f8"), ("losses", "<f8", (max(1, int(n_units)),))])
 
+# meta/committed: each growing table's row count as of the writer's last completed flush.
+# A SWMR reader can see a table's new extent before the rows' bytes (HDF5 writes metadata
+# and raw data in separate steps), so readers trust rows only up to this count; the writer
+# updates it after every flush, then flushes again. Files written before it have none.
+COMMITTED = "meta/committed"
+
+
+def committed_tables(n_units: int) -> list[str]:
+    """The tables meta/committed counts, in its order: every table a reader reads row by row
+    (index tables govern the arrays and blobs they point into)."""
+    names = ["state", "events", "accuracies", "checkpoints", "writers", "episodes",
+             "faults/json", "faults/index", "sites/json", "sites/index", "readout/commits"]
+    for i in range(n_units):
+        names += [f"units/{i}/info_plane", f"units/{i}/params/commits", f"units/{i}/features/rows"]
+    return names
+
+
 _TABLE_CHUNK_BYTES = 16 * 1024
 _ARRAY_CHUNK_BYTES = 1024 * 1024
 _FEATURE_CHUNK_ROWS = 256

@@ -22,7 +22,7 @@ from labpnn.runlog.h5io import (
     _jsonable, _open_run_file, _read_everything, _read_json_dataset, _text, _tolerant_read,
 )
 from labpnn.runlog.layout import (
-    INFO_DTYPE, PARAM_KINDS, SPLITS, RunLayout, UnitLayout, _key,
+    COMMITTED, INFO_DTYPE, PARAM_KINDS, SPLITS, RunLayout, UnitLayout, _key,
 )
 from labpnn.runlog.repair import _writer_alive
 from labpnn.runlog.writer import _OPEN_LOCK, _OPEN_WRITERS
@@ -174,6 +174,28 @@ class RunReader:
         self._f = f
         self.layout: RunLayout = layout
         self._datasets = datasets
+        self._caps: dict[str, int] = {}
+        self._read_caps()
+
+    def _read_caps(self) -> None:
+        """The tables' committed row counts (meta/committed; none in older files). A read
+        torn by the writer fails its checksum: try again; if it keeps failing (a writer
+        killed mid-write), keep the counts read before."""
+        f = self._file()
+        if COMMITTED not in f:
+            return
+        with self._reading("the committed row counts (meta/committed)"):
+            ds = f[COMMITTED]
+            names = json.loads(_text(ds.attrs["tables"]))
+            for _ in range(5):
+                try:
+                    ds.refresh()
+                    self._caps = dict(zip(names, (int(n) for n in ds[...])))
+                    return
+                except OSError as exc:
+                    if not _is_checksum_error(exc):
+                        raise
+                    time.sleep(0.005)
 
     # -- plumbing
     def _file(self) -> h5py.File:
@@ -196,8 +218,10 @@ class RunReader:
 
     def _table(self, name: str) -> np.ndarray:
         """A whole table. A live writer can be caught mid-chunk-write (a torn read fails
-        its checksum): refresh and retry before calling the file damaged."""
-        return self._read(name, Ellipsis)
+        its checksum): refresh and retry before calling the file damaged. Only the rows the
+        writer committed (meta/committed): a live table's newest rows may not be on disk yet."""
+        cap = self._caps.get(name)
+        return self._read(name, Ellipsis if cap is None else slice(0, cap))
 
     def _read(self, name: str, sel: Any) -> np.ndarray:
         """f[name][sel], retrying a torn read of a live file, then decoding a chunk that
@@ -228,6 +252,7 @@ class RunReader:
         if ino != self._inode:
             self._open()
             return
+        self._read_caps()                   # first: every row it counts is on disk
         with self._reading("the file (refresh)"):
             for ds in self._datasets:
                 ds.refresh()

@@ -5,6 +5,7 @@ optimiser state, and copying a file into a fresh one when it cannot be resumed i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import stat
@@ -21,7 +22,9 @@ from labpnn.runlog.h5io import (
     _READ_ERRORS, _append, _damaged, _fixed, _fsync_path, _open_error, _open_swmr_read,
     _pid_alive, _row, _text, _tolerant_read,
 )
-from labpnn.runlog.layout import _COPY_SLAB_BYTES, EVENT_DTYPE, LIBVER, MESSAGE_BYTES, RunLayout
+from labpnn.runlog.layout import (
+    _COPY_SLAB_BYTES, COMMITTED, EVENT_DTYPE, LIBVER, MESSAGE_BYTES, RunLayout,
+)
 
 # --------------------------------------------------------------------------- resume
 
@@ -110,6 +113,25 @@ def _resume_lock(path: Path, patience_s: float = 5.0) -> Iterator[None]:
         os.close(fd)   # releases the lock
 
 
+def _drop_uncommitted_rows(f: h5py.File) -> None:
+    """Cut each counted table at its committed row count (meta/committed): rows a killed
+    writer had made room for but may not have written."""
+    if COMMITTED not in f:
+        return
+    done = f[COMMITTED]
+    for name, n in zip(json.loads(_text(done.attrs["tables"])), done[...]):
+        ds = f[name]
+        if ds.shape[0] > n:
+            ds.resize(int(n), axis=0)
+
+
+def _commit_all_rows(f: h5py.File) -> None:
+    """Count every row of the counted tables as committed (a file no writer holds)."""
+    if COMMITTED in f:
+        done = f[COMMITTED]
+        done[...] = [f[n].shape[0] for n in json.loads(_text(done.attrs["tables"]))]
+
+
 def _drop_unsaved_steps(f: h5py.File, layout: RunLayout) -> None:
     """Cut each unit's info plane after the row of its saved optimiser state."""
     for i in range(len(layout.units)):
@@ -183,10 +205,12 @@ def _repair_by_copy(path: Path, layout: RunLayout) -> None:
                      for k in (0, 1)
                      if k != int(dst[f"units/{i}/optimiser/pointer"][2])}
             notes = [m for k, m in damaged.items() if k.split("[")[0] not in spare]
+            _drop_uncommitted_rows(dst)
             if notes:
                 _append(dst["events"], _row(
                     EVENT_DTYPE, time=time.time(), kind=b"warning", unit=-1,
                     message=_fixed("resume: " + "; ".join(notes), MESSAGE_BYTES)))
+            _commit_all_rows(dst)
         src.close()
         _fsync_path(tmp)
         os.replace(tmp, path)

@@ -4,6 +4,7 @@ group, dataset and attribute of a new run file."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -24,13 +25,13 @@ from labpnn.runlog.h5io import (
 )
 from labpnn.runlog.layout import (
     _ARRAY_CHUNK_BYTES, _FEATURE_CHUNK_ROWS, _SLOT_CHUNK, ACCURACY_DTYPE, ACCURACY_KINDS,
-    CHECKPOINT_DTYPE, COMMIT_DTYPE, EVENT_DTYPE, FORMAT, FORMAT_VERSION, INFO_DTYPE, LIBVER,
+    CHECKPOINT_DTYPE, COMMIT_DTYPE, COMMITTED, EVENT_DTYPE, FORMAT, FORMAT_VERSION, INFO_DTYPE, LIBVER,
     MESSAGE_BYTES, PARAM_KINDS, PHASES, RAGGED_INDEX_DTYPE, REASON_BYTES, SPLITS, STATE_DTYPE,
     STATES, WRITER_DTYPE, RunLayout, utf8, _array_chunks, _check_layout, _key, _table_chunk,
-    episode_dtype,
+    committed_tables, episode_dtype,
 )
 from labpnn.runlog.repair import (
-    _drop_unsaved_steps, _refuse_finished, _refuse_live_writer, _refuse_protected,
+    _drop_uncommitted_rows, _drop_unsaved_steps, _refuse_finished, _refuse_live_writer, _refuse_protected,
     _repair_by_copy, _resume_lock,
 )
 
@@ -133,6 +134,13 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
                                  chunks=(256, 2), fletcher32=True)
         rows.attrs["columns"] = "train, test: rows written (high-water mark) per revision"
 
+    names = committed_tables(len(layout.units))
+    done = f.create_dataset(COMMITTED, data=np.zeros(len(names), dtype="<i8"),
+                            chunks=(len(names),), fletcher32=True)
+    done.attrs["tables"] = _dumps(names)
+    done.attrs["meaning"] = ("rows of each table (attribute `tables`, JSON) as of the writer's "
+                             "last completed flush; rows past it may not be on disk yet")
+
 
 # --------------------------------------------------------------------------- writer
 
@@ -228,6 +236,9 @@ class RunLog:
                 "rows": g["features/rows"],
             })
         self._episodes = f["episodes"] if "episodes" in f else None  # older files have none
+        self._row_counts = f[COMMITTED] if COMMITTED in f else None     # older files have none
+        self._counted = ([f[n] for n in json.loads(_text(self._row_counts.attrs["tables"]))]
+                         if self._row_counts is not None else [])
         self._checkpoints = [(int(r["unit"]), int(r["revision"]), _text(r["phase"]))
                              for r in f["checkpoints"][...]]
 
@@ -329,6 +340,7 @@ class RunLog:
                 raise RunLogError(f"{path}: cannot be reopened for writing after the copy")
             try:
                 f.swmr_mode = True               # before any change: readers may be watching
+                _drop_uncommitted_rows(f)
                 _drop_unsaved_steps(f, layout)
                 _clear_spare_slots(f, layout)
                 return cls._bind(f, path, layout, "resume")
@@ -346,8 +358,13 @@ class RunLog:
         return self._f
 
     def _flush(self) -> None:
+        """Flush, then publish the tables' row counts (meta/committed) and flush again, so
+        a reader that sees a count finds every row under it on disk."""
         try:
             self._f.flush()
+            if self._row_counts is not None:
+                self._row_counts[...] = [ds.shape[0] for ds in self._counted]
+                self._f.flush()
         except OSError as exc:
             raise RunLogError(f"{self.path}: cannot write the run file ({exc})") from exc
 
