@@ -81,7 +81,7 @@ def test_one_step_improves_the_objective_on_a_fixed_batch():
     record = opt.step(0)
     with torch.no_grad():
         after = pib_terms(x, y, model(torch.from_numpy(x)), beta=0.01).objective.item()
-    assert record.loss == pytest.approx(-before, abs=1e-6)
+    assert record.loss == pytest.approx(-before, rel=1e-4)   # float32, summed in another order
     assert after > before
 
 
