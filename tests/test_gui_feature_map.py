@@ -13,7 +13,7 @@ from labpnn.engine import Run, State
 from labpnn.events import Step
 from labpnn.gui.run_data import RunData
 from labpnn.gui.main_window import MainWindow
-from tests.engine_helpers import tiny_recipe, twin_bench
+from engine_helpers import tiny_recipe, twin_bench
 
 WAIT_MS = 60_000  # generous: the suite shares two cores
 
