@@ -3,6 +3,10 @@ MNIST / Fashion-MNIST from local IDX files.
 
 Features are float32 (n, d) (images scaled to [0, 1]); labels int64. Splits and
 subsamples are stratified and deterministic; `meta` records where the data came from.
+
+For the generalisation tests (labpnn.generalise, docs/generalisation.md), `load` also takes
+`train_classes` (the test samples of the other classes become the out-of-distribution set
+`x_ood`, `y_ood`) and `train_fraction` (a stratified, seeded share of the training split).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     meta: dict[str, Any] = field(default_factory=dict)
+    x_ood: np.ndarray | None = None   # test samples of the held-out classes (train_classes), or None
+    y_ood: np.ndarray | None = None   # ... and their original labels
 
 
 # -- IDX ----------------------------------------------------------------------------------
@@ -193,12 +199,43 @@ def _subsample(x, y, k: int | None, seed: int, what: str, name: str):
     return x[idx], y[idx]
 
 
+def _keep_classes(x_tr, y_tr, x_te, y_te, classes, name: str):
+    """The splits restricted to `classes` (relabelled 0..k-1 in sorted order) and the test
+    samples of the other classes, with their original labels: (x_tr, y_tr, x_te, y_te, x_ood, y_ood)."""
+    present = np.unique(np.concatenate([y_tr, y_te]))
+    unknown = sorted(set(classes) - set(present.tolist()))
+    if unknown:
+        raise DataError(f"train_classes: class(es) {unknown} are not in {name} (its classes: "
+                        f"{present.min()}..{present.max()})")
+    keep = np.asarray(sorted(classes))
+    relabel = np.full(present.max() + 1, -1, np.int64)
+    relabel[keep] = np.arange(len(keep))
+    train, test = np.isin(y_tr, keep), np.isin(y_te, keep)
+    return (x_tr[train], relabel[y_tr[train]], x_te[test], relabel[y_te[test]], x_te[~test], y_te[~test])
+
+
+def _fraction(x, y, fraction: float, seed: int, n_classes: int):
+    """A stratified share `fraction` of the training split (seeded), at least one sample per class."""
+    k = int(round(fraction * len(y)))
+    idx = _stratified(y, k, seed) if k else np.zeros(0, int)
+    if len(np.unique(y[idx])) < n_classes:
+        raise DataError(f"train_fraction: {fraction:g} of the {len(y):,} training samples ({k}) leaves a class "
+                        f"without samples ({n_classes} classes); use a larger fraction or n_train")
+    return x[idx], y[idx]
+
+
 def load(name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-         path: str | Path | None = None) -> Dataset:
+         path: str | Path | None = None, train_classes: list[int] | None = None,
+         train_fraction: float = 1.0) -> Dataset:
     """Dataset `name` (one of NAMES). n_train / n_test subsample the splits, stratified,
     with `seed`; None keeps them whole. `path` (or LABPNN_DATA) is the folder of the IDX
     files of mnist and fashion-mnist: the files themselves, or a subfolder named after the
-    dataset. Only the t10k files present: a fixed stratified 8,000 / 2,000 split."""
+    dataset. Only the t10k files present: a fixed stratified 8,000 / 2,000 split.
+
+    Then, in this order: `train_classes` keeps only those classes in both splits (relabelled
+    0..k-1 in sorted order; n_classes = k); the subsampled test split's samples of the other
+    classes become `x_ood` / `y_ood` (original labels). `train_fraction` (0 < f <= 1) keeps
+    a stratified share of the training split, seeded with `seed`, at least one per class."""
     if name not in NAMES:
         raise ValueError(f"name: unknown dataset {name!r}; one of {', '.join(NAMES)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -206,6 +243,10 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, se
     for what, k in (("n_train", n_train), ("n_test", n_test)):
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ValueError(f"{what}: must be a positive integer or None, got {k!r}")
+    if not 0 < train_fraction <= 1:
+        raise ValueError(f"train_fraction: must be in (0, 1], got {train_fraction!r}")
+    if train_classes is not None and len(set(train_classes)) < 2:
+        raise ValueError(f"train_classes: at least 2 distinct classes are needed, got {train_classes!r}")
     if name == "mnist1d":
         x_tr, y_tr, x_te, y_te, meta = _load_mnist1d(n_train, n_test)
     elif name == "digits":
@@ -214,7 +255,15 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, se
         x_tr, y_tr, x_te, y_te, meta = _load_idx(name, path)
     x_tr, y_tr = _subsample(x_tr, y_tr, n_train, seed, "n_train", name)
     x_te, y_te = _subsample(x_te, y_te, n_test, seed, "n_test", name)
+    x_ood = y_ood = None
+    if train_classes is not None:
+        x_tr, y_tr, x_te, y_te, x_ood, y_ood = _keep_classes(x_tr, y_tr, x_te, y_te, train_classes, name)
+        meta |= {"train_classes": sorted(set(int(c) for c in train_classes)),
+                 "ood_classes": sorted(set(y_ood.tolist())), "n_ood": len(y_ood)}
+    n_classes = len(set(train_classes)) if train_classes is not None else int(np.concatenate([y_tr, y_te]).max()) + 1
+    if train_fraction < 1:
+        x_tr, y_tr = _fraction(x_tr, y_tr, train_fraction, seed, n_classes)
+        meta["train_fraction"] = float(train_fraction)
     meta |= {"seed": int(seed), "n_train": len(y_tr), "n_test": len(y_te)}
-    n_classes = int(np.concatenate([y_tr, y_te]).max()) + 1
     return Dataset(name, np.ascontiguousarray(x_tr), y_tr, np.ascontiguousarray(x_te), y_te,
-                   n_classes, meta)
+                   n_classes, meta, None if x_ood is None else np.ascontiguousarray(x_ood), y_ood)

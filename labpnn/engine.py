@@ -18,6 +18,8 @@ import logging
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from labpnn import data
 from labpnn.bench import Bench
 from labpnn.errors import AbortRequested, ConfigError, DataError, DeviceError, LabpnnError
@@ -115,7 +117,7 @@ class Run:
             return Environment(self.recipe.env, self.recipe.seed)
         spec = self.recipe.dataset
         try:
-            return data.load(spec.name, n_train=spec.n_train, n_test=spec.n_test, seed=spec.seed, path=spec.path)
+            return data.load(spec.name, **spec.load_options())
         except DataError as exc:
             raise ConfigError(f"{self.recipe.source}: dataset: {exc}") from None
 
@@ -180,6 +182,34 @@ class Run:
                 unsubscribe()
             if self._log is not None:
                 self._log.close()
+
+    @property
+    def dataset(self) -> data.Dataset | None:
+        """The dataset (or RL environment) the run trains on, once execute() has loaded it."""
+        return self._ctx.dataset if self._ctx is not None else None
+
+    def predict(self, x) -> np.ndarray:
+        """After a run that ended done: class probabilities (n, n_classes) of inputs x (n, d) as
+        the instruments measure them through every deployed unit, then the fitted readout (the
+        verification pass's measurement; labpnn.generalise uses it). The instruments are back in
+        their safe state afterwards. Not logged in the run file."""
+        if self.state is not State.DONE or self._ctx is None:
+            raise LabpnnError(f"{self.path}: predict() needs a run executed to its end in this process "
+                              f"(state is {self.state.value})")
+        if not self._ctx.readout_params:
+            raise LabpnnError(f"{self.path}: scheme {self._ctx.recipe.scheme_spec()!r} fitted no readout; "
+                              "there is nothing to predict with")
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self._ctx.units[0].in_features:
+            raise ValueError(f"predict: inputs must be (n, {self._ctx.units[0].in_features}), got {x.shape}")
+        names = self.recipe.instruments()
+        for name in names:  # the safe state may have closed it (an OPU's light source)
+            if not self.bench[name].connected:
+                self.bench[name].connect()
+        try:
+            return self._ctx.predict(x)
+        finally:
+            self._safe_state(names)
 
     def _layout(self, units: list[Unit], ds: data.Dataset) -> RunLayout:
         if self.recipe.env is not None:  # an environment: no samples to keep, no readout

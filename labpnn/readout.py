@@ -28,9 +28,19 @@ def fit_readout(features: np.ndarray, labels: np.ndarray, n_classes: int, *, ste
             "mean": mean.astype(np.float32), "std": std.astype(np.float32)}
 
 
+def logits(params: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    return (features - params["mean"]) / params["std"] @ params["weight"].T + params["bias"]
+
+
+def probabilities(params: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """The readout's class probabilities (softmax of its logits), (n, n_classes) float64."""
+    z = logits(params, features).astype(np.float64)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
 def predict(params: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
-    logits = (features - params["mean"]) / params["std"] @ params["weight"].T + params["bias"]
-    return logits.argmax(1)
+    return logits(params, features).argmax(1)
 
 
 def accuracy(params: dict[str, np.ndarray], features: np.ndarray, labels: np.ndarray) -> float:

@@ -33,6 +33,22 @@ class DatasetSpec(Strict):
     n_test: int | None = Field(None, ge=10)
     path: str | None = None
     seed: int = Field(0, ge=0, description="seed of the stratified subsamples")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="stratified share of the training split "
+                                  "trained on (data efficiency; seeded with seed)")
+    train_classes: list[int] | None = Field(None, description="the classes trained on; the test samples of "
+                                            "the others are the out-of-distribution set (labpnn.generalise)")
+
+    @model_validator(mode="after")
+    def _classes_distinct(self):
+        classes = self.train_classes
+        if classes is not None and (len(set(classes)) != len(classes) or len(classes) < 2 or min(classes) < 0):
+            raise ValueError(f"train_classes: give at least 2 distinct class labels >= 0, got {classes}")
+        return self
+
+    def load_options(self) -> dict:
+        """The keyword arguments of labpnn.data.load for this spec (besides the name)."""
+        return {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "path": self.path,
+                "train_classes": self.train_classes, "train_fraction": self.train_fraction}
 
 
 class UnitSpec(Strict):

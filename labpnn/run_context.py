@@ -232,6 +232,21 @@ class RunContext:
                 self.policy.after_instrument(self.control, str(exc))  # raises, or returns once resumed
                 mon.restart()
 
+    def measure_network(self, h: np.ndarray, split: str,
+                        monitor: Callable[[int], ChannelMonitor | bool] = lambda index: False) -> np.ndarray:
+        """h through every deployed unit in turn (each reprogrammed first if its instrument no
+        longer holds its last deployment), rows not logged: the last unit's outputs.
+        `monitor(index)` gives unit index's health check as measure() takes it (default: none)."""
+        for index, unit in enumerate(self.units):
+            self.ensure_deployed(index, unit)
+            h = self.measure(index, None, unit, h, split, monitor=monitor(index))
+        return h
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, n_classes) of inputs x measured through the deployed network
+        and the fitted readout."""
+        return readout.probabilities(self.readout_params, self.measure_network(x, "predict"))
+
     def _measure(self, index: int, rev: int | None, unit: Unit, h: np.ndarray, split: str,
                  monitor: ChannelMonitor | None) -> np.ndarray:
         out = np.empty((len(h), unit.out_features), np.float32)
