@@ -1,0 +1,111 @@
+"""The hardware-in-the-loop schemes pat, dfa and phyll (docs/methods.md), run end to end on the
+twins through the engine at tiny sizes: they train, beat chance, write a readable run file and
+refuse bad options; DFA's feedback matrices stay fixed; PAT's forward values are the measured
+ones, so a fault on the twin shows in them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine_helpers import tiny_recipe, twin_bench
+from labpnn import state_image
+from labpnn.engine import Run, State
+from labpnn.errors import ConfigError
+from labpnn.runlog import RunReader
+from labpnn.schemes.dfa import feedback_matrices
+from labpnn.schemes.hardware_loop import derived_seed, measured_forward
+from labpnn.units import build_units
+
+SCHEMES = {"pat": {"epochs": 3, "batch_size": 64, "lr": 0.01},
+           "dfa": {"epochs": 3, "batch_size": 64, "lr": 0.01},
+           "phyll": {"epochs": 3, "batch_size": 64, "lr": 0.01, "goodness_accuracy": True}}
+
+
+def run_scheme(tmp_path, name: str, **options):
+    recipe = tiny_recipe(scheme={"name": name, **SCHEMES[name], **options})
+    path = tmp_path / f"{name}.h5"
+    run = Run(recipe, twin_bench(tmp_path), path)
+    events = []
+    run.bus.subscribe(events.append)
+    assert run.execute() is State.DONE
+    return path, events
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_scheme_trains_beats_chance_and_writes_a_run_file(tmp_path, name):
+    path, events = run_scheme(tmp_path, name)
+    with RunReader(path) as reader:
+        accuracy = reader.test_accuracy
+        assert accuracy is not None and accuracy > 0.3  # 10 classes: chance is 0.1
+        assert reader.state == "done"
+        for index in range(2):
+            unit = reader.unit(index)
+            assert unit.features("test").shape == (100, (16, 8)[index])
+            assert len(unit.info_plane) == 3 * 5  # 3 epochs of 300 rows in batches of 64
+            assert (0, "measured") in unit.checkpoints()
+    steps = [e for e in events if e.kind.value == "step"]
+    assert steps and all(np.isfinite(e.loss) for e in steps)
+    cost = [e.text for e in events if e.kind.value == "info" and e.text.startswith(f"{name}: training used")]
+    assert cost and "30 deployments" in cost[0]  # 15 steps x 2 units, deployed every step
+    if name == "phyll":
+        assert any("goodness-per-label accuracy" in e.message for e in events)
+
+
+@pytest.mark.parametrize("scheme, field", [({"name": "pat", "lr": -1}, "lr"),
+                                           ({"name": "dfa", "epochs": 0}, "epochs"),
+                                           ({"name": "phyll", "threshold": 2}, "threshold"),
+                                           ({"name": "pat", "deploy_every": 0}, "deploy_every")])
+def test_bad_options_are_refused_naming_the_field(scheme, field):
+    with pytest.raises(ConfigError, match=f"scheme.*{field}"):
+        tiny_recipe(scheme=scheme)
+
+
+def test_scattering_units_are_refused(tmp_path):
+    recipe = tiny_recipe(scheme="pat", units=[{"kind": "scattering", "instrument": "opu", "out": 16}])
+    bench = twin_bench(tmp_path, {"instruments": {"opu": {"driver": "sim-opu", "options": {"seed": 2}}}})
+    with pytest.raises(ConfigError, match="crossbar units only"):
+        Run(recipe, bench, tmp_path / "r.h5").execute()
+
+
+def test_dfa_feedback_matrices_stay_fixed(tmp_path):
+    path, _ = run_scheme(tmp_path, "dfa")
+    with RunReader(path) as reader:
+        _, _, blob = reader.unit(0).live_state
+        trained = reader.unit(0).params("trained")["0.weight"]
+    state = state_image.load(blob)
+    expected = feedback_matrices(derived_seed(0, "dfa feedback"), 10, [16, 8], 1.0)
+    for index, b in enumerate(expected):
+        assert torch.equal(state["digital"][f"feedback{index}"], b)  # as drawn: never trained
+    assert "readout.weight" in state["digital"]  # the readout, trained alongside
+    fresh = build_units(tiny_recipe(), twin_bench(tmp_path), 64)[0].model().state_dict()
+    assert not np.allclose(trained, fresh["0.weight"].numpy(), atol=1e-4)  # the units were trained
+
+
+def test_pat_forward_values_are_the_measured_ones(tmp_path):
+    bench = twin_bench(tmp_path)
+    units = build_units(tiny_recipe(), bench, 64)
+    bench["crossbar"].connect()
+    for unit in units:
+        unit.deploy()
+    x = torch.rand(50, 64)
+    seen = []
+
+    def measure(index, h):
+        seen.append(units[index].measure(h))
+        return seen[-1]
+
+    def dead_columns(z):
+        return set(np.flatnonzero(z.detach().numpy().std(0) == 0))
+
+    out = measured_forward(units, measure, x, chain=True)
+    for z, m in zip(out, seen):
+        np.testing.assert_allclose(z.detach().numpy(), m, atol=1e-6)
+    assert not dead_columns(out[0])
+    bench["crossbar"].inject_fault("broken_adc", columns=[0, 1], mode="constant", value=0.0)
+    out = measured_forward(units, measure, x, chain=True)
+    assert dead_columns(out[0]) == {0, 1}  # the model's outputs there are alive; the measured are not
+    assert not dead_columns(units[0].model()(x))
+    out[-1].sum().backward()  # the gradient still flows through the models
+    assert units[0].model()[0].weight.grad.abs().sum() > 0
