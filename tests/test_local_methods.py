@@ -1,7 +1,7 @@
 """The hardware-in-the-loop schemes pat, dfa and phyll (docs/methods.md), run end to end on the
 twins through the engine at tiny sizes: they train, beat chance, write a readable run file and
-refuse bad options; DFA's feedback matrices stay fixed; PAT's forward values are the measured
-ones, so a fault on the twin shows in them."""
+refuse bad options; an aborted run resumes; DFA's feedback matrices stay fixed; PAT's forward
+values are the measured ones, so a fault on the twin shows in them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from engine_helpers import tiny_recipe, twin_bench
+from fault_helpers import assert_checkpoints_once, assert_every_step_once
 from labpnn import state_image
 from labpnn.engine import Run, State
 from labpnn.errors import ConfigError
+from labpnn.events import Step
 from labpnn.runlog import RunReader
 from labpnn.schemes.dfa import feedback_matrices
 from labpnn.schemes.hardware_loop import derived_seed, measured_forward
@@ -110,3 +112,22 @@ def test_pat_forward_values_are_the_measured_ones(tmp_path):
     assert not set(alive) & dead_columns(units[0].model()(x))
     out[-1].sum().backward()  # the gradient still flows through the models
     assert units[0].model()[0].weight.grad.abs().sum() > 0
+
+
+def test_an_aborted_run_resumes_after_its_last_saved_step(tmp_path):
+    recipe = tiny_recipe(scheme={"name": "pat", **SCHEMES["pat"], "checkpoint_every": 5})
+    path = tmp_path / "cut.h5"
+    cut = Run(recipe, twin_bench(tmp_path), path)
+    cut.bus.subscribe(lambda e: cut.abort("test: stop at step 11") if isinstance(e, Step) and e.step == 11 else None)
+    assert cut.execute() is State.IDLE
+    with RunReader(path) as reader:
+        assert reader.unit(0).info_plane["step"].tolist() == list(range(10))  # saved after steps 4 and 9
+    resumed = Run.reopen(path, twin_bench(tmp_path))
+    steps = []
+    resumed.bus.subscribe(lambda e: steps.append(e.step) if isinstance(e, Step) and e.unit == 0 else None)
+    assert resumed.execute() is State.DONE
+    assert steps == list(range(10, 15))
+    with RunReader(path) as reader:
+        assert_every_step_once(reader, steps=15)
+        assert_checkpoints_once(reader)
+        assert reader.test_accuracy > 0.3
