@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from labpnn import readout
-from labpnn.errors import ConfigError, LabpnnError, RunLogError
+from labpnn.errors import ConfigError, LabpnnError, RunLogError, TransportError
 from labpnn.events import (
     Accuracy, Deployed, Event, Fault, FaultKind, Frame, InfoEvent, InfoPlane, PhaseStarted, Step, WarningEvent,
 )
@@ -246,6 +246,20 @@ class RunContext:
         """Class probabilities (n, n_classes) of inputs x measured through the deployed network
         and the fitted readout."""
         return readout.probabilities(self.readout_params, self.measure_network(x, "predict"))
+
+    def measure_batch(self, index: int, unit: Unit, h: np.ndarray) -> np.ndarray:
+        """A training step's minibatch through the unit on the hardware as it is now deployed:
+        in instrument-sized calls through the link (averaged over the recipe's repeats),
+        retried over a lost link; neither health-checked nor logged, no events (schemes that
+        measure every step: pat, dfa, phyll)."""
+        size, out = self.recipe.measure.batch_size, []
+        for start in range(0, len(h), size):
+            chunk = h[start:start + size]
+            try:
+                out.append(self.link.call(unit, chunk))
+            except TransportError as exc:
+                out.append(self.link.retry(lambda c: self.link.call(unit, c), chunk, index, unit, exc))
+        return np.concatenate(out)
 
     def _measure(self, index: int, rev: int | None, unit: Unit, h: np.ndarray, split: str,
                  monitor: ChannelMonitor | None) -> np.ndarray:

@@ -27,3 +27,6 @@ def register_scheme(name: str, options: type[BaseModel], factory: Callable[[Base
 from labpnn.schemes import cascade as _cascade  # noqa: E402,F401  (registers "cascade")
 from labpnn.schemes import online as _online  # noqa: E402,F401  (registers "online")
 from labpnn.schemes import parallel as _parallel  # noqa: E402,F401  (registers "parallel")
+from labpnn.schemes import pat as _pat  # noqa: E402,F401  (registers "pat")
+from labpnn.schemes import dfa as _dfa  # noqa: E402,F401  (registers "dfa")
+from labpnn.schemes import phyll as _phyll  # noqa: E402,F401  (registers "phyll")

@@ -1,0 +1,107 @@
+"""The hardware-in-the-loop schemes (pat, dfa, phyll) against the cascade (PIB) on one recipe's
+architecture and twin, with an equal tuning budget: each scheme's lr picked on a validation
+split of the training set (the last `--val` rows, stratified, seed 0), then run on the full
+training set and scored on the test set with the common refitted readout. Prints a Markdown
+table (docs/methods.md quotes it). Wall times are the machine's at the time (shared cores).
+
+    python benchmarks/compare_local.py                      # mnist1d-memristor, 4000/1000
+    python benchmarks/compare_local.py --seeds 0 1 2 --lrs 0.001 0.003 0.01 --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from labpnn.bench import Bench
+from labpnn.engine import Run
+from labpnn.recipe import load_recipe, parse_recipe
+from labpnn.runlog import RunReader
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ("pat", "dfa", "phyll")
+
+
+class ValidationRun(Run):
+    """A run whose test set is a held-out part of the recipe's training set."""
+
+    val = 1000
+
+    def _dataset(self):
+        ds = super()._dataset()
+        tr, va = train_test_split(np.arange(len(ds.y_train)), test_size=self.val, stratify=ds.y_train,
+                                  random_state=0)
+        return dataclasses.replace(ds, x_train=ds.x_train[tr], y_train=ds.y_train[tr], x_test=ds.x_train[va],
+                                   y_test=ds.y_train[va])
+
+
+def run(recipe: str, scheme, seed: int, *, validation: bool, workdir: Path) -> dict:
+    data = load_recipe(recipe).model_dump()
+    data["seed"], data["scheme"] = seed, scheme
+    path = workdir / f"run-{time.monotonic_ns()}.h5"
+    cost = []
+    kind = ValidationRun if validation else Run
+    r = kind(parse_recipe(data), Bench.load(ROOT / "instruments.yaml"), path)
+    r.bus.subscribe(lambda e: cost.append(e.text) if e.kind.value == "info" and "training used" in e.text else None)
+    start = time.perf_counter()
+    r.execute()
+    wall = time.perf_counter() - start
+    with RunReader(path) as reader:
+        accuracy = reader.test_accuracy
+    numbers = [int(n) for n in re.findall(r"(\d+) (?:deployments|measurement calls|samples)", cost[0])] if cost else []
+    path.unlink()
+    return {"accuracy": accuracy, "wall": wall, "cost": numbers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="mnist1d-memristor")
+    parser.add_argument("--methods", nargs="+", default=list(LOCAL), choices=LOCAL)
+    parser.add_argument("--lrs", nargs="+", type=float, default=[0.001, 0.003, 0.01])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--val", type=int, default=1000, help="training rows held out for tuning")
+    parser.add_argument("--no-cascade", action="store_true", help="skip the PIB (cascade) reference row")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ValidationRun.val = args.val
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for method in args.methods:
+            base = {"name": method, "epochs": args.epochs, "batch_size": args.batch_size}
+            tuning = {lr: run(args.recipe, base | {"lr": lr}, args.seeds[0], validation=True, workdir=workdir)
+                      for lr in args.lrs}
+            best = max(tuning, key=lambda lr: tuning[lr]["accuracy"])
+            final = [run(args.recipe, base | {"lr": best}, s, validation=False, workdir=workdir) for s in args.seeds]
+            rows.append((method, tuning, best, final))
+        if not args.no_cascade:
+            final = [run(args.recipe, "cascade", s, validation=False, workdir=workdir) for s in args.seeds]
+            rows.append(("cascade (PIB)", {}, None, final))
+    print(f"recipe {args.recipe}, {args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}, "
+          f"lr tuned on {args.val} held-out training rows (seed {args.seeds[0]})\n")
+    print("| method | validation accuracy per lr (%) | lr chosen | test accuracy (%) | deployments | "
+          "measurement calls | samples measured (training) | wall time per run (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, tuning, best, final in rows:
+        acc = np.array([100 * f["accuracy"] for f in final])
+        spread = f" ± {acc.std(ddof=1):.1f}" if len(acc) > 1 else ""
+        per_lr = ", ".join(f"{lr:g}: {100 * t['accuracy']:.1f}" for lr, t in tuning.items()) or "(recipe's pib:)"
+        cost = final[0]["cost"] or ["", "", ""]
+        print(f"| {method} | {per_lr} | {best if best is not None else '-'} | {acc.mean():.1f}{spread} | "
+              f"{cost[0]} | {cost[1]} | {cost[2]} | {np.mean([f['wall'] for f in final]):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
