@@ -1067,3 +1067,27 @@ def test_a_plain_h5py_reader_follows_a_resume(tmp_path):
     finally:
         reader.stdin.close()
         assert reader.wait(10) == 0
+
+
+def test_annotate_adds_analyses_to_a_finished_run_only(tmp_path):
+    path = tmp_path / "run.h5"
+    log = new_log(path)
+    log.set_state("running")
+    log.close()
+    with pytest.raises(RunLogError, match="not finished"):
+        RunLog.annotate(path)
+    done = tmp_path / "done.h5"
+    full_run(done)
+    log = RunLog.annotate(done)
+    log.analysis({"test": "noise", "setting": 5.0, "value": 81.5, "unit": "%"})
+    with pytest.raises(RunLogError, match="only analysis records"):
+        log.set_state("running")
+    with pytest.raises(RunLogError, match="at least 'test'"):
+        log.analysis({"value": 1})
+    log.close()
+    with RunReader(done) as r:
+        assert r.state == "done"
+        [rec] = r.summary()["analyses"]
+        assert (rec["test"], rec["setting"], rec["value"]) == ("noise", 5.0, 81.5)
+        assert [w["action"] for w in r.writers][-2:] == ["annotate", "close"]
+        r.verify()

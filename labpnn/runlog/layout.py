@@ -68,7 +68,8 @@ def committed_tables(n_units: int) -> list[str]:
     """The tables meta/committed counts, in its order: every table a reader reads row by row
     (index tables govern the arrays and blobs they point into)."""
     names = ["state", "events", "accuracies", "checkpoints", "writers", "episodes",
-             "faults/json", "faults/index", "sites/json", "sites/index", "readout/commits"]
+             "faults/json", "faults/index", "sites/json", "sites/index",
+             "analyses/json", "analyses/index", "readout/commits"]
     for i in range(n_units):
         names += [f"units/{i}/info_plane", f"units/{i}/params/commits", f"units/{i}/features/rows"]
     return names

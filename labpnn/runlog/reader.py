@@ -371,6 +371,11 @@ class RunReader:
         """What each site did for each unit and revision (parallel runs; [] otherwise)."""
         return self._json_records("sites") if "sites" in self._file() else []
 
+    @property
+    def analyses(self) -> list[dict[str, Any]]:
+        """Analyses of the finished run (RunLog.analysis: {test, setting, value, unit, ...})."""
+        return self._json_records("analyses") if "analyses" in self._file() else []
+
     def _json_records(self, group: str) -> list[dict[str, Any]]:
         index = self._table(f"{group}/index")
         if not index.size:
@@ -484,6 +489,7 @@ class RunReader:
             "faults": self.faults,
             "sites": _per_site(records),
             "site_records": records,
+            "analyses": self.analyses,
             "provenance": self.provenance,
             "bench": self.bench,
             "damaged": list(self.damaged.values()),

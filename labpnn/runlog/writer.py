@@ -88,7 +88,8 @@ def _build(f: h5py.File, layout: RunLayout, *, recipe: Any, bench: Any,
     table(f, "episodes", episode_dtype(len(layout.units))).attrs["units"] = (
         "return: reward summed over the episode; average: over the last `window` episodes; "
         "time: seconds since the epoch")
-    for name in ("faults", "sites"):  # ragged JSON records: fault reports; work done at each site
+    # ragged JSON records: fault reports; work done at each site; analyses of the finished run
+    for name in ("faults", "sites", "analyses"):
         g = f.create_group(name)
         g.create_dataset("json", shape=(0,), maxshape=(None,), dtype="u1",
                          chunks=(4096,), fletcher32=True).attrs["encoding"] = "JSON, UTF-8"
@@ -218,6 +219,8 @@ class RunLog:
         self._fault_json = f["faults/json"]
         self._fault_index = f["faults/index"]
         self._sites = (f["sites/json"], f["sites/index"]) if "sites" in f else None  # older files: none
+        self._analyses = (f["analyses/json"], f["analyses/index"]) if "analyses" in f else None
+        self._annotating = False
         self._readout = {n: f[f"readout/params/{_key(n)}"] for n in layout.readout_param_shapes}
         self._readout_commits = f["readout/commits"]
         self._units = []
@@ -351,10 +354,58 @@ class RunLog:
                     raise
                 raise RunLogError(f"{path}: cannot resume the run ({exc})") from exc
 
+    @classmethod
+    def annotate(cls, path: str | Path) -> RunLog:
+        """Reopen a finished run for analysis records only (`analysis()`: tests run on the
+        deployed network after the run, e.g. labpnn.generalise), in place. Refused, leaving the
+        file as it was: a run not finished, still written, damaged or protected."""
+        path = Path(path)
+        with _resume_lock(path):
+            src = _open_run_file(path)
+            try:
+                layout = _check_format(src, path)
+                _refuse_live_writer(src, path)
+                if "analyses" not in src:
+                    raise RunLogError(f"{path}: this run file predates analysis records "
+                                      "(format without analyses/)")
+                last = _text(src["state"][-1]["state"]) if len(src["state"]) else "idle"
+                if last != "done":
+                    raise RunLogError(f"{path}: the run is not finished (state {last}): resume "
+                                      "it instead of annotating it")
+                _read_everything(src, path, layout, None)
+            finally:
+                src.close()
+            _refuse_protected(path)
+            f = _open_resumable(path)
+            if f is None:
+                raise RunLogError(f"{path}: cannot be opened for writing in place")
+            try:
+                f.swmr_mode = True
+                log = cls._bind(f, path, layout, "annotate")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    f.close()
+                raise
+        log._annotating = True
+        return log
+
+    @_writes
+    def analysis(self, record: dict[str, Any]) -> None:
+        """One analysis of the run (a dict with at least 'test', e.g. labpnn.generalise's
+        {test, setting, value, unit}); also on a run reopened with annotate()."""
+        self._live(annotation=True)
+        if self._analyses is None:
+            raise RunLogError(f"{self.path}: this run file predates analysis records (format without analyses/)")
+        if not isinstance(record, Mapping) or "test" not in record:
+            raise RunLogError(f"{self.path}: an analysis record is a dict with at least 'test'")
+        self._append_json(*self._analyses, {"time": time.time(), **record})
+
     # -- plumbing
-    def _live(self) -> h5py.File:
+    def _live(self, annotation: bool = False) -> h5py.File:
         if self._closed:
             raise RunLogError(f"{self.path}: the run log is closed")
+        if self._annotating and not annotation:
+            raise RunLogError(f"{self.path}: opened with annotate(): only analysis records")
         return self._f
 
     def _flush(self) -> None:
