@@ -11,7 +11,9 @@ The architecture: one Linear(in, out) + activation per crossbar unit of the reci
 each CrossbarUnit trains with PIB), then a digital Linear(last_out, n_classes) readout, the
 counterpart of the PIB run's digital readout. After deployment the readout is the trained one
 applied to the measured features of the last unit: the network is used as trained, which is
-what deploying an in-silico network on analog hardware means.
+what deploying an in-silico network on analog hardware means. The same network through the
+engine, with its readout refitted on the measured features or the layers above each deployed
+one fine-tuned on its measured outputs, is the scheme `backprop` (labpnn/schemes/backprop.py).
 
 Only crossbar units have an in-silico model that is the physics (a matrix product); a
 scattering unit's optical projection and binary encoding have no gradient, so recipes with
@@ -20,22 +22,26 @@ scattering units are refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from labpnn.bench import Bench
-from labpnn.data import Dataset
 from labpnn.errors import ConfigError
-from labpnn.recipe import Recipe
 from labpnn.units import build_units
 from labpnn.units.base import Activation
 
+if TYPE_CHECKING:  # the scheme `backprop` imports this module while labpnn.recipe loads
+    from labpnn.bench import Bench
+    from labpnn.data import Dataset
+    from labpnn.recipe import Recipe
+
 __all__ = ["BackpropSettings", "BackpropNet", "DeployResult", "accuracy", "build_network", "deploy",
-           "train"]
+           "readout_params", "train", "train_layers"]
 
 
 class BackpropSettings(BaseModel):
@@ -87,23 +93,39 @@ def build_network(recipe: Recipe, in_features: int, n_classes: int, seed: int = 
                            n_classes)
 
 
-def train(recipe: Recipe, ds: Dataset, settings: BackpropSettings | None = None) -> BackpropNet:
-    """End-to-end backprop of the recipe's architecture on ds.x_train (deterministic per seed)."""
+def train(recipe: Recipe, ds: Dataset, settings: BackpropSettings | None = None,
+          on_epoch: Callable[[int, float], None] | None = None) -> BackpropNet:
+    """End-to-end backprop of the recipe's architecture on ds.x_train (deterministic per seed);
+    on_epoch(epoch, mean loss) after every epoch (a scheme's pause/abort checkpoint, progress)."""
     s = settings or BackpropSettings()
     net = build_network(recipe, ds.x_train.shape[1], ds.n_classes, s.seed)
-    x = torch.as_tensor(ds.x_train, dtype=torch.float32)
-    y = torch.as_tensor(ds.y_train, dtype=torch.long)
-    opt = torch.optim.Adam(net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    return train_layers(net, 0, ds.x_train, ds.y_train, s, on_epoch)
+
+
+def train_layers(net: BackpropNet, start: int, x: np.ndarray, y: np.ndarray, settings: BackpropSettings,
+                 on_epoch: Callable[[int, float], None] | None = None) -> BackpropNet:
+    """Train net.layers[start:] and the readout, from their current weights, on `x`, the inputs
+    of layer `start` (start 0: the data; start l: layer l-1's measured outputs, the chip-in-the-
+    loop fine-tuning of the layers above a deployed one; start len(layers): the readout alone)."""
+    s = settings
+    head = nn.Sequential(*net.layers[start:], net.readout)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = torch.as_tensor(y, dtype=torch.long)
+    opt = torch.optim.Adam(head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     gen = torch.Generator().manual_seed(s.seed)
     net.train()
-    for _ in range(s.epochs):
+    for epoch in range(s.epochs):
         order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), s.batch_size):
-            idx = order[start:start + s.batch_size]
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        total = 0.0
+        for begin in range(0, len(x), s.batch_size):
+            idx = order[begin:begin + s.batch_size]
+            loss = nn.functional.cross_entropy(head(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            total += loss.item() * len(idx)
+        if on_epoch is not None:
+            on_epoch(epoch, total / len(x))
     net.eval()
     return net
 
@@ -113,6 +135,13 @@ def accuracy(net: BackpropNet, x: np.ndarray, y: np.ndarray) -> float:
     """In-silico accuracy (the ideal network)."""
     logits = net(torch.as_tensor(x, dtype=torch.float32))
     return float((logits.argmax(1).numpy() == np.asarray(y)).mean())
+
+
+def readout_params(net: BackpropNet) -> dict[str, np.ndarray]:
+    """The trained readout in labpnn.readout's form (standardisation: none)."""
+    w = net.readout.weight.detach().numpy().astype(np.float32)
+    return {"weight": w, "bias": net.readout.bias.detach().numpy().astype(np.float32),
+            "mean": np.zeros(w.shape[1], np.float32), "std": np.ones(w.shape[1], np.float32)}
 
 
 @dataclass

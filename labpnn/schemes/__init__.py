@@ -30,3 +30,4 @@ from labpnn.schemes import parallel as _parallel  # noqa: E402,F401  (registers 
 from labpnn.schemes import pat as _pat  # noqa: E402,F401  (registers "pat")
 from labpnn.schemes import dfa as _dfa  # noqa: E402,F401  (registers "dfa")
 from labpnn.schemes import phyll as _phyll  # noqa: E402,F401  (registers "phyll")
+from labpnn.schemes import backprop as _backprop  # noqa: E402,F401  (registers "backprop")
