@@ -11,6 +11,8 @@
   labpnn sim crossbar|opu ...     serve a simulated instrument on its wire protocol
   labpnn characterise crossbar [--config BENCH] [--out board.h5]   measure a board (docs/characterise.md)
   labpnn calibrate board.h5 --out twin.yaml                        fit the twin to it
+  labpnn compare [--quick|--full]  every training method on the same twins, data and seeds:
+                                  docs/results.md's comparison and docs/results.json (docs/compare.md)
   labpnn gui [RUN.h5]             the bench GUI
 """
 
@@ -198,6 +200,12 @@ def _worker(args: argparse.Namespace) -> int:
     return serve(args.scheduler, args.config, host=args.host)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from labpnn.compare.cli import main as compare_main
+
+    return compare_main(args)
+
+
 def _gui(args: argparse.Namespace) -> int:
     from labpnn.gui.app import main as gui_main
 
@@ -261,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--instrument", default="crossbar", help="the twin's name in it (default crossbar)")
     cal.add_argument("--seed", type=int, default=0, help="the twin's seed (default 0)")
     cal.set_defaults(func=_calibrate)
+
+    comp = sub.add_parser("compare", help="every training method side by side on the twins (docs/compare.md)")
+    from labpnn.compare.cli import add_arguments as compare_arguments
+
+    compare_arguments(comp)
+    comp.set_defaults(func=_compare)
 
     gui = sub.add_parser("gui", help="the bench GUI")
     gui.add_argument("--config", help="bench file")

@@ -199,6 +199,15 @@ def _subsample(x, y, k: int | None, seed: int, what: str, name: str):
     return x[idx], y[idx]
 
 
+def _hold_out(x, y, share: float, seed: int):
+    """(x_train, y_train, x_val, y_val): a stratified share of the training split held out."""
+    if not 0 < share < 1:
+        raise ValueError(f"validation: must be in [0, 1), got {share!r}")
+    val = _stratified(y, max(1, int(round(share * len(y)))), seed)
+    keep = np.setdiff1d(np.arange(len(y)), val)
+    return x[keep], y[keep], x[val], y[val]
+
+
 def _keep_classes(x_tr, y_tr, x_te, y_te, classes, name: str):
     """The splits restricted to `classes` (relabelled 0..k-1 in sorted order) and the test
     samples of the other classes, with their original labels: (x_tr, y_tr, x_te, y_te, x_ood, y_ood)."""
@@ -226,7 +235,7 @@ def _fraction(x, y, fraction: float, seed: int, n_classes: int):
 
 def load(name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
          path: str | Path | None = None, train_classes: list[int] | None = None,
-         train_fraction: float = 1.0) -> Dataset:
+         train_fraction: float = 1.0, validation: float = 0.0) -> Dataset:
     """Dataset `name` (one of NAMES). n_train / n_test subsample the splits, stratified,
     with `seed`; None keeps them whole. `path` (or LABPNN_DATA) is the folder of the IDX
     files of mnist and fashion-mnist: the files themselves, or a subfolder named after the
@@ -235,7 +244,9 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, se
     Then, in this order: `train_classes` keeps only those classes in both splits (relabelled
     0..k-1 in sorted order; n_classes = k); the subsampled test split's samples of the other
     classes become `x_ood` / `y_ood` (original labels). `train_fraction` (0 < f <= 1) keeps
-    a stratified share of the training split, seeded with `seed`, at least one per class."""
+    a stratified share of the training split, seeded with `seed`, at least one per class.
+    First of all, `validation` (0 <= v < 1): a stratified, seeded share v of the training split
+    is held out and becomes the test split (tuning: the real test split is not touched)."""
     if name not in NAMES:
         raise ValueError(f"name: unknown dataset {name!r}; one of {', '.join(NAMES)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -255,6 +266,9 @@ def load(name: str, *, n_train: int | None = None, n_test: int | None = None, se
         x_tr, y_tr, x_te, y_te, meta = _load_idx(name, path)
     x_tr, y_tr = _subsample(x_tr, y_tr, n_train, seed, "n_train", name)
     x_te, y_te = _subsample(x_te, y_te, n_test, seed, "n_test", name)
+    if validation:
+        x_tr, y_tr, x_te, y_te = _hold_out(x_tr, y_tr, validation, seed)
+        meta["validation"] = float(validation)
     x_ood = y_ood = None
     if train_classes is not None:
         x_tr, y_tr, x_te, y_te, x_ood, y_ood = _keep_classes(x_tr, y_tr, x_te, y_te, train_classes, name)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from labpnn import data
+from labpnn import costs, data
 from labpnn.bench import Bench
-from labpnn.errors import AbortRequested, ConfigError, DataError, DeviceError, LabpnnError
+from labpnn.errors import AbortRequested, ConfigError, DataError, DeviceError, LabpnnError, RunLogError
 from labpnn.events import Event, EventBus, InfoEvent, StateChanged, WarningEvent
 from labpnn.health import describe_channels
 from labpnn.link import MeasurementLink
@@ -144,6 +145,7 @@ class Run:
         to_events = _LogToEvents(self.emit)
         logging.getLogger("labpnn").addHandler(to_events)
         unsubscribe = self.bus.subscribe(RunRecorder(self._log), critical=True) if self._log else None
+        started, rss_start = time.perf_counter(), costs.rss_mb()
         try:
             self.states.move(State.RUNNING)
             ds = self._dataset()  # an RL environment too: checked before any instrument is touched
@@ -164,6 +166,7 @@ class Run:
                                    self.bench)
             scheme.run(self._ctx)
             self._safe_state(names)
+            self._record_costs(started, rss_start)
             self.states.move(State.DONE)
             return State.DONE
         except AbortRequested as exc:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labpnn.costs import HardwareCounter
 from labpnn.errors import DeviceError, TransportError
 from labpnn.events import Event, InfoEvent, Measured, PhaseStarted, WarningEvent
 from labpnn.protocols import Device, Unit
@@ -32,6 +33,7 @@ class MeasurementLink:
         self.emit = emit
         self.identities: dict[str, str] = {}
         self.deployed: dict[int, dict[str, np.ndarray]] = {}  # what each unit's hardware should hold
+        self.costs = HardwareCounter()  # what was asked of the instruments (labpnn.costs)
 
     def connect(self, devices: list[Device]) -> None:
         """Open each instrument (unless open), remember its identity, report a failing self-test."""
@@ -48,10 +50,12 @@ class MeasurementLink:
         """Program the unit's parameters (again from the start after a lost link: write-verify
         makes that safe); returns them as read back."""
         self.deployed.pop(index, None)  # replaced now: a reconnect must not restore the old one
+        started = time.perf_counter()
         try:
             deployed = unit.deploy()
         except TransportError as exc:
             deployed = self.retry(lambda _: unit.deploy(), None, index, unit, exc, what="deployment")
+        self.costs.deployed(deployed, time.perf_counter() - started)
         self.deployed[index] = deployed
         return deployed
 
@@ -62,13 +66,18 @@ class MeasurementLink:
             self.deployed[index] = expected
         if not unit.matches(self.deployed[index]):
             self.emit(InfoEvent(unit=index, text=f"unit {index}: reprogramming (the instrument held other parameters)"))
+            started = time.perf_counter()
             self.deployed[index] = unit.deploy()
+            self.costs.deployed(self.deployed[index], time.perf_counter() - started)
 
     # -- measuring
     def call(self, unit: Unit, h: np.ndarray) -> np.ndarray:
         """One batch through the unit, averaged over the recipe's repeats."""
         repeats = self.measure_spec.repeats
-        return np.mean([unit.measure(h) for _ in range(repeats)], axis=0, dtype=np.float32)
+        started = time.perf_counter()
+        out = np.mean([unit.measure(h) for _ in range(repeats)], axis=0, dtype=np.float32)
+        self.costs.measured(h, out, repeats, time.perf_counter() - started)
+        return out
 
     def batched(self, fn: Callable[[np.ndarray], np.ndarray], h: np.ndarray, index: int, split: str,
                 unit: Unit | None = None) -> np.ndarray:

@@ -37,6 +37,8 @@ class DatasetSpec(Strict):
                                   "trained on (data efficiency; seeded with seed)")
     train_classes: list[int] | None = Field(None, description="the classes trained on; the test samples of "
                                             "the others are the out-of-distribution set (labpnn.generalise)")
+    validation: float = Field(0.0, ge=0, lt=1, description="share of the training split held out and used as "
+                              "the test split (tuning, labpnn compare)")
 
     @model_validator(mode="after")
     def _classes_distinct(self):
@@ -48,7 +50,8 @@ class DatasetSpec(Strict):
     def load_options(self) -> dict:
         """The keyword arguments of labpnn.data.load for this spec (besides the name)."""
         return {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "path": self.path,
-                "train_classes": self.train_classes, "train_fraction": self.train_fraction}
+                "train_classes": self.train_classes, "train_fraction": self.train_fraction,
+                "validation": self.validation}
 
 
 class UnitSpec(Strict):

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from reproduce import config  # noqa: E402
 from reproduce.report import save  # noqa: E402
-from reproduce.jobs import job_id, run_jobs  # noqa: E402
+from labpnn.compare.jobs import job_id, run_jobs  # noqa: E402
 
 READ = [0.05, 0.10, 0.15, 0.20, 0.25, 0.30]
 TOLERANCE = [0.03, 0.06, 0.08, 0.10, 0.12]
@@ -126,9 +126,9 @@ def candidates(args) -> int:
                                 "benches": benches}
     for s in range(args.pib_seeds):
         r = as_trained(config.recipe_dict(packaged["mnist1d"], seed=s, dataset=datasets["mnist1d"], steps=args.pib_steps))
-        pib[("noise-free", s)] = {"kind": "pib", "recipe": r, "bench": config.bench_dict(s, "ideal")}
+        pib[("noise-free", s)] = {"kind": "run", "recipe": r, "bench": config.bench_dict(s, "ideal")}
         for lab, c in zip(labels, args.candidates):
-            pib[(lab, s)] = {"kind": "pib", "recipe": r, "bench": config.bench_dict(s, "default", overrides=c)}
+            pib[(lab, s)] = {"kind": "run", "recipe": r, "bench": config.bench_dict(s, "default", overrides=c)}
     results = run_jobs(list(specs.values()) + list(pib.values()), args.out, args.workers)
     print("\n| twin options (others: the twin's defaults) | MNIST drop (pts) | MNIST-1D drop (pts) |"
           + (" MNIST-1D PIB on the twin (%) | PIB twin − simulation (pts) |" if pib else ""))

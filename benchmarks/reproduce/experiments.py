@@ -1,4 +1,4 @@
-"""The experiments of the paper as jobs (see jobs.py), and their results as tables.
+"""The experiments of the paper as jobs (labpnn.compare.jobs), and their results as tables.
 
 Each experiment has plan(mode, data) -> list of (labels, spec) and a summary built from the
 job results. The numbers are the engine's (the run file's final readout accuracy) and the
@@ -16,7 +16,7 @@ import numpy as np
 
 from . import config
 from .config import Mode, bench_dict, recipe_dict
-from .jobs import job_id
+from labpnn.compare.jobs import job_id
 
 PAPER = {
     "mnist": {"pib_twin": 96.3, "pib_sim": 96.8, "bp_ideal": 96.4, "bp_deployed": 94.0},
@@ -78,14 +78,14 @@ def plan(mode: Mode, data: Data) -> list[Job]:
     for name in ("mnist", "mnist1d"):
         for s in mode.seeds:
             r = recipe_dict(PACKAGED[name], seed=s, dataset=_dataset(name, mode, data), steps=_steps(name, mode))
-            jobs.append(Job(name, {"method": "pib_twin", "seed": s}, {"kind": "pib", "recipe": r, "bench": bench_dict(s)}))
+            jobs.append(Job(name, {"method": "pib_twin", "seed": s}, {"kind": "run", "recipe": r, "bench": bench_dict(s)}))
             jobs.append(Job(name, {"method": "pib_sim", "seed": s},
-                            {"kind": "pib", "recipe": r, "bench": bench_dict(s, "ideal")}))
+                            {"kind": "run", "recipe": r, "bench": bench_dict(s, "ideal")}))
             if name == "mnist1d":  # the lab's lever against read noise: average repeated measurements
                 r4 = copy.deepcopy(r)
                 r4["measure"]["repeats"] = REPEATS
                 jobs.append(Job(name, {"method": "pib_twin_repeats", "seed": s},
-                                {"kind": "pib", "recipe": r4, "bench": bench_dict(s)}))
+                                {"kind": "run", "recipe": r4, "bench": bench_dict(s)}))
             jobs.append(Job(name, {"method": "bp", "seed": s},
                             {"kind": "bp", "recipe": r, "epochs": mode.bp_epochs[name], "seed": s,
                              "benches": _bp_benches(name, s, mode)}))
@@ -94,7 +94,7 @@ def plan(mode: Mode, data: Data) -> list[Job]:
         for s in mode.seeds:
             r = recipe_dict(PACKAGED["mnist"], seed=s, dataset=_dataset("mnist", mode, data),
                             steps=mode.mnist_steps, faults=faults, name=f"mnist-adc-fault-{variant}")
-            jobs.append(Job("adc", {"variant": variant, "seed": s}, {"kind": "pib", "recipe": r, "bench": bench_dict(s)}))
+            jobs.append(Job("adc", {"variant": variant, "seed": s}, {"kind": "run", "recipe": r, "bench": bench_dict(s)}))
     # 3. OPU: accuracy against PIB steps per unit
     opu_data = ({"name": "fashion-mnist", "path": str(data.fashion)} if data.fashion else
                 {"name": "mnist", "path": str(data.mnist)}) | {"n_train": mode.opu_n_train, "n_test": mode.opu_n_test}
@@ -102,7 +102,7 @@ def plan(mode: Mode, data: Data) -> list[Job]:
         for s in mode.opu_seeds:
             r = recipe_dict("opu-mnist", seed=s, dataset=opu_data, steps=steps,
                             name="opu-fashion-mnist" if data.fashion else "opu-mnist")
-            jobs.append(Job("opu", {"steps": steps, "seed": s}, {"kind": "pib", "recipe": r, "bench": bench_dict(s)}))
+            jobs.append(Job("opu", {"steps": steps, "seed": s}, {"kind": "run", "recipe": r, "bench": bench_dict(s)}))
     # 4. noise sweep: PIB on twins with scaled noise (backprop: the bp jobs above deploy on them)
     for name in mode.sweep_datasets:
         for what in ("read", "prog"):
@@ -111,7 +111,7 @@ def plan(mode: Mode, data: Data) -> list[Job]:
                     r = recipe_dict(PACKAGED[name], seed=s, dataset=_dataset(name, mode, data),
                                     steps=mode.sweep_steps.get(name, _steps(name, mode)))
                     jobs.append(Job("sweep", {"dataset": name, "what": what, "factor": f, "seed": s},
-                                    {"kind": "pib", "recipe": r, "bench": bench_dict(s, factors={what: f})}))
+                                    {"kind": "run", "recipe": r, "bench": bench_dict(s, factors={what: f})}))
     return jobs
 
 

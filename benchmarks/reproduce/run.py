@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce import config, experiments, report  # noqa: E402
-from reproduce.jobs import run_jobs  # noqa: E402
+from labpnn.compare.jobs import run_jobs  # noqa: E402
 
 EXPERIMENTS = ("mnist", "mnist1d", "adc", "opu", "sweep")
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"reproduce {mode.name}: output {out}, {len(jobs)} jobs, load {load}")
     if args.report_only:
-        from reproduce.jobs import load_result
+        from labpnn.compare.jobs import load_result
 
         results = {j.id: r for j in jobs if (r := load_result(out, j.id)) is not None}
     else:

@@ -1,13 +1,18 @@
-"""Jobs: one PIB run through the engine, or one backprop baseline trained and deployed.
+"""Jobs: one run through the engine, or one backprop baseline trained and deployed on benches.
 
 A job is a JSON-able spec; its id is a hash of the spec, so identical jobs of different
 experiments run once, and a finished job (its result JSON in OUT/results/) is not run again
-when the driver is restarted. Jobs run in worker processes, one BLAS/torch thread each.
+when the driver is restarted. Jobs run in worker processes, one BLAS/torch thread each, the
+process's peak memory reset before each job (labpnn.costs.reset_peak: the peak is the job's
+own). Used by `labpnn compare` and by benchmarks/reproduce.
 
-- {"kind": "pib", "recipe": {...}, "bench": {...}}: labpnn.engine.Run(recipe, Bench.load(yaml),
-  OUT/runs/<id>.h5).execute(), then the numbers read back from the run file with RunReader.
+- {"kind": "run", "recipe": {...}, "bench": {...}}: labpnn.engine.Run(recipe, Bench.load(yaml),
+  OUT/runs/<id>.h5).execute() (any scheme), then the numbers read back from the run file with
+  RunReader, its costs record (labpnn.costs) among them. With "generalise": true, also the
+  generalisation tests of labpnn.generalise on the executed run (when that module exists).
 - {"kind": "bp", "recipe": {...}, "epochs": n, "seed": s, "benches": {label: {...}}}: the
-  baseline (labpnn.backprop) trained once, evaluated in silico, then deployed on each bench.
+  baseline (labpnn.backprop) trained once, evaluated in silico, then deployed on each bench
+  (no run file: the calibration's many benches).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def _bench_file(out: Path, bench: dict[str, Any]) -> Path:
     return path
 
 
-def _run_pib(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
+def _run_engine(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
     from labpnn.bench import Bench
     from labpnn.engine import Run
     from labpnn.recipe import parse_recipe
@@ -55,8 +60,12 @@ def _run_pib(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
         path.unlink()
     bench_path = _bench_file(out, spec["bench"])
     bench = Bench.load(bench_path)
+    generalised = None
     try:
-        state = Run(parse_recipe(spec["recipe"]), bench, path).execute()
+        run = Run(parse_recipe(spec["recipe"]), bench, path)
+        state = run.execute()
+        if spec.get("generalise"):
+            generalised = _generalise(run)
     finally:
         bench.close()
     r = RunReader(path)
@@ -76,7 +85,18 @@ def _run_pib(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
                                        if a["split"] == "test" and a["revision"] == 0), None),
             "probes": probes, "units": units, "faults": r.faults, "verify_events": verify,
             "fault_events": [e["message"] for e in r.events if e["kind"] == "fault"],
-            "duration_s": r.duration()}
+            "duration_s": r.duration(),
+            "costs": next((c for c in r.site_records if c.get("what") == "costs"), None),
+            "generalise": generalised}
+
+
+def _generalise(run) -> list[dict[str, Any]] | None:
+    """labpnn.generalise's records for an executed run (None: that module is not there yet)."""
+    try:
+        from labpnn import generalise
+    except ImportError:
+        return None
+    return generalise.evaluate(run)
 
 
 def _run_bp(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
@@ -86,7 +106,7 @@ def _run_bp(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
 
     recipe = parse_recipe(spec["recipe"])
     d = recipe.dataset
-    ds = data.load(d.name, n_train=d.n_train, n_test=d.n_test, seed=d.seed, path=d.path)
+    ds = data.load(d.name, **d.load_options())
     t0 = time.perf_counter()
     net = backprop.train(recipe, ds, backprop.BackpropSettings(epochs=spec["epochs"], seed=spec["seed"]))
     train_s = time.perf_counter() - t0
@@ -127,9 +147,12 @@ def run_one(spec: dict[str, Any], out: str) -> tuple[str, dict[str, Any]]:
     """Run one job in this process; the result is also written to OUT/results/<id>.json."""
     out_dir = Path(out)
     jid = job_id(spec)
+    from labpnn.costs import reset_peak
+
+    reset_peak()
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        fn = {"pib": _run_pib, "bp": _run_bp}[spec["kind"]]
+        fn = {"run": _run_engine, "bp": _run_bp}[spec["kind"]]
         result = {"ok": True, **fn(spec, out_dir, jid)}
     except Exception as exc:  # noqa: BLE001 - a failed job is reported, the others go on
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}

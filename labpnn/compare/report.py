@@ -1,0 +1,173 @@
+"""The comparison's section of docs/results.md (between COMPARE_START and COMPARE_END, the rest of
+the file kept) and docs/results.json (every table's numbers as records)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from labpnn.compare.methods import METHODS
+from labpnn.compare.runner import FULL, Comparison
+
+COMPARE_START, COMPARE_END = "<!-- compare: start -->", "<!-- compare: end -->"
+TITLES = {"mnist1d": "MNIST-1D", "mnist": "MNIST"}
+COST_COLUMNS = [("calls", "instrument calls", 1, ""), ("samples", "samples measured", 1, ""),
+                ("bytes", "payload", 1e-6, " MB"), ("busy_s", "in instrument calls", 1, " s"),
+                ("wall_s", "wall time", 1, " s"), ("peak_rss_mb", "peak memory", 1, " MB"),
+                ("memory_mb", "of it the run's", 1, " MB")]
+
+
+def _find(records: list[dict], table: str, method: str, dataset: str, setting: Any) -> dict | None:
+    return next((r for r in records if r["table"] == table and r["method"] == method and r["dataset"] == dataset
+                 and r["setting"] == setting), None)
+
+
+def _cell(r: dict | None, digits: int = 1, scale: float = 1.0, suffix: str = "") -> str:
+    if r is None or r["mean"] is None:
+        return "n/a"
+    return f"{scale * r['mean']:,.{digits}f} ± {scale * r['std']:,.{digits}f}{suffix}"
+
+
+def verdict(pib: dict, other: dict) -> str:
+    """win / tie / loss of PIB against `other`: a tie when the means are within twice the
+    standard error of their difference (or the difference is under 0.5 points)."""
+    diff = pib["mean"] - other["mean"]
+    se = math.sqrt(pib["std"] ** 2 / max(pib["seeds"], 1) + other["std"] ** 2 / max(other["seeds"], 1))
+    if abs(diff) <= max(2 * se, 0.5):
+        return f"tie ({diff:+.1f})"
+    return f"{'wins' if diff > 0 else 'loses'} ({diff:+.1f})"
+
+
+def markdown(c: Comparison, command: str) -> str:
+    m, recs = c.mode, c.records
+    datasets = [d for d in m.data if any(r["dataset"] == d for r in recs)]
+    methods = [n for n in m.methods if n not in c.skipped]
+    L = [COMPARE_START, f"## Every method on the same bench ({m.name} mode)", ""]
+    add = L.append
+    add(f"Made with `{command}` in {c.wall_s / 60:.1f} min on {c.meta.get('workers')} worker process(es) "
+        f"(load average at the end {c.meta.get('load')}: the machine was shared, wall times are inflated). "
+        f"Numbers: docs/results.json. Method definitions and fairness rules: docs/compare.md."
+        + (" **Quick mode**: fewer seeds, steps and epochs than the full run (`labpnn compare --full`, "
+           f"{len(FULL.seeds)} seeds); compare methods with each other here, not with the paper."
+           if m.name == "quick" else ""))
+    add("")
+    add(f"Seeds {', '.join(map(str, m.seeds))}; data " + "; ".join(
+        f"{TITLES[d]} {m.data[d].get('n_train')}/{m.data[d].get('n_test')}" for d in datasets)
+        + f"; PIB steps per unit {_per(m.pib_steps, datasets)}; backprop epochs {_per(m.bp_epochs, datasets)}; "
+        f"fine-tuning epochs per layer {_per(m.finetune_epochs, datasets)}; PAT/DFA/PhyLL epochs "
+        f"{_per(m.loop_epochs, datasets)}. Tuning budget: {m.lr_values} learning rates per method and dataset "
+        f"(factors of 3 around the method's default), seed 0, on {100 * m.validation:.0f} % of the training split "
+        "held out; the best validation accuracy chose the rate for every seed.")
+    add("")
+    add("| method | " + " | ".join(f"{TITLES[d]} test accuracy (%)" for d in datasets) + " |")
+    add("|---|" + "---|" * len(datasets))
+    for n in methods:
+        add(f"| {METHODS[n].label} (`{n}`) | "
+            + " | ".join(_cell(_find(recs, "accuracy", n, d, "test")) for d in datasets) + " |")
+    for n, why in c.skipped.items():
+        add(f"| {METHODS[n].label} (`{n}`) | " + " | ".join("skipped" for _ in datasets) + " |")
+    add("")
+    add("Mean ± std (ddof 1) over the seeds. Every hardware row's readout is refitted on the last unit's measured "
+        "training features, except the two backprop rows \"readout as trained\"; every twin row deploys with the "
+        "recipes' `clip: 2` except \"weights as trained\"; the \"in simulation\" rows run on the noise-free twin, "
+        "unclipped.")
+    add("")
+    add("**Where PIB (on the twin) wins, ties and loses** (points, PIB minus the method; tie: within twice the "
+        "standard error of the difference, or under 0.5 points):")
+    add("")
+    for d in datasets:
+        pib = _find(recs, "accuracy", "pib", d, "test")
+        if pib is None:
+            continue
+        parts = [f"{n}: {verdict(pib, o)}" for n in methods if n != "pib"
+                 and (o := _find(recs, "accuracy", n, d, "test")) is not None]
+        add(f"- {TITLES[d]}: " + "; ".join(parts) + ".")
+    add("")
+    add("Learning rates tried (validation accuracy, %; the chosen one in bold):")
+    add("")
+    add("| method | " + " | ".join(TITLES[d] for d in datasets) + " |")
+    add("|---|" + "---|" * len(datasets))
+    for n in methods:
+        cells = []
+        for d in datasets:
+            t = c.tuning.get((n, d))
+            cells.append("n/a" if not t else ", ".join(
+                (f"**{lr:g}: {100 * a:.1f}**" if lr == t["lr"] else f"{lr:g}: {100 * a:.1f}") if a is not None
+                else f"{lr:g}: failed" for lr, a in sorted(t["tried"].items())))
+        add(f"| `{n}` | " + " | ".join(cells) + " |")
+    add("")
+    for d in datasets:
+        add(f"**Cost per run, {TITLES[d]}** (labpnn.costs, the run file's costs record; mean ± std over the seeds; "
+            "payload: bytes to and from the instruments, float32; the crossbar twin keeps no clock of its own, so "
+            "there is no twin-time column; peak memory: the job process's peak RSS, the Python, torch and "
+            "numpy it starts with included; of it the run's: the peak above the RSS when the run started)")
+        add("")
+        add("| method | " + " | ".join(h for _, h, _, _ in COST_COLUMNS) + " |")
+        add("|---|" + "---|" * len(COST_COLUMNS))
+        for n in methods:
+            cells = []
+            for key, _, scale, suffix in COST_COLUMNS:
+                if key == "bytes":
+                    a, b = (_find(recs, "costs", n, d, k) for k in ("bytes_sent", "bytes_received"))
+                    r = None if a is None or b is None else {"mean": a["mean"] + b["mean"], "std": math.hypot(a["std"], b["std"])}
+                else:
+                    r = _find(recs, "costs", n, d, key)
+                cells.append(_cell(r, 0 if key in ("calls", "samples") else 2 if key == "busy_s" else 1, scale,
+                                   suffix))
+            add(f"| `{n}` | " + " | ".join(cells) + " |")
+        add("")
+    gen_tables = sorted({r["table"] for r in recs if r["table"].startswith("generalise-")})
+    for table in gen_tables:
+        for d in datasets:
+            rows = [r for r in recs if r["table"] == table and r["dataset"] == d]
+            if not rows:
+                continue
+            settings = sorted({r["setting"] for r in rows}, key=lambda s: (isinstance(s, str), s))
+            unit = rows[0]["unit"]
+            add(f"**{table[len('generalise-'):]}, {TITLES[d]}** ({unit}; labpnn.generalise)")
+            add("")
+            add("| method | " + " | ".join(str(s) for s in settings) + " |")
+            add("|---|" + "---|" * len(settings))
+            for n in methods:
+                add(f"| `{n}` | " + " | ".join(_cell(_find(recs, table, n, d, s), 3 if unit == "AUROC" else 1)
+                                              for s in settings) + " |")
+            add("")
+    if not gen_tables:
+        add("Generalisation tests (input noise, data fractions, OOD): not in this run"
+            + (" (quick mode leaves them out)." if not m.generalise else
+               " (labpnn.generalise is not on this branch yet)."))
+        add("")
+    if c.skipped:
+        add("Skipped: " + "; ".join(f"`{n}`: {why}" for n, why in c.skipped.items()) + ".")
+        add("")
+    if c.failed:
+        add(f"Failed jobs: {len(c.failed)} (" + "; ".join(f"{f['what']}: {f['error']}" for f in c.failed[:5]) + ").")
+        add("")
+    add(COMPARE_END)
+    return "\n".join(L) + "\n"
+
+
+
+def _per(values: dict[str, int], datasets: list[str]) -> str:
+    return ", ".join(f"{values[d]} ({TITLES[d]})" for d in datasets)
+
+
+def write(c: Comparison, command: str, report: Path, json_path: Path) -> None:
+    """The section into `report` (replacing an earlier one, else appended) and the records into json_path."""
+    section = markdown(c, command)
+    text = report.read_text() if report.exists() else ""
+    if COMPARE_START in text and COMPARE_END in text:
+        head, rest = text.split(COMPARE_START, 1)
+        text = head + section.rstrip("\n") + rest.split(COMPARE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    report.write_text(text)
+    json_path.write_text(json.dumps({
+        "command": command, "mode": c.mode.name, "seeds": list(c.mode.seeds), "wall_s": c.wall_s, **c.meta,
+        "records": c.records,
+        "tuning": [{"method": n, "dataset": d, "lr": t["lr"], "tried": [{"lr": lr, "validation_accuracy": a}
+                                                                         for lr, a in sorted(t["tried"].items())]}
+                   for (n, d), t in sorted(c.tuning.items())],
+        "skipped": c.skipped, "failed": c.failed}, indent=1))
