@@ -14,6 +14,10 @@ METHODS = [("pib_twin", "PIB on the twin"), ("pib_sim", "PIB in simulation"),
            ("bp_ideal", "backprop in silico"), ("bp_deployed", "backprop deployed")]
 COLORS = {"pib_twin": "#1f77b4", "pib_sim": "#9ecae1", "bp_ideal": "#ff7f0e", "bp_deployed": "#fdae6b"}
 TITLES = {"mnist": "MNIST", "mnist1d": "MNIST-1D"}
+CONFOUNDS = ("Two confounds in this table: backprop keeps its in-silico readout while PIB's is refitted on "
+             "measured features, and the \"PIB in simulation\" row deploys clipped. The section \"Every method on "
+             "the same bench\" below (`labpnn compare`, docs/compare.md) removes both, tunes every method's "
+             "learning rate with the same budget, and adds the other methods.")
 
 
 def _plt():
@@ -290,7 +294,7 @@ def markdown(summary: dict[str, Any], planes: dict[str, list], mode: Mode, data:
         add(f"Recipe `{'mnist-memristor' if name == 'mnist' else 'mnist1d-memristor'}` "
             f"({'784' if name == 'mnist' else '40'} → 64 → 32 on the crossbar, digital readout), "
             f"{mode.mnist_steps if name == 'mnist' else mode.mnist1d_steps} PIB steps per unit; "
-            f"{s['pib_twin']['n']} seed(s).")
+            f"{s['pib_twin']['n']} seed(s). " + CONFOUNDS)
         add("")
         add("| | this bench (test accuracy, %) | paper |")
         add("|---|---|---|")

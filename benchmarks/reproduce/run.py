@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce import config, experiments, report  # noqa: E402
 from labpnn.compare.jobs import run_jobs  # noqa: E402
+from labpnn.compare.report import marked_sections  # noqa: E402
 
 EXPERIMENTS = ("mnist", "mnist1d", "adc", "opu", "sweep")
 
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     elif record.exists():  # a redrawn report: say what ran the jobs
         ran = json.loads(record.read_text())
         meta |= ran | {"command": f"{ran['command']}\n# report redrawn with: {command}"}
-    report_path.write_text(report.markdown(summary, planes, mode, data, meta, img))
+    kept = marked_sections(report_path.read_text()) if report_path.exists() else []  # compare, bench_unsup
+    report_path.write_text("\n\n".join([report.markdown(summary, planes, mode, data, meta, img).rstrip("\n"), *kept]) + "\n")
     log(f"report: {report_path} ({wall / 60:.1f} min)")
     if summary["failed"]:
         log(f"{len(summary['failed'])} job(s) failed or not run: see {out}/results/*.json")

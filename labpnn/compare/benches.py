@@ -38,9 +38,9 @@ def crossbar_options(seed: int, kind: str = "twin", factors: dict[str, float] | 
     """Every option of the crossbar twin, explicitly (so that the bench file says it all).
     kind "twin": the calibrated noise, optionally scaled by factors {"read": f, "prog": f};
     "ideal": every noise source off; "default": the twin's own defaults. `overrides` last."""
-    from labpnn.sim_devices.crossbar import PhysicsOptions
+    from labpnn.bench import driver_class  # the twin by its driver name: no import of sim_devices here
 
-    opts = PhysicsOptions().model_dump()
+    opts = driver_class("sim-crossbar").Options().model_dump()
     opts.pop("serial")
     opts["seed"] = 100 + seed
     if kind == "ideal":

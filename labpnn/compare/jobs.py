@@ -8,8 +8,8 @@ own). Used by `labpnn compare` and by benchmarks/reproduce.
 
 - {"kind": "run", "recipe": {...}, "bench": {...}}: labpnn.engine.Run(recipe, Bench.load(yaml),
   OUT/runs/<id>.h5).execute() (any scheme), then the numbers read back from the run file with
-  RunReader, its costs record (labpnn.costs) among them. With "generalise": true, also the
-  generalisation tests of labpnn.generalise on the executed run (when that module exists).
+  RunReader, its costs record (labpnn.costs) among them. With "generalise": "main", "ood" or
+  "data", also those generalisation tests of labpnn.generalise on the executed run.
 - {"kind": "bp", "recipe": {...}, "epochs": n, "seed": s, "benches": {label: {...}}}: the
   baseline (labpnn.backprop) trained once, evaluated in silico, then deployed on each bench
   (no run file: the calibration's many benches).
@@ -65,7 +65,7 @@ def _run_engine(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
         run = Run(parse_recipe(spec["recipe"]), bench, path)
         state = run.execute()
         if spec.get("generalise"):
-            generalised = _generalise(run)
+            generalised = _generalise(run, spec["generalise"])
     finally:
         bench.close()
     r = RunReader(path)
@@ -90,13 +90,17 @@ def _run_engine(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
             "generalise": generalised}
 
 
-def _generalise(run) -> list[dict[str, Any]] | None:
-    """labpnn.generalise's records for an executed run (None: that module is not there yet)."""
+GENERALISE_TESTS = {"main": {"noise", "data"}, "ood": {"ood"}, "data": {"data"}}
+
+
+def _generalise(run, which: str) -> list[dict[str, Any]] | None:
+    """labpnn.generalise's records for an executed run, those `which` run is for ("main": the noise
+    curve and the 100 % data point; "ood"; "data"); None: that module is not there yet."""
     try:
         from labpnn import generalise
     except ImportError:
         return None
-    return generalise.evaluate(run)
+    return [r for r in generalise.evaluate(run) if r["test"] in GENERALISE_TESTS[which]]
 
 
 def _run_bp(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,17 @@ COST_COLUMNS = [("calls", "instrument calls", 1, ""), ("samples", "samples measu
                 ("bytes", "payload", 1e-6, " MB"), ("busy_s", "in instrument calls", 1, " s"),
                 ("wall_s", "wall time", 1, " s"), ("peak_rss_mb", "peak memory", 1, " MB"),
                 ("memory_mb", "of it the run's", 1, " MB")]
+
+
+# The paper's MNIST figures (Fig. 2) for the rows that have one.
+PAPER_MNIST = {"pib": 96.3, "pib-sim": 96.8, "backprop-in-silico": 96.4, "backprop-deployed-as-trained": 94.0}
+MARKED = re.compile(r"<!-- ([\w-]+): start -->.*?<!-- \1: end -->", re.S)
+
+
+def marked_sections(text: str) -> list[str]:
+    """The sections of a report that other commands write between their markers (bench_unsup,
+    compare): a command rewriting the rest of the file keeps them."""
+    return [m.group(0) for m in MARKED.finditer(text)]
 
 
 def _find(records: list[dict], table: str, method: str, dataset: str, setting: Any) -> dict | None:
@@ -61,13 +73,16 @@ def markdown(c: Comparison, command: str) -> str:
         f"(factors of 3 around the method's default), seed 0, on {100 * m.validation:.0f} % of the training split "
         "held out; the best validation accuracy chose the rate for every seed.")
     add("")
-    add("| method | " + " | ".join(f"{TITLES[d]} test accuracy (%)" for d in datasets) + " |")
-    add("|---|" + "---|" * len(datasets))
+    paper = "mnist" in datasets
+    add("| method | " + " | ".join(f"{TITLES[d]} test accuracy (%)" for d in datasets)
+        + (" | paper, MNIST (%) |" if paper else " |"))
+    add("|---|" + "---|" * (len(datasets) + paper))
     for n in methods:
         add(f"| {METHODS[n].label} (`{n}`) | "
-            + " | ".join(_cell(_find(recs, "accuracy", n, d, "test")) for d in datasets) + " |")
+            + " | ".join(_cell(_find(recs, "accuracy", n, d, "test")) for d in datasets)
+            + (f" | {PAPER_MNIST.get(n, '')} |" if paper else " |"))
     for n, why in c.skipped.items():
-        add(f"| {METHODS[n].label} (`{n}`) | " + " | ".join("skipped" for _ in datasets) + " |")
+        add(f"| {METHODS[n].label} (`{n}`) | " + " | ".join("skipped" for _ in datasets) + (" | |" if paper else " |"))
     add("")
     add("Mean ± std (ddof 1) over the seeds. Every hardware row's readout is refitted on the last unit's measured "
         "training features, except the two backprop rows \"readout as trained\"; every twin row deploys with the "

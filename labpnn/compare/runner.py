@@ -42,7 +42,10 @@ class Mode:
     finetune_epochs: dict[str, int]        # backprop-finetune: epochs after each deployed layer
     lr_values: int = 3                     # the tuning budget: learning rates tried per method
     validation: float = 0.2                # share of the training split held out for tuning
-    generalise: bool = True                # run labpnn.generalise on every seed's run
+    generalise: bool = True                # labpnn.generalise's tests (when that module exists)
+    generalise_seeds: int = 3              # ... on the first seeds
+    fractions: tuple[float, ...] = (0.1, 0.2, 0.5)   # data efficiency: shares of the training split
+    ood_classes: tuple[int, ...] = tuple(range(8))   # OOD: trained on these, the others held out
     methods: tuple[str, ...] = tuple(METHODS)
 
 
@@ -95,10 +98,19 @@ def method_recipe(name: str, dataset: str, mode: Mode, seed: int, lr: float | No
 
 
 def _spec(name: str, dataset: str, mode: Mode, seed: int, lr: float, mnist: Path, *, validation: bool = False,
-          generalise: bool = False) -> dict[str, Any]:
-    spec = {"kind": "run", "recipe": method_recipe(name, dataset, mode, seed, lr, mnist, validation),
-            "bench": bench_dict(seed, METHODS[name].bench)}
-    return spec | ({"generalise": True} if generalise else {})
+          generalise: str | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    recipe = method_recipe(name, dataset, mode, seed, lr, mnist, validation)
+    recipe["dataset"].update(data or {})
+    spec = {"kind": "run", "recipe": recipe, "bench": bench_dict(seed, METHODS[name].bench)}
+    return spec | ({"generalise": generalise} if generalise else {})
+
+
+def generalise_available() -> bool:
+    try:
+        import labpnn.generalise  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def plan_tuning(mode: Mode, mnist: Path) -> dict[tuple[str, str, float], dict[str, Any]]:
@@ -115,10 +127,24 @@ def defaults(mode: Mode) -> dict[tuple[str, str], dict]:
             for name in mode.methods if registered(METHODS[name]) for ds in mode.data}
 
 
-def plan_runs(mode: Mode, chosen: dict[tuple[str, str], float], mnist: Path) -> dict[tuple[str, str, int], dict]:
-    """(method, dataset, seed) -> the job with the chosen learning rate."""
-    return {(name, ds, s): _spec(name, ds, mode, s, lr, mnist, generalise=mode.generalise)
-            for (name, ds), lr in chosen.items() for s in mode.seeds}
+def plan_runs(mode: Mode, chosen: dict[tuple[str, str], float], mnist: Path) -> dict[tuple, dict]:
+    """(method, dataset, seed) -> the job with the chosen learning rate; with the generalisation
+    tests, on their seeds, also (method, dataset, seed, "ood") trained on mode.ood_classes and
+    (method, dataset, seed, "data", f) on a share f of the training split. The main runs give
+    the noise curve (labpnn.generalise.evaluate), the others the OOD AUROC and the data points."""
+    gen = mode.generalise and generalise_available()
+    runs: dict[tuple, dict] = {}
+    for (name, ds), lr in chosen.items():
+        for i, s in enumerate(mode.seeds):
+            on = gen and i < mode.generalise_seeds
+            runs[(name, ds, s)] = _spec(name, ds, mode, s, lr, mnist, generalise="main" if on else None)
+            if on:
+                runs[(name, ds, s, "ood")] = _spec(name, ds, mode, s, lr, mnist, generalise="ood",
+                                                   data={"train_classes": list(mode.ood_classes)})
+                for f in mode.fractions:
+                    runs[(name, ds, s, "data", f)] = _spec(name, ds, mode, s, lr, mnist, generalise="data",
+                                                           data={"train_fraction": f})
+    return runs
 
 
 def choose(tuning: dict[tuple[str, str, float], dict], results: dict[str, dict]) -> dict[tuple[str, str], dict]:
@@ -157,10 +183,10 @@ def _cost(costs: dict[str, Any] | None, key: str) -> float | None:
 def records(mode: Mode, runs: dict[tuple[str, str, int], dict], results: dict[str, dict]) -> list[dict[str, Any]]:
     """Every table's numbers: {method, dataset, setting, mean, std, seeds, unit, table}."""
     grouped: dict[tuple[str, str], list[dict]] = {}
-    for (name, ds, s), spec in runs.items():
+    for (name, ds, *variant), spec in runs.items():
         r = results.get(job_id(spec))
         if r and r.get("ok"):
-            grouped.setdefault((name, ds), []).append(r)
+            grouped.setdefault((name, ds), []).append(r | {"variant": variant})
     out: list[dict[str, Any]] = []
 
     def add(table: str, name: str, ds: str, setting: Any, values: list[float], unit: str) -> None:
@@ -168,12 +194,13 @@ def records(mode: Mode, runs: dict[tuple[str, str, int], dict], results: dict[st
             out.append({"table": table, "method": name, "dataset": ds, "setting": setting, **_stats(values),
                         "unit": unit})
 
-    for (name, ds), rs in grouped.items():
+    for (name, ds), every in grouped.items():
+        rs = [r for r in every if len(r["variant"]) == 1]  # the main runs, one per seed
         add("accuracy", name, ds, "test", [100 * r["test_accuracy"] for r in rs if r["test_accuracy"] is not None], "%")
         for key, unit in COSTS:
             add("costs", name, ds, key, [v for r in rs if (v := _cost(r.get("costs"), key)) is not None], unit)
         gen: dict[tuple[str, Any, str], list[float]] = {}
-        for r in rs:
+        for r in every:
             for g in r.get("generalise") or []:
                 gen.setdefault((g["test"], g["setting"], g["unit"]), []).append(g["value"])
         for (test, setting, unit), values in gen.items():
@@ -211,7 +238,8 @@ def compare(mode: Mode, out: Path, *, mnist: Path = DEFAULT_MNIST, workers: int 
     results = run_jobs(list(tuning.values()), out, workers, log) if tuning else {}
     chosen = choose(tuning, results) if tuning else defaults(mode)
     runs = plan_runs(mode, {k: v["lr"] for k, v in chosen.items() if v["lr"] is not None}, mnist)
-    log(f"runs: {len(runs)} ({len(mode.seeds)} seeds)")
+    log(f"runs: {len(runs)} ({len(mode.seeds)} seeds"
+        + (", generalisation tests" if mode.generalise and generalise_available() else "") + ")")
     results |= run_jobs(list(runs.values()), out, workers, log)
     failed = [{"job": job_id(s), "what": k, "error": results.get(job_id(s), {}).get("error", "not run")}
               for k, s in list(tuning.items()) + list(runs.items()) if not results.get(job_id(s), {}).get("ok")]
