@@ -214,6 +214,13 @@ class Run:
         finally:
             self._safe_state(names)
 
+    def _record_costs(self, started: float, rss_start: float | None) -> None:
+        """This execution's bill (labpnn.costs) into the run file's site records."""
+        try:
+            self._log.site_record(costs.record(self.link.costs, started, rss_start))
+        except RunLogError as exc:  # a run file from before site records
+            self.emit(WarningEvent(text=f"costs not recorded: {exc}"))
+
     def _layout(self, units: list[Unit], ds: data.Dataset) -> RunLayout:
         if self.recipe.env is not None:  # an environment: no samples to keep, no readout
             return RunLayout(units=self._unit_layouts(units), n_train=0, n_test=0, n_classes=ds.n_classes)

@@ -10,7 +10,7 @@ import pytest
 from engine_helpers import tiny_recipe, twin_bench
 from labpnn import data
 from labpnn.compare import report, runner
-from labpnn.compare.methods import METHODS, lr_grid
+from labpnn.compare.methods import METHODS, Method, lr_grid
 from labpnn.engine import Run, State
 from labpnn.recipe import parse_recipe
 from labpnn.runlog import RunReader
@@ -81,26 +81,25 @@ def test_the_run_file_records_what_the_run_cost(tmp_path):
     assert cost["wall_s"] > 0 and cost["peak_rss_mb"] >= cost["rss_start_mb"] > 0
 
 
-def test_a_tiny_comparison_writes_its_section_and_records(tmp_path):
+def test_a_tiny_comparison_writes_its_section_and_records(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "ghost", Method("a method whose scheme is not written yet", {"name": "ghost"}))
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\nkept before\n\n<!-- compare: start -->\nOLD-SECTION\n<!-- compare: end -->\n\nkept after\n")
-    mode = replace(TINY, methods=("pib", "backprop-deployed", "pat"))
-    skip_pat = "pat" not in __import__("labpnn.schemes", fromlist=["SCHEMES"]).SCHEMES.names()
+    mode = replace(TINY, methods=("pib", "backprop-deployed", "pat", "ghost"))
     result = runner.compare(mode, tmp_path / "out", workers=0, log=lambda m: None)
-    assert not result.failed
-    assert ("pat" in result.skipped) == skip_pat
+    assert not result.failed and set(result.skipped) == {"ghost"}
     report.write(result, "labpnn compare (test)", doc, tmp_path / "results.json")
     text = doc.read_text()
     assert "kept before" in text and "kept after" in text and "OLD-SECTION" not in text and text.count("compare: start") == 1
     assert "| PIB on the twin (`pib`) |" in text and "Where PIB (on the twin) wins, ties and loses" in text
-    if skip_pat:
-        assert "`pat`: scheme 'pat' is not registered" in text
+    assert "`ghost`: scheme 'ghost' is not registered" in text and "| skipped |" in text
     records = json.loads((tmp_path / "results.json").read_text())["records"]
     for r in records:
         assert {"method", "dataset", "setting", "mean", "std", "seeds", "unit"} <= set(r)
     acc = {r["method"]: r for r in records if r["table"] == "accuracy"}
-    assert set(acc) == {"pib", "backprop-deployed"} and all(0 <= r["mean"] <= 100 for r in acc.values())
+    assert set(acc) == {"pib", "backprop-deployed", "pat"} and all(0 <= r["mean"] <= 100 for r in acc.values())
     assert result.tuning[("pib", "mnist1d")] == {"tried": {0.01: None}, "lr": 0.01}  # one value: no tuning run
     samples = {r["method"]: r["mean"] for r in records if r["table"] == "costs" and r["setting"] == "samples"}
     # PIB measures both splits through both units; backprop with its trained readout only the test split
     assert samples["pib"] == 2 * 400 and samples["backprop-deployed"] == 2 * 100
+    assert samples["pat"] > samples["pib"]  # PAT measures every training step's forward pass too
