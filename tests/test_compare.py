@@ -103,3 +103,27 @@ def test_a_tiny_comparison_writes_its_section_and_records(tmp_path, monkeypatch)
     # PIB measures both splits through both units; backprop with its trained readout only the test split
     assert samples["pib"] == 2 * 400 and samples["backprop-deployed"] == 2 * 100
     assert samples["pat"] > samples["pib"]  # PAT measures every training step's forward pass too
+
+
+def test_generalisation_runs_and_their_tables(tmp_path):
+    from labpnn.compare.jobs import job_id
+
+    mode = replace(TINY, seeds=(0, 1), generalise=True, generalise_seeds=1, fractions=(0.2,))
+    runs = runner.plan_runs(mode, {("pib", "mnist1d"): 0.01}, tmp_path)
+    assert set(runs) == {("pib", "mnist1d", 0), ("pib", "mnist1d", 1), ("pib", "mnist1d", 0, "ood"),
+                         ("pib", "mnist1d", 0, "data", 0.2)}
+    assert runs[("pib", "mnist1d", 0, "ood")]["recipe"]["dataset"]["train_classes"] == list(range(8))
+    assert runs[("pib", "mnist1d", 0, "data", 0.2)]["recipe"]["dataset"]["train_fraction"] == 0.2
+    parse_recipe(runs[("pib", "mnist1d", 0, "ood")]["recipe"])
+    fake = {("pib", "mnist1d", 0): [{"test": "noise", "setting": 5.0, "value": 50.0, "unit": "%"}],
+            ("pib", "mnist1d", 1): None,
+            ("pib", "mnist1d", 0, "ood"): [{"test": "ood", "setting": "held out 8,9", "value": 0.7, "unit": "AUROC"}],
+            ("pib", "mnist1d", 0, "data", 0.2): [{"test": "data", "setting": 20.0, "value": 40.0, "unit": "%"}]}
+    results = {job_id(runs[k]): {"ok": True, "test_accuracy": 0.5 + 0.1 * len(k), "costs": None, "generalise": g}
+               for k, g in fake.items()}
+    recs = runner.records(mode, runs, results)
+    acc = [r for r in recs if r["table"] == "accuracy"]
+    assert len(acc) == 1 and acc[0]["seeds"] == 2 and acc[0]["mean"] == pytest.approx(80.0)  # main runs only
+    tables = {r["table"]: (r["setting"], r["mean"], r["unit"]) for r in recs if r["table"].startswith("generalise")}
+    assert tables == {"generalise-noise": (5.0, 50.0, "%"), "generalise-ood": ("held out 8,9", 0.7, "AUROC"),
+                      "generalise-data": (20.0, 40.0, "%")}

@@ -95,12 +95,22 @@ GENERALISE_TESTS = {"main": {"noise", "data"}, "ood": {"ood"}, "data": {"data"}}
 
 def _generalise(run, which: str) -> list[dict[str, Any]] | None:
     """labpnn.generalise's records for an executed run, those `which` run is for ("main": the noise
-    curve and the 100 % data point; "ood"; "data"); None: that module is not there yet."""
+    curve and the 100 % data point; "ood"; "data"), also written into the run file's analyses;
+    None: that module is not there yet."""
     try:
         from labpnn import generalise
     except ImportError:
         return None
-    return [r for r in generalise.evaluate(run) if r["test"] in GENERALISE_TESTS[which]]
+    from labpnn.runlog import RunLog
+
+    records = [r for r in generalise.evaluate(run) if r["test"] in GENERALISE_TESTS[which]]
+    log = RunLog.annotate(run.path)  # kept in the run file too (its analyses)
+    try:
+        for r in records:
+            log.analysis(r)
+    finally:
+        log.close()
+    return records
 
 
 def _run_bp(spec: dict[str, Any], out: Path, jid: str) -> dict[str, Any]:
