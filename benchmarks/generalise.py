@@ -17,8 +17,8 @@ and seed s = 0..seeds-1, runs of the real engine (labpnn.engine.Run, one HDF5 fi
 
 Seed s: recipe and dataset seed s, every twin of instruments.yaml seeded with its seed + 100 s.
 --quick: 50 PIB steps per unit and 100 readout steps instead of the recipe's (a smoke test of
-the same tables). Prints the three tables (mean +- std over seeds), keeps every record in
-OUT/results.json; with --report, replaces the tables section of that markdown file.
+the same tables). Prints the three tables (mean +- std over seeds), adds every run's records to
+its run file (OUT/*.h5, analyses/: `labpnn inspect --json`) and keeps them all in OUT/results.json; with --report, replaces the tables section of that markdown file.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def _run(recipe, seed: int, out: Path, label: str, **options) -> list[dict]:
                     r["test"] = "ood-id-accuracy"   # the 8-class accuracy, re-measured
         else:
             records = [generalise.data_record(run)]
+            generalise.record(path, records)
     finally:
         bench.close()
     seconds = time.perf_counter() - t0
