@@ -1,23 +1,24 @@
 """The paper's generalisation tests for PIB on the twins: input noise, data efficiency, OOD detection.
 
-    python benchmarks/generalise.py [--quick] [--seeds 3] [--recipes opu-mnist1d mnist1d-memristor]
+    python benchmarks/generalise.py [--quick] [--seeds 3] [--recipes opu-mnist mnist1d-memristor]
+                                    [--mnist DIR]
                                     [--out DIR] [--report docs/generalisation.md]
 
-For every recipe (default: the OPU twin, opu-mnist1d, and the memristor crossbar twin,
-mnist1d-memristor; both MNIST-1D, no files needed) and seed s = 0..seeds-1, runs of the real
-engine (labpnn.engine.Run, one HDF5 file each, one after another):
+For every recipe (default: the OPU twin on MNIST, opu-mnist, from --mnist DIR, default
+/work/shared/datasets/mnist; and the memristor crossbar twin on MNIST-1D, mnist1d-memristor)
+and seed s = 0..seeds-1, runs of the real engine (labpnn.engine.Run, one HDF5 file each, one after another):
 
 - the recipe as it is: the noise curve (labpnn.generalise.evaluate: test accuracy with Gaussian
-  noise of std 0, 1, 2, 5, 10, 20 % of the clean test inputs' RMS, measured through the deployed
-  network) and the 100 % data-efficiency point (the run's recorded test accuracy);
+  noise of std 0, 1, 2, 5, 10, 20 % of the clean test inputs' RMS, and 50, 100 % to show where it
+  breaks, measured through the deployed network) and the 100 % data-efficiency point (the run's recorded test accuracy);
 - train_fraction 0.1, 0.2, 0.5: the run's recorded test accuracy (same test set);
-- train_classes 0-7: OOD AUROC of digits 8 and 9 from the readout's maximum softmax, and the
+- train_classes 0-7: OOD AUROC of the classes 8 and 9 from the readout's maximum softmax, and the
   8-class test accuracy.
 
 Seed s: recipe and dataset seed s, every twin of instruments.yaml seeded with its seed + 100 s.
 --quick: 50 PIB steps per unit and 100 readout steps instead of the recipe's (a smoke test of
-the same tables). Prints the three tables (mean +- std over seeds), keeps every record in
-OUT/results.json; with --report, replaces the tables section of that markdown file.
+the same tables). Prints the three tables (mean +- std over seeds), adds every run's records to
+its run file (OUT/*.h5, analyses/: `labpnn inspect --json`) and keeps them all in OUT/results.json; with --report, replaces the tables section of that markdown file.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- generalise: start -->", "<!-- generalise: end -->"
-RECIPES = ("opu-mnist1d", "mnist1d-memristor")
+RECIPES = ("opu-mnist", "mnist1d-memristor")
+LEVELS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # generalise.NOISE_LEVELS, and beyond
+DEFAULT_MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
 
 
 def _bench(out: Path, seed: int):
@@ -53,15 +56,16 @@ def _bench(out: Path, seed: int):
     return Bench.load(path)
 
 
-def _recipe(name: str, quick: bool):
+def _recipe(name: str, quick: bool, mnist: Path):
     from labpnn.recipe import load_recipe, parse_recipe
 
     recipe = load_recipe(name)
-    if not quick:
-        return recipe
     data = recipe.model_dump()
-    data["pib"]["steps"], data["readout"]["steps"] = 50, 100
-    return parse_recipe(data, f"{recipe.source} (--quick)")
+    if data["dataset"]["name"] == "mnist" and data["dataset"]["path"] is None:
+        data["dataset"]["path"] = str(mnist)
+    if quick:
+        data["pib"]["steps"], data["readout"]["steps"] = 50, 100
+    return parse_recipe(data, recipe.source + (" (--quick)" if quick else ""))
 
 
 def _run(recipe, seed: int, out: Path, label: str, **options) -> list[dict]:
@@ -81,7 +85,7 @@ def _run(recipe, seed: int, out: Path, label: str, **options) -> list[dict]:
         run = Run(variant, bench, path)
         run.execute()
         if label == "full":
-            records = generalise.evaluate(run)
+            records = generalise.evaluate(run, levels=LEVELS)
         elif label == "ood":
             records = [r for r in generalise.evaluate(run, levels=(0.0,)) if r["test"] != "data"]
             for r in records:
@@ -89,6 +93,7 @@ def _run(recipe, seed: int, out: Path, label: str, **options) -> list[dict]:
                     r["test"] = "ood-id-accuracy"   # the 8-class accuracy, re-measured
         else:
             records = [generalise.data_record(run)]
+            generalise.record(path, records)
     finally:
         bench.close()
     seconds = time.perf_counter() - t0
@@ -101,7 +106,8 @@ def _run(recipe, seed: int, out: Path, label: str, **options) -> list[dict]:
 def _cell(values: list[float], digits: int) -> str:
     if not values:
         return "–"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def _values(records, recipe, test, setting=None):
@@ -110,21 +116,21 @@ def _values(records, recipe, test, setting=None):
 
 
 def tables(records: list[dict]) -> str:
-    from labpnn.generalise import FRACTIONS, NOISE_LEVELS
+    from labpnn.generalise import FRACTIONS
 
     recipes = list(dict.fromkeys(r["recipe"] for r in records))
     seeds = sorted({r["seed"] for r in records})
-    lines = [f"Mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}).", "",
+    lines = [f"Mean ± std (ddof 1) over {len(seeds)} seeds ({', '.join(map(str, seeds))}).", "",
              "**Input noise** — test accuracy (%) against the std of Gaussian noise added to every "
              "input value (% of the clean test inputs' RMS), measured through the deployed network; "
              "*recorded*: the run's own test accuracy (its training-time measurement).", "",
-             "| recipe | recorded | " + " | ".join(f"{v:g} %" for v in NOISE_LEVELS) + " |",
-             "|---|---|" + "---|" * len(NOISE_LEVELS)]
+             "| recipe | recorded | " + " | ".join(f"{v:g} %" for v in LEVELS) + " |",
+             "|---|---|" + "---|" * len(LEVELS)]
     for name in recipes:
         recorded = [r["value"] for r in records if r["recipe"] == name and r["test"] == "data"
                     and r["run"] == "full"]
         lines.append(f"| {name} | {_cell(recorded, 1)} | "
-                     + " | ".join(_cell(_values(records, name, "noise", v), 1) for v in NOISE_LEVELS) + " |")
+                     + " | ".join(_cell(_values(records, name, "noise", v), 1) for v in LEVELS) + " |")
     lines += ["", "**Data efficiency** — test accuracy (%) against the share of the training split "
               "trained on (stratified, seeded; same test set).", "",
               "| recipe | " + " | ".join(f"{100 * f:g} %" for f in FRACTIONS) + " |",
@@ -156,6 +162,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="50 PIB steps per unit, 100 readout steps")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST, help="MNIST IDX folder (opu-mnist)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "generalise")
     parser.add_argument("--report", type=Path, help="markdown file whose tables section to replace")
     parser.add_argument("--report-only", action="store_true", help="redraw from OUT/results.json")
@@ -169,7 +176,7 @@ def main(argv=None) -> None:
 
         records, t0 = [], time.perf_counter()
         for name in args.recipes:
-            recipe = _recipe(name, args.quick)
+            recipe = _recipe(name, args.quick, args.mnist)
             for seed in range(args.seeds):
                 records += _run(recipe, seed, args.out, "full")
                 for fraction in FRACTIONS[:-1]:

@@ -6,8 +6,10 @@ API (every result is a plain record {"test", "setting", "value", "unit"}):
     run.execute()
     records = evaluate(run)                   # noise curve + OOD AUROC (+ the data-efficiency point)
 
-- `evaluate(run, levels=NOISE_LEVELS, seed=None)`: all of the below for a run executed to its end
-  in this process (any scheme that leaves deployed units and a fitted readout: `Run.predict`).
+- `evaluate(run, levels=NOISE_LEVELS, seed=None, save=True)`: all of the below for a run executed
+  to its end in this process (any scheme that leaves deployed units and a fitted readout:
+  `Run.predict`), added to its run file (`record(path, records)`: the file's analyses/, which
+  `labpnn inspect --json` shows under "analyses").
   All inputs go through the hardware in one `Run.predict` call, so every setting sees the same
   deployment (a crossbar shared by several units is reprogrammed, with fresh programming noise,
   at each call).
@@ -38,7 +40,7 @@ from sklearn.metrics import roc_auc_score
 from labpnn.recipe import Recipe, parse_recipe
 
 __all__ = ["FRACTIONS", "NOISE_LEVELS", "auroc", "data_record", "evaluate", "noise_curve", "ood_auroc",
-           "variant"]
+           "record", "variant"]
 
 NOISE_LEVELS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)   # noise std, % of the clean inputs' RMS
 FRACTIONS = (0.1, 0.2, 0.5, 1.0)                  # shares of the training split
@@ -102,10 +104,22 @@ def data_record(run) -> dict:
     return _record("data", 100 * run.recipe.dataset.train_fraction, 100 * accuracy, "%")
 
 
-def evaluate(run, levels: Sequence[float] = NOISE_LEVELS, seed: int | None = None) -> list[dict]:
+def record(path, records: Sequence[dict]) -> None:
+    """Add `records` to the finished run file at `path` (its analyses/, `labpnn inspect --json`
+    shows them under "analyses")."""
+    from labpnn.runlog import RunLog
+
+    with RunLog.annotate(path) as log:
+        for r in records:
+            log.analysis(r)
+
+
+def evaluate(run, levels: Sequence[float] = NOISE_LEVELS, seed: int | None = None, *,
+             save: bool = True) -> list[dict]:
     """The noise curve on the run's test set, the OOD AUROC (on clean inputs) when its recipe
     holds classes out (dataset.train_classes), and its data-efficiency point; one Run.predict
-    call for all. `seed` (default the recipe's) draws the noise."""
+    call for all. `seed` (default the recipe's) draws the noise. With `save`, the records are
+    also added to the run file (record())."""
     _check_levels(levels)
     ds = run.dataset
     if ds is None or not hasattr(ds, "x_test"):
@@ -120,6 +134,8 @@ def evaluate(run, levels: Sequence[float] = NOISE_LEVELS, seed: int | None = Non
         clean = settings.index(0.0) * n
         records.append(_ood_record(p[clean:clean + n], p[len(batch):], ds.meta["ood_classes"]))
     records.append(data_record(run))
+    if save:
+        record(run.path, records)
     return records
 
 

@@ -79,6 +79,9 @@ def test_noise_zero_reproduces_the_runs_test_accuracy_and_ood_is_scored(held_out
     assert by["data", 100.0]["value"] == pytest.approx(recorded)
     assert 0 <= by["ood", "held out 8,9"]["value"] <= 1 and by["ood", "held out 8,9"]["unit"] == "AUROC"
     assert all(set(r) == {"test", "setting", "value", "unit"} for r in records)
+    with RunReader(held_out_run.path) as reader:                           # in the run file too
+        saved = reader.summary()["analyses"]
+    assert [{k: a[k] for k in ("test", "setting", "value", "unit")} for a in saved] == records
     p = held_out_run.predict(held_out_run.dataset.x_test[:5])
     assert p.shape == (5, 8) and np.allclose(p.sum(1), 1)
 
