@@ -9,13 +9,14 @@ share a class). The formulas and the kernel-width rule are in docs/information.m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from labpnn import lowrank
 
-__all__ = ["default_sigma", "entropy", "gram", "joint_entropy", "label_entropy", "label_gram",
+__all__ = ["WIDTH_RULES", "Width", "default_sigma", "kernel_width", "entropy", "gram", "joint_entropy", "label_entropy", "label_gram",
            "label_joint_entropy", "mutual_information", "normalize"]
 
 LN2 = math.log(2.0)
@@ -137,6 +138,80 @@ def _median_rule(d2: torch.Tensor) -> float:
     return math.sqrt(med)
 
 
+WIDTH_RULES = ("median", "class", "knn")
+
+
+@dataclass(frozen=True)
+class Width:
+    """How a Gaussian kernel's width is chosen from the samples in hand (docs/pib-tuning.md):
+
+    - "median": the median pairwise distance (the default, default_sigma);
+    - "class": the median distance between samples of the same class (needs labels): the
+      typical same-class pair sits at exp(-1/2) and pairs of different classes, farther apart,
+      fall towards 0, so a class-clustered Z scores close to H(Y) (under the median width it
+      cannot: most pairs are of different classes and set the width);
+    - "knn": the median over samples of the distance to the k-th nearest neighbour (no labels).
+
+    Every rule is then guarded, sigma >= floor * median, so collapsed clusters (width 0) or
+    duplicated samples cannot isolate every sample, and multiplied by `scale`. A rule's width
+    is tied to the samples' own distances, so spreading every sample away from every other
+    (the isolation optimum of a fixed narrow width) changes nothing: all pairs at one distance
+    give every pair the same kernel value, exp(-1/2) at most for the rules' own pairs.
+    """
+
+    rule: str = "median"
+    scale: float = 1.0
+    k: int = 10
+    floor: float = 0.1
+
+    def __post_init__(self):
+        if self.rule not in WIDTH_RULES:
+            raise ValueError(f"width: rule must be one of {', '.join(WIDTH_RULES)}, got {self.rule!r}")
+        _positive(self.scale, "width: scale")
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ValueError(f"width: k must be an integer >= 1, got {self.k!r}")
+        f = float(self.floor)
+        if not (math.isfinite(f) and 0 <= f <= 1):
+            raise ValueError(f"width: floor must be in [0, 1], got {self.floor!r}")
+
+    @property
+    def is_median(self) -> bool:
+        return self.rule == "median" and self.scale == 1.0
+
+
+@torch.no_grad()
+def _rule_sigma(d2: torch.Tensor, width: Width, y: torch.Tensor | None) -> float:
+    """The width `width` gives samples with squared distances d2 (n, n; zero diagonal) and
+    labels y (n,) or None, over at most MAX_SIGMA_SAMPLES evenly strided samples."""
+    median = _median_rule(d2)
+    if width.rule == "median":
+        return width.scale * median
+    stride = -(-d2.shape[0] // MAX_SIGMA_SAMPLES)
+    d2s = d2[::stride, ::stride]
+    n = d2s.shape[0]
+    if width.rule == "class":
+        if y is None:
+            raise ValueError("width: rule 'class' needs the labels of the samples")
+        ys = y[::stride].to(d2s.device)
+        same = (ys[:, None] == ys[None, :]).triu_(1)
+        pairs = d2s[same]
+        sigma = math.sqrt(float(pairs.median())) if pairs.numel() else median
+    else:  # knn: column 0 of the sorted row is the sample itself (distance 0)
+        kth = torch.kthvalue(d2s, min(width.k, n - 1) + 1, dim=1).values
+        sigma = math.sqrt(float(kth.median()))
+    return width.scale * max(sigma, width.floor * median)
+
+
+def kernel_width(x, width: Width = Width(), y=None) -> float:
+    """The Gaussian kernel width `width` chooses for samples x (n, ...), with labels y (n,)
+    for the rule "class"; default_sigma for the default Width()."""
+    t = _samples(x, "x").detach()
+    yt = None if y is None else _labels(y, "y")
+    if yt is not None:
+        _same_n(t, yt, "x", "y")
+    return _rule_sigma(_sq_distances(t), width, yt)
+
+
 def default_sigma(x) -> float:
     """The default Gaussian kernel width of samples x: the median pairwise Euclidean
     distance (the median heuristic).
@@ -154,7 +229,8 @@ def default_sigma(x) -> float:
 
 
 class _GaussianGram(torch.autograd.Function):
-    """K = exp(-c |u_i - u_j|^2), c = 1 / (2 sigma^2); c None: sigma by the median rule.
+    """K = exp(-c |u_i - u_j|^2), c = 1 / (2 sigma^2); c None: sigma by the median rule; c a
+    callable: sigma = c(squared distances).
     c is a constant for the gradient: dL/du = -2c (diag(S 1) u - S u), S = (G + G^T) o K
     (translation-invariant: computed on centred u). centred: u's columns have mean 0."""
 
@@ -163,6 +239,8 @@ class _GaussianGram(torch.autograd.Function):
         d2 = _sq_distances(u, centred)
         if c is None:
             c = 0.5 / _median_rule(d2) ** 2
+        elif callable(c):
+            c = 0.5 / c(d2) ** 2
         k = d2.mul_(-c).exp_()
         ctx.c, ctx.centred = c, centred
         ctx.save_for_backward(u, k)
@@ -178,11 +256,20 @@ class _GaussianGram(torch.autograd.Function):
         return su.sub_((m.sum(0) + m.sum(1))[:, None] * u).mul_(2.0 * ctx.c), None, None
 
 
-def _gaussian(t: torch.Tensor, sigma, name: str) -> torch.Tensor:
+def _gaussian(t: torch.Tensor, sigma, name: str, width: Width | None = None,
+              y: torch.Tensor | None = None) -> torch.Tensor:
+    """The Gaussian kernel of t: with the fixed width sigma, else by `width`'s rule (labels y
+    for "class"), scale-free in gradient (gram())."""
     if sigma is not None:
         s = _positive(sigma, name)
         return _GaussianGram.apply(t, 0.5 / (s * s))
-    return _GaussianGram.apply(_ScaleFree.apply(t), None, True)
+    if width is None or width.is_median:
+        return _GaussianGram.apply(_ScaleFree.apply(t), None, True)
+    if width.rule == "class":
+        if y is None:
+            raise ValueError(f"{name}: width rule 'class' needs the labels of the samples")
+        _same_n(t, y, name.removeprefix("sigma_") or "x", "y")
+    return _GaussianGram.apply(_ScaleFree.apply(t), lambda d2: _rule_sigma(d2, width, y), True)
 
 
 class _ScaleFree(torch.autograd.Function):
@@ -206,7 +293,7 @@ class _ScaleFree(torch.autograd.Function):
         return grad - grad.mean(0)
 
 
-def gram(x, sigma=None) -> torch.Tensor:
+def gram(x, sigma=None, width: Width | None = None, y=None) -> torch.Tensor:
     """Gaussian kernel matrix K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2)) over the flattened
     samples x (n, ...), differentiable in x.
 
@@ -214,9 +301,12 @@ def gram(x, sigma=None) -> torch.Tensor:
     gradient treats as proportional to the RMS pairwise distance: K is then exactly
     invariant to rescaling x and so is its gradient flow (training cannot gain anything
     by inflating features, which would otherwise make weights grow without bound and
-    stall learning).
+    stall learning). `width` (sigma None): another rule (Width), with labels y for "class";
+    its gradient is scale-free in the same way.
     """
-    return _gaussian(_samples(x, "x"), sigma, "sigma")
+    t = _samples(x, "x")
+    yt = None if y is None else _labels(y, "y")
+    return _gaussian(t, sigma, "sigma", width, yt)
 
 
 def label_gram(y, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -392,25 +482,32 @@ def _label_joint(a: torch.Tensor, y: torch.Tensor, alpha: float,
     return _SpectralEntropy.apply(alpha, *blocks)
 
 
-def _kernel(x, sigma, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _kernel(x, sigma, name: str, width: Width | None = None,
+            y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(kernel matrix, labels or None) of x. Unnormalised: the entropies are invariant
     to the scale of the matrix, and both kernels have a unit diagonal."""
     t = _tensor(x, name)
     if _is_labels(t):
         return label_gram(t), t
     t = _samples(t, name)
-    return _gaussian(t, sigma, f"sigma_{name}"), None
+    return _gaussian(t, sigma, f"sigma_{name}", width, y), None
 
 
 def mutual_information(x, z, alpha: float = 1.01, sigma_x=None, sigma_z=None,
-                       estimator: str = "exact") -> torch.Tensor:
+                       estimator: str = "exact", width_x: Width | None = None,
+                       width_z: Width | None = None, y=None) -> torch.Tensor:
     """I_alpha(X; Z) = S(A) + S(B) - S(A, B) in bits, A and B the normalised kernels of x
-    and z (Gaussian with widths sigma_x, sigma_z or default_sigma; one-hot for labels);
-    estimator as in entropy()."""
+    and z (Gaussian with widths sigma_x, sigma_z, else by the rules width_x, width_z, else
+    default_sigma; one-hot for labels); estimator as in entropy(). y: the labels the rule
+    "class" reads (default: x or z when it is a label vector)."""
     a = _check_alpha(alpha)
     e = _check_estimator(estimator)
-    A, ya = _kernel(x, sigma_x, "x")
-    B, yb = _kernel(z, sigma_z, "z")
+    labels = None if y is None else _labels(y, "y")
+    for v in (x, z):
+        if labels is None and _is_labels(_tensor(v, "x")):
+            labels = _tensor(v, "x")
+    A, ya = _kernel(x, sigma_x, "x", width_x, labels)
+    B, yb = _kernel(z, sigma_z, "z", width_z, labels)
     _same_n(A, B, "x", "z")
     s_a = label_entropy(ya, a).to(A.dtype) if ya is not None else _entropy(A, a, e)
     s_b = label_entropy(yb, a).to(B.dtype) if yb is not None else _entropy(B, a, e)

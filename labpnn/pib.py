@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labpnn import info, state_image
 from labpnn.protocols import Batch, Objective
@@ -35,9 +35,11 @@ class PIBTerms(NamedTuple):
 
 
 def pib_terms(x, y, z, *, beta: float, alpha: float = 1.01, sigma_x=None,
-              sigma_z=None, estimator: str = "exact") -> PIBTerms:
+              sigma_z=None, estimator: str = "exact", width_x: info.Width | None = None,
+              width_z: info.Width | None = None) -> PIBTerms:
     """objective = I(Y;Z) - beta * I(X;Z) for inputs x (n, ...), integer labels y (n,) and
-    features z (n, ...), differentiable in z. Kernel widths default to info.default_sigma;
+    features z (n, ...), differentiable in z. Kernel widths: sigma_x, sigma_z when given, else
+    by the rules width_x, width_z (info.Width; "class" reads y), else info.default_sigma;
     estimator "exact" or "fast" as in info.entropy.
 
     S(Z) is computed once for both terms; S(X) and S(Y) do not depend on z and are
@@ -51,13 +53,13 @@ def pib_terms(x, y, z, *, beta: float, alpha: float = 1.01, sigma_x=None,
     yt = info._labels(y, "y")
     zt = info._samples(z, "z")
     with torch.no_grad():
-        a_x, _ = info._kernel(x, sigma_x, "x")
+        info._same_n(info._tensor(x, "x"), yt, "x", "y")
+        a_x, _ = info._kernel(x, sigma_x, "x", width_x, yt)
         a_x, yt = a_x.to(zt.device), yt.to(zt.device)
-        info._same_n(a_x, yt, "x", "y")
         info._same_n(a_x, zt, "x", "z")
         s_x = info._entropy(a_x, a, e)
         s_y = info.label_entropy(yt, a).to(zt.dtype)
-    a_z = info._gaussian(zt, sigma_z, "sigma_z")  # unnormalised: entropies are scale-free
+    a_z = info._gaussian(zt, sigma_z, "sigma_z", width_z, yt)  # unnormalised: entropies are scale-free
     s_z = info._entropy(a_z, a, e)
     i_xz = s_x + s_z - info._entropy(a_x.to(a_z.dtype) * a_z, a, e)
     i_yz = s_y + s_z - info._label_joint(a_z, yt, a, e)
@@ -75,6 +77,21 @@ class PIBSettings(BaseModel):
     beta: float = Field(0.01, ge=0, description="weight of the compression term I(X;Z)")
     sigma_x: float | None = Field(None, gt=0, description="kernel width of X; None: median rule")
     sigma_z: float | None = Field(None, gt=0, description="kernel width of Z; None: median rule")
+    width_x: Literal["median", "class", "knn"] = Field(
+        "median", description="rule for X's kernel width when sigma_x is not given (docs/pib-tuning.md)")
+    width_z: Literal["median", "class", "knn"] = Field(
+        "median", description="rule for Z's kernel width when sigma_z is not given: median pairwise, "
+                              "median same-class, or k-th nearest neighbour distance")
+    width_scale_x: float = Field(1.0, gt=0, description="multiplies the width the rule gives X")
+    width_scale_z: float = Field(1.0, gt=0, description="multiplies the width the rule gives Z")
+    width_k: int = Field(10, ge=1, description="neighbours of the rule knn")
+    width_floor: float = Field(0.1, ge=0, le=1, description="isolation guard: a rule's width is at "
+                                                            "least this times the median distance")
+    copies: int = Field(1, ge=1, description="measured copies of the training set through each unit "
+                                             "(fresh noise draws) that the next unit trains on")
+    cycles: int = Field(0, ge=0, description="optimise-deploy-measure cycles after the first, each "
+                                             "re-optimising every unit against its own measured outputs")
+    cycle_steps: int = Field(50, ge=1, description="optimisation steps of each further cycle")
     estimator: Literal["exact", "fast"] = Field(
         "exact", description="entropy estimator: full eigendecomposition, or top eigenpairs + "
                              "bracketed tail (docs/information.md)")
@@ -85,6 +102,19 @@ class PIBSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the unit is optimised; auto: CUDA when present, else CPU")
+
+    @model_validator(mode="after")
+    def _one_width_each(self):
+        for v in ("x", "z"):
+            if getattr(self, f"sigma_{v}") is not None and not self.width(v).is_median:
+                raise ValueError(f"sigma_{v} fixes the width of {v.upper()}: give it or width_{v} / "
+                                 f"width_scale_{v}, not both")
+        return self
+
+    def width(self, variable: str) -> info.Width:
+        """The width rule of variable "x" or "z" (used when its sigma is None)."""
+        return info.Width(getattr(self, f"width_{variable}"), getattr(self, f"width_scale_{variable}"),
+                          self.width_k, self.width_floor)
 
 
 def resolve_device(name: str) -> torch.device:

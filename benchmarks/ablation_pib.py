@@ -1,0 +1,200 @@
+"""Ablation of the PIB changes of docs/pib-tuning.md: each on and off, MNIST-1D and MNIST, on the
+crossbar twin and in simulation (the noise-free twin, weights unclipped), against backprop in
+silico of the same architecture (labpnn.backprop); and a beta scan with its information plane.
+
+    python benchmarks/ablation_pib.py --quick --seeds 0 1          # MNIST-1D only, 2 seeds
+    python benchmarks/ablation_pib.py --seeds 0 1 2 3 4 5 --datasets mnist1d mnist
+    python benchmarks/ablation_pib.py --beta-scan --seeds 0 1      # I(X;Z), I(Y;Z) against beta
+
+Runs go through the engine (labpnn.engine.Run) exactly as benchmarks/reproduce does (its job
+runner and benches); one result JSON per job in OUT/results, so a rerun skips finished jobs.
+Prints markdown tables; --report FILE puts them into FILE between the ablation markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from reproduce import config, jobs  # noqa: E402
+from reproduce.report import fit_then_compress  # noqa: E402
+
+# Each change against the old defaults (BASE): pib overrides, and unit overrides for "wide".
+BASE = {"width_x": "median", "width_z": "median", "copies": 1, "cycles": 0}
+VARIANTS = {
+    "base": {},
+    "width class": {"width_z": "class"},
+    "width class x2": {"width_z": "class", "width_scale_z": 2.0},
+    "width knn": {"width_z": "knn", "width_x": "knn"},
+    "copies 4": {"copies": 4},
+    "cycles 2": {"cycles": 2},
+    "all": {"width_z": "class", "copies": 4, "cycles": 2},
+}
+PACKAGED = {"mnist": "mnist-memristor", "mnist1d": "mnist1d-memristor"}
+DATA = {"mnist": {"name": "mnist", "path": str(config.DEFAULT_MNIST), "n_train": 8000, "n_test": 2000},
+        "mnist1d": {"name": "mnist1d", "n_train": 4000, "n_test": 1000}}
+BP_EPOCHS = {"mnist": 30, "mnist1d": 100}
+WIDE = [256, 128]          # "wide": 40 -> 256 -> 128 on a 512-column array (standing in for tiles)
+MARK = ("<!-- ablation: start -->", "<!-- ablation: end -->")
+
+
+def recipe(dataset: str, seed: int, pib: dict, sim: bool, steps: int | None, wide: bool = False) -> dict:
+    r = config.recipe_dict(PACKAGED[dataset], seed=seed, dataset=DATA[dataset], steps=steps)
+    r["pib"].update(BASE | pib)
+    if wide:
+        for u, out in zip(r["units"], WIDE):
+            u["out"] = out
+    if sim:
+        for u in r["units"]:
+            u["clip"] = None
+    return r
+
+
+def bench(seed: int, sim: bool, wide: bool) -> dict:
+    over = {"cols": 2 * max(WIDE)} if wide else None
+    return config.bench_dict(seed, "ideal" if sim else "twin", overrides=over)
+
+
+def run_job(out: Path, spec: dict) -> dict:
+    jid = jobs.job_id(spec)
+    path = out / "results" / f"{jid}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    if spec["kind"] == "pib":
+        result = jobs._run_pib(spec, out, jid)
+    else:
+        from labpnn import backprop, data
+        from labpnn.recipe import parse_recipe
+        rec = parse_recipe(spec["recipe"])
+        d = rec.dataset
+        ds = data.load(d.name, n_train=d.n_train, n_test=d.n_test, seed=d.seed, path=d.path)
+        net = backprop.train(rec, ds, backprop.BackpropSettings(epochs=spec["epochs"], seed=spec["seed"]))
+        result = {"test_accuracy": backprop.accuracy(net, ds.x_test, ds.y_test)}
+    result["wall_s"] = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def mean_std(v: list[float]) -> str:
+    a = 100 * np.array(v)
+    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a.mean():.1f}"
+
+
+def ablation(args, out: Path, log) -> list[str]:
+    lines = []
+    for ds in args.datasets:
+        steps = args.steps.get(ds)
+        rows = {}
+        for name in args.variants:
+            wide = name == "wide"
+            pib = VARIANTS.get(name, {}) if not wide else VARIANTS[args.wide_variant]
+            for where in args.benches:
+                accs = []
+                for s in args.seeds:
+                    spec = {"kind": "pib", "recipe": recipe(ds, s, pib, where == "sim", steps, wide),
+                            "bench": bench(s, where == "sim", wide)}
+                    r = run_job(out, spec)
+                    accs.append(r["test_accuracy"])
+                    log(f"{ds} {name} {where} seed {s}: {100 * r['test_accuracy']:.1f} % ({r['wall_s']:.0f} s)")
+                rows[(name, where)] = accs
+        bp = {}
+        for wide in sorted({v == "wide" for v in args.variants}):
+            accs = []
+            for s in args.seeds:
+                spec = {"kind": "bp", "recipe": recipe(ds, s, {}, True, steps, wide), "epochs": BP_EPOCHS[ds], "seed": s}
+                accs.append(run_job(out, spec)["test_accuracy"])
+            bp[wide] = accs
+            log(f"{ds} backprop in silico{' wide' if wide else ''}: {mean_std(accs)}")
+        lines += [f"**{ds}** ({DATA[ds]['n_train']}/{DATA[ds]['n_test']}, recipe `{PACKAGED[ds]}`"
+                  f"{f', {steps} PIB steps per unit' if steps else ''}; test accuracy %, mean ± std over "
+                  f"seeds {', '.join(map(str, args.seeds))})", "",
+                  "| variant | " + " | ".join({"twin": "PIB on the twin", "sim": "PIB in simulation"}[b]
+                                             for b in args.benches) + " | backprop in silico |",
+                  "|---" * (len(args.benches) + 2) + "|"]
+        for name in args.variants:
+            label = name if name != "wide" else f"wide {WIDE} ({args.wide_variant})"
+            lines.append(f"| {label} | " + " | ".join(mean_std(rows[(name, b)]) for b in args.benches)
+                         + f" | {mean_std(bp[name == 'wide'])} |")
+        lines.append("")
+    return lines
+
+
+def beta_scan(args, out: Path, log) -> list[str]:
+    ds = args.datasets[0]
+    lines = [f"**beta scan, {ds}** (PIB in simulation, `{args.scan_variant}`; information plane of unit 0 and 1 per "
+             f"minibatch, smoothed, mean over seeds {', '.join(map(str, args.seeds))})", "",
+             "| beta | test % | unit | I(Y;Z) first → last | I(X;Z) first → peak (step) → last | "
+             "fit 90 % by step | compression ½ by step | fit then compress? |", "|---" * 8 + "|"]
+    for beta in args.betas:
+        pib = VARIANTS[args.scan_variant] | {"beta": beta}
+        accs, planes = [], []
+        for s in args.seeds:
+            spec = {"kind": "pib", "recipe": recipe(ds, s, pib, True, args.steps.get(ds)), "bench": bench(s, True, False)}
+            r = run_job(out, spec)
+            accs.append(r["test_accuracy"])
+            planes.append([fit_then_compress(u["I_XZ"], u["I_YZ"]) for u in r["units"]])
+            log(f"beta {beta} seed {s}: {100 * r['test_accuracy']:.1f} %")
+        for u in range(len(planes[0])):
+            f = {k: float(np.mean([p[u][k] for p in planes])) for k in planes[0][u]}
+            # compression acts: I(X;Z) falls by > 0.05 bits after a peak that is not the first tenth
+            compress = f["ixz_fall"] > 0.05 and f["t_xz_peak"] > 0.1 * f["steps"] and f["t_fit90"] <= f["t_cmp50"]
+            lines.append(f"| {beta:g} | {mean_std(accs) if u == 0 else ''} | {u} | {f['iyz_first']:.2f} → "
+                         f"{f['iyz_last']:.2f} | {f['ixz_first']:.2f} → {f['ixz_peak']:.2f} ({f['t_xz_peak']:.0f}) → "
+                         f"{f['ixz_last']:.2f} | {f['t_fit90']:.0f} | {f['t_cmp50']:.0f} | "
+                         f"{'yes' if compress else 'no'} |")
+    return lines + [""]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="MNIST-1D only, fewer PIB steps on MNIST")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--datasets", nargs="+", choices=sorted(PACKAGED), default=None)
+    p.add_argument("--variants", nargs="+", choices=[*VARIANTS, "wide"], default=None)
+    p.add_argument("--wide-variant", choices=sorted(VARIANTS), default="all", help="the settings of 'wide'")
+    p.add_argument("--benches", nargs="+", choices=["twin", "sim"], default=["twin", "sim"])
+    p.add_argument("--beta-scan", action="store_true", help="the beta scan instead of the ablation")
+    p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.01, 0.1, 0.3, 1.0])
+    p.add_argument("--scan-variant", choices=sorted(VARIANTS), default="base")
+    p.add_argument("--out", type=Path, default=Path("/tmp/labpnn-ablation-pib"))
+    p.add_argument("--report", type=Path, help="markdown file to put the tables in (between the markers)")
+    args = p.parse_args(argv)
+    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4, 5])
+    args.datasets = args.datasets or (["mnist1d"] if args.quick else ["mnist1d", "mnist"])
+    args.variants = args.variants or [*VARIANTS]
+    args.steps = {"mnist": 150} if args.quick else {}
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    lines = beta_scan(args, args.out, log) if args.beta_scan else ablation(args, args.out, log)
+    cmd = "python benchmarks/ablation_pib.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join([f"`{cmd}` ({time.perf_counter() - t0:.0f} s wall on a shared machine)", "", *lines])
+    print(text)
+    if args.report:
+        doc = args.report.read_text()
+        key = "beta" if args.beta_scan else "ablation"
+        start, end = (m.replace("ablation", key) for m in MARK)
+        if start in doc:
+            head, rest = doc.split(start, 1)
+            doc = head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+        else:
+            doc += f"\n{start}\n{text}\n{end}\n"
+        args.report.write_text(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
