@@ -142,15 +142,58 @@ def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
     steps = progress.env_steps
     assert [r["episode"] for r in rows] == [0, 1, 2, 3]
     assert sum(r["length"] for r in rows) == steps == sum(progress.returns)
-    # one measurement per unit for each state seen (the first of each episode, then one per step)
-    assert calls.count("unit0") == calls.count("unit1") == 1 + steps + 4  # 1: calibration
     report = run.report()
     assert report["learner_steps"] > 0
+    # one measurement per unit for each state seen (the first of each episode, then one per step);
+    # unit 1 also measures each minibatch again from the learner's unit-0 outputs (remeasure)
+    assert calls.count("unit0") == 1 + steps + 4  # 1: calibration
+    assert calls.count("unit1") == calls.count("unit0") + report["learner_steps"]
     # 2: each unit deployed at the start; in turns, the learner's snapshots follow on schedule
     # (overlapped, a learner slower than the actor may hand over none before the run ends)
     assert run.agent.deployments >= 2 + 2 * (not overlap) * (report["learner_steps"] // 5)
     assert 0 <= report["idle_fraction"] < 1
     assert all(np.isfinite(r["losses"]).all() for r in rows[-1:])
+
+
+def test_downstream_units_learn_on_inputs_measured_from_the_current_upstream_model():
+    run = _run(False, episodes=2)
+    run.run()
+    learner, agent = run.learner, run.agent
+    with torch.no_grad():  # unit 0 learns on: the replay's unit-1 inputs were measured before
+        weight = learner.models[0][0].weight
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    stored = learner.replay.batches(learner.steps, 16)
+    h0 = torch.cat([stored[0].h, stored[0].targets["h_next"]])
+    with torch.no_grad():
+        upstream = learner.models[0](h0).numpy()
+    measured = learner._remeasured(stored)[1]
+    again = torch.from_numpy(agent.features(1, upstream))  # shot noise: close, not equal
+    stale = torch.cat([stored[1].h, stored[1].targets["h_next"]])
+    fresh = torch.cat([measured.h, measured.targets["h_next"]])
+    assert (fresh - again).abs().mean() < 0.5 * (stale - again).abs().mean()
+
+
+def test_the_hardware_meter_counts_overlapping_busy_spells_once():
+    import threading
+    import time
+
+    from labpnn.rl.agent import HardwareMeter
+
+    meter = HardwareMeter()
+    meter.start()
+    barrier = threading.Barrier(2)
+
+    def spell():
+        barrier.wait()
+        with meter.busy():
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=spell) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 0.045 <= meter.busy_s < 0.09
 
 
 def test_a_checkpoint_resumes_the_run_where_it_stopped():

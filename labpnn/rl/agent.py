@@ -20,28 +20,40 @@ import torch
 from torch import nn
 
 from labpnn.objectives.pib_td import PIBTDObjective
+from labpnn.protocols import Batch
 from labpnn.rl.replay import ReplayBuffer
 
 _GRAD_CLIP = 10.0  # max gradient norm per unit and step: TD errors are heavy-tailed early on
 
 
 class HardwareMeter:
-    """Seconds the instruments spent busy (measuring, reconfiguring) since `start()`."""
+    """Seconds the instruments spent busy (measuring, reconfiguring) since `start()`: the
+    union of the busy spells of every thread (actor and learner may measure at once)."""
 
     def __init__(self):
         self.busy_s = 0.0
         self.started = time.perf_counter()
+        self._lock = threading.Lock()
+        self._active, self._since = 0, 0.0
 
     def start(self) -> None:
-        self.busy_s, self.started = 0.0, time.perf_counter()
+        with self._lock:
+            self.busy_s, self.started = 0.0, time.perf_counter()
+            self._since = self.started
 
     @contextlib.contextmanager
     def busy(self):
-        t = time.perf_counter()
+        with self._lock:
+            if self._active == 0:
+                self._since = time.perf_counter()
+            self._active += 1
         try:
             yield
         finally:
-            self.busy_s += time.perf_counter() - t
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self.busy_s += time.perf_counter() - max(self._since, self.started)
 
     def idle_fraction(self) -> float:
         elapsed = time.perf_counter() - self.started
@@ -50,42 +62,66 @@ class HardwareMeter:
 
 class Agent:
     """Epsilon-greedy actions from the deployed units. `deploy(i, state)` loads a learner
-    snapshot into unit i's model and deploys it (the instrument's reconfiguration)."""
+    snapshot into unit i's model and deploys it (the instrument's reconfiguration).
+
+    `features(i, h)` is what unit i's digital layer reads: its optical stage measured on h
+    (`unit.prepare`), each feature standardised with a mean and scale fixed at calibration
+    (speckle features differ in mean and spread feature by feature; one scale for all
+    leaves a linear layer badly conditioned). A unit fed by a sigmoid unit codes its input
+    over the sigmoid's fixed range 0..1, not over the largest value of its first batch. One
+    lock per unit: actor and learner take turns on an instrument."""
 
     def __init__(self, units, encoder, n_actions: int, seed: int, deploy=None):
         self.units, self.encoder, self.n_actions, self.seed = units, encoder, n_actions, int(seed)
         self.meter = HardwareMeter()
         self._deploy = deploy or (lambda index, unit: unit.deploy())
         self.deployments = 0
+        self._locks = [threading.Lock() for _ in units]
+        self._offset: list[np.ndarray | None] = [None] * len(units)
+        self._scale: list[np.ndarray | None] = [None] * len(units)
+        for before, unit in zip(units, units[1:]):
+            if getattr(before, "activation", None) == "sigmoid" and hasattr(unit, "input_scale"):
+                unit.input_scale = 1.0
+
+    def features(self, index: int, h: np.ndarray) -> np.ndarray:
+        """Unit `index`'s measured, standardised features of its inputs h (n, in)."""
+        with self._locks[index], self.meter.busy():
+            u = self.units[index].prepare(h)
+        if self._offset[index] is None:
+            self._offset[index] = u.mean(0)
+            spread = u.std(0)  # floored: a feature still in calibration may vary later
+            self._scale[index] = np.maximum(spread, 0.5 * np.sqrt(np.mean(spread**2)) or 1.0).astype(np.float32)
+        return ((u - self._offset[index]) / self._scale[index]).astype(np.float32)
+
+    def forward(self, index: int, u: np.ndarray) -> np.ndarray:
+        """Unit `index`'s deployed digital layer on its features u."""
+        with torch.no_grad():
+            return self.units[index].model()(torch.from_numpy(u)).numpy()
 
     def calibrate(self, observations: np.ndarray) -> None:
         """Fix each unit's input and feature scaling on a batch of observations (the units
         freeze them at their first measurement) instead of on the first single state."""
         h = self.encoder(observations)
-        for unit in self.units:
-            with self.meter.busy():
-                u = unit.prepare(h)
-            with torch.no_grad():
-                h = unit.model()(torch.from_numpy(u)).numpy()
+        for i in range(len(self.units)):
+            h = self.forward(i, self.features(i, h))
 
     def deploy(self, index: int, state: dict | None = None) -> None:
         unit = self.units[index]
-        if state is not None:
-            unit.model().load_state_dict(state)
-        with self.meter.busy():
-            self._deploy(index, unit)
+        with self._locks[index]:
+            if state is not None:
+                unit.model().load_state_dict(state)
+            with self.meter.busy():
+                self._deploy(index, unit)
         self.deployments += 1
 
     def measure(self, obs: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """(each unit's measured model input, Q-values) for one observation."""
         h = self.encoder(obs)
         features = []
-        for unit in self.units:
-            with self.meter.busy():
-                u = unit.prepare(h)
+        for i in range(len(self.units)):
+            u = self.features(i, h)
             features.append(u[0])
-            with torch.no_grad():
-                h = unit.model()(torch.from_numpy(u)).numpy()
+            h = self.forward(i, u)
         return features, h[0]
 
     def act(self, q: np.ndarray, epsilon: float, step: int) -> int:
@@ -98,10 +134,18 @@ class Agent:
 class Learner:
     """Trains copies of the units' models, each on its own objective (no gradient crosses
     units) at its own learning rate (lrs), on replay minibatch `step` (drawn by (seed, step));
-    thread-safe snapshots."""
+    thread-safe snapshots.
+
+    With `remeasure` (Agent.features) the inputs of every unit after the first are measured
+    again through its optics from the learner's current upstream outputs, for the minibatch's
+    states and next states: the replayed inputs of a downstream unit were measured under
+    upstream weights that have moved since, so learning on them fits a Q-function of features
+    the deployed agent no longer produces. The first unit's inputs (its optics on the
+    observation) never go stale."""
 
     def __init__(self, models: list[nn.Module], objectives: list[PIBTDObjective], replay: ReplayBuffer,
-                 batch_size: int, lrs: list[float], seed: int):
+                 batch_size: int, lrs: list[float], seed: int, remeasure=None):
+        self.remeasure = remeasure
         self.models = [copy.deepcopy(m) for m in models]
         self.objectives, self.replay, self.batch_size, self.seed = objectives, replay, batch_size, seed
         self.optimisers = [torch.optim.Adam(list(m.parameters()) + list(o.parameters()), lr=lr)
@@ -114,6 +158,8 @@ class Learner:
         """One optimisation step of every unit on the same minibatch."""
         with self.lock:
             batches = self.replay.batches(self.steps, self.batch_size)  # no torch RNG used past this
+            if self.remeasure is not None:
+                batches = self._remeasured(batches)
             for i, (model, objective, opt, batch) in enumerate(zip(self.models, self.objectives, self.optimisers,
                                                                     batches)):
                 loss, values = objective.loss(model, batch)
@@ -124,6 +170,19 @@ class Learner:
                 self.last[i] = {"loss": loss.item(), **values}
             self.steps += 1
             return self.last
+
+    def _remeasured(self, batches: list[Batch]) -> list[Batch]:
+        """Each downstream unit's inputs (state, next state) measured from the current
+        upstream models' outputs; no gradient: the measurement cuts the graph."""
+        out, n = [batches[0]], len(batches[0].h)
+        h = torch.cat([batches[0].h, batches[0].targets["h_next"]])
+        for i in range(1, len(batches)):
+            with torch.no_grad():
+                z = self.models[i - 1](h).numpy()
+            h = torch.from_numpy(self.remeasure(i, z))
+            b = batches[i]
+            out.append(Batch(b.x, h[:n], {**b.targets, "h_next": h[n:]}))
+        return out
 
     def snapshot(self, index: int) -> dict:
         """A copy of unit `index`'s model state, for the agent to deploy."""

@@ -44,6 +44,9 @@ class OnlineOptions(BaseModel):
     epsilon_start: float = Field(1.0, ge=0, le=1)
     epsilon_end: float = Field(0.01, ge=0, le=1)
     epsilon_steps: int = Field(5000, ge=1, description="environment steps of the linear epsilon decay")
+    remeasure: bool = Field(True, description="measure the replayed inputs of every unit after the first "
+                            "again, from the learner's current upstream outputs (False: learn on the "
+                            "inputs as measured when acting, which go stale as the upstream units learn)")
     calibration: int = Field(500, ge=2, description="random-policy observations the units' input and "
                                                    "feature scales are fixed on")
     checkpoint_every: int = Field(25, ge=1, description="episodes between checkpoints (replay included)")
@@ -85,7 +88,8 @@ class OnlineRun:
         replay = ReplayBuffer(options.replay, env.obs_dim, [u.n_outputs for u in units], seed)
         agent = Agent(units, env.encoder, env.n_actions, seed, deploy)
         lrs = [options.lr_upstream] * (len(units) - 1) + [options.lr]
-        learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, lrs, seed)
+        learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, lrs, seed,
+                          remeasure=agent.features if options.remeasure and len(units) > 1 else None)
         return cls(agent, learner, env, replay, options, **callbacks)
 
     # -- schedule ------------------------------------------------------------------------------
