@@ -1090,4 +1090,5 @@ def test_annotate_adds_analyses_to_a_finished_run_only(tmp_path):
         [rec] = r.summary()["analyses"]
         assert (rec["test"], rec["setting"], rec["value"]) == ("noise", 5.0, 81.5)
         assert [w["action"] for w in r.writers][-2:] == ["annotate", "close"]
+        assert "  - noise 5.0: 81.5%" in format_summary(r.summary()).splitlines()
         r.verify()

@@ -81,6 +81,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"site {name} ({site.get('host')}, {site.get('address')}): units {site.get('units')}, "
                      f"busy {_duration(site.get('busy_s'))}, {site.get('bytes_sent', 0) / 1e6:.2f} MB sent to it, "
                      f"{site.get('bytes_received', 0) / 1e6:.2f} MB received from it")
+    analyses = summary.get("analyses") or []
+    if analyses:
+        lines.append(f"analyses: {len(analyses)}")
+    for a in analyses:
+        unit = f" {a['unit']}" if a.get("unit") and a["unit"] != "%" else str(a.get("unit") or "")
+        lines.append(f"  - {a.get('test')} {a.get('setting')}: {a.get('value')}{unit}")
     faults = summary.get("faults") or []
     lines.append(f"faults: {len(faults)}")
     for fr in faults:
