@@ -134,7 +134,7 @@ def case_engine(recipe_dict: dict, bench_path: str, out: str) -> dict:
 
     recipe = parse_recipe(recipe_dict)
     d = recipe.dataset
-    data.load(d.name, n_train=d.n_train, n_test=d.n_test, seed=d.seed, path=d.path)  # warm (import, cache)
+    data.load(d.name, **d.load_options())  # warm (import, cache)
     bench = Bench.load(bench_path)
     m = Meter()
     m.start()
@@ -157,11 +157,11 @@ def case_direct(recipe_dict: dict, bench_path: str, out: str) -> dict:
 
     recipe = parse_recipe(recipe_dict)
     d = recipe.dataset
-    data.load(d.name, n_train=d.n_train, n_test=d.n_test, seed=d.seed, path=d.path)
+    data.load(d.name, **d.load_options())
     bench = Bench.load(bench_path)
     m = Meter()
     m.start()
-    ds = data.load(d.name, n_train=d.n_train, n_test=d.n_test, seed=d.seed, path=d.path)
+    ds = data.load(d.name, **d.load_options())
     names = recipe.instruments()
     for name in names:
         bench[name].connect()

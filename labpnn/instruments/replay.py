@@ -151,7 +151,7 @@ class ReplayCrossbar(Instrument):
                 if i == 0:
                     if dataset is None:
                         d = recipe.dataset
-                        dataset = data.load(d.name, n_train=d.n_train, n_test=d.n_test, seed=d.seed, path=d.path)
+                        dataset = data.load(d.name, **d.load_options())
                     inputs, fed_by = np.vstack([dataset.x_train, dataset.x_test]), f"dataset {recipe.dataset.name}"
                 else:
                     deployed_at = order.index((i, rev, "deployed"))
