@@ -85,9 +85,9 @@ def _run(recipe, seed: int, out: Path, label: str, **options) -> list[dict]:
         run = Run(variant, bench, path)
         run.execute()
         if label == "full":
-            records = generalise.evaluate(run, levels=LEVELS)
+            records = generalise.evaluate(run, levels=LEVELS, save=True)
         elif label == "ood":
-            records = [r for r in generalise.evaluate(run, levels=(0.0,)) if r["test"] != "data"]
+            records = [r for r in generalise.evaluate(run, levels=(0.0,), save=True) if r["test"] != "data"]
             for r in records:
                 if r["test"] == "noise":
                     r["test"] = "ood-id-accuracy"   # the 8-class accuracy, re-measured

@@ -6,10 +6,11 @@ API (every result is a plain record {"test", "setting", "value", "unit"}):
     run.execute()
     records = evaluate(run)                   # noise curve + OOD AUROC (+ the data-efficiency point)
 
-- `evaluate(run, levels=NOISE_LEVELS, seed=None, save=True)`: all of the below for a run executed
-  to its end in this process (any scheme that leaves deployed units and a fitted readout:
-  `Run.predict`), added to its run file (`record(path, records)`: the file's analyses/, which
-  `labpnn inspect --json` shows under "analyses").
+- `evaluate(run, levels=NOISE_LEVELS, seed=None, save=False)`: all of the below for a run
+  executed to its end in this process (any scheme that leaves deployed units and a fitted
+  readout: `Run.predict`); with save=True also added to its run file.
+- `record(path, records)`: records into a finished run file (its analyses/, which
+  `labpnn inspect --json` shows under "analyses"; RunLog.annotate).
   All inputs go through the hardware in one `Run.predict` call, so every setting sees the same
   deployment (a crossbar shared by several units is reprogrammed, with fresh programming noise,
   at each call).
@@ -115,11 +116,11 @@ def record(path, records: Sequence[dict]) -> None:
 
 
 def evaluate(run, levels: Sequence[float] = NOISE_LEVELS, seed: int | None = None, *,
-             save: bool = True) -> list[dict]:
+             save: bool = False) -> list[dict]:
     """The noise curve on the run's test set, the OOD AUROC (on clean inputs) when its recipe
     holds classes out (dataset.train_classes), and its data-efficiency point; one Run.predict
     call for all. `seed` (default the recipe's) draws the noise. With `save`, the records are
-    also added to the run file (record())."""
+    also added to the run file (record(); or record a selection of them yourself)."""
     _check_levels(levels)
     ds = run.dataset
     if ds is None or not hasattr(ds, "x_test"):

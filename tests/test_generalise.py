@@ -70,7 +70,7 @@ def test_a_run_on_held_out_classes_trains_on_them_only(held_out_run):
 
 
 def test_noise_zero_reproduces_the_runs_test_accuracy_and_ood_is_scored(held_out_run):
-    records = generalise.evaluate(held_out_run, levels=(0.0, 20.0), seed=0)
+    records = generalise.evaluate(held_out_run, levels=(0.0, 20.0), seed=0, save=True)
     by = {(r["test"], r["setting"]): r for r in records}
     with RunReader(held_out_run.path) as reader:
         recorded = 100 * reader.test_accuracy
