@@ -14,7 +14,7 @@ gets them, so the next unit cannot just pass the goodness on.
 
 Classification: the common rule of every scheme, the cascade's final pass and readout refitted
 on the last unit's measured features, here with the neutral label (the mean pattern) embedded.
-With `goodness_accuracy`, the paper's own rule as well: each test input measured with every
+With `goodness_accuracy`, forward-forward's own rule as well: each test input measured with every
 label embedded, the label of largest summed goodness wins (n_classes times the test set per
 unit, measured), stated in an info event. docs/methods.md.
 """
