@@ -8,6 +8,8 @@ scheme). Wall times are the machine's at the time (shared cores).
 
     python benchmarks/compare_local.py                      # mnist1d-memristor, 4000/1000
     python benchmarks/compare_local.py --seeds 0 1 2 --lrs 0.001 0.003 0.01 0.03 --epochs 20
+    python benchmarks/compare_local.py --recipe mnist-memristor --epochs 10 \
+        --fixed-lr pat=0.01 dfa=0.01 phyll=0.003            # lr as tuned on MNIST-1D
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from labpnn import data, readout
 from labpnn.bench import Bench
 from labpnn.engine import Run
 from labpnn.recipe import load_recipe, parse_recipe
@@ -81,6 +84,16 @@ def run(recipe: str, scheme, seed: int, *, validation: bool, workdir: Path) -> d
     return {"accuracy": accuracy, "wall": wall, "count": count}
 
 
+def raw_inputs_accuracy(recipe: str) -> float:
+    """The common readout (the recipe's readout:) fitted on the dataset's inputs: a linear floor."""
+    r = load_recipe(recipe)
+    ds = data.load(r.dataset.name, n_train=r.dataset.n_train, n_test=r.dataset.n_test, seed=r.dataset.seed,
+                   path=r.dataset.path)
+    params = readout.fit_readout(ds.x_train, ds.y_train, ds.n_classes, steps=r.readout.steps,
+                                 weight_decay=r.readout.weight_decay)
+    return readout.accuracy(params, ds.x_test, ds.y_test)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="mnist1d-memristor")
@@ -91,20 +104,26 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--val", type=int, default=1000, help="training rows held out for tuning")
     parser.add_argument("--no-cascade", action="store_true", help="skip the PIB (cascade) reference row")
+    parser.add_argument("--fixed-lr", nargs="*", default=[], metavar="METHOD=LR",
+                        help="no tuning for these methods: use this lr (e.g. lr tuned on another recipe)")
     parser.add_argument("--deploy-every", type=int, nargs="*", default=[],
                         help="extra rows: pat and dfa at their tuned lr, deployed every K steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ValidationRun.val = args.val
+    fixed = {m: float(lr) for m, lr in (item.split("=") for item in args.fixed_lr)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for method in args.methods:
             base = {"name": method, "epochs": args.epochs, "batch_size": args.batch_size}
-            tuning = {lr: run(args.recipe, base | {"lr": lr}, args.seeds[0], validation=True, workdir=workdir)
-                      for lr in args.lrs}
-            best = max(tuning, key=lambda lr: tuning[lr]["accuracy"])
+            if method in fixed:
+                tuning, best = {}, fixed[method]
+            else:
+                tuning = {lr: run(args.recipe, base | {"lr": lr}, args.seeds[0], validation=True, workdir=workdir)
+                          for lr in args.lrs}
+                best = max(tuning, key=lambda lr: tuning[lr]["accuracy"])
             final = [run(args.recipe, base | {"lr": best}, s, validation=False, workdir=workdir) for s in args.seeds]
             rows.append((method, tuning, best, final))
             for k in args.deploy_every if method != "phyll" else []:
@@ -126,6 +145,8 @@ def main() -> None:
         c = final[0]["count"]
         print(f"| {method} | {per_lr} | {best if best is not None else '(recipe pib:)'} | {acc.mean():.1f}{spread} | "
               f"{c.programs} | {c.calls} | {c.rows} | {np.mean([f['wall'] for f in final]):.0f} |")
+    print(f"\nThe common readout on the network's inputs themselves (no units, no hardware): "
+          f"{100 * raw_inputs_accuracy(args.recipe):.1f} % test")
 
 if __name__ == "__main__":
     main()
