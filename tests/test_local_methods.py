@@ -136,10 +136,12 @@ def test_an_aborted_run_resumes_after_its_last_saved_step(tmp_path):
     with RunReader(path) as reader:
         assert reader.unit(0).info_plane["step"].tolist() == list(range(10))  # saved after steps 4 and 9
     resumed = Run.reopen(path, twin_bench(tmp_path))
-    steps = []
+    steps, infos = [], []
     resumed.bus.subscribe(lambda e: steps.append(e.step) if isinstance(e, Step) and e.unit == 0 else None)
+    resumed.bus.subscribe(lambda e: infos.append(e.message) if e.kind.value == "info" else None)
     assert resumed.execute() is State.DONE
     assert steps == list(range(10, 15))
+    assert any("training used 30 deployments" in m for m in infos)  # the saved cost carried over
     with RunReader(path) as reader:
         assert_every_step_once(reader, steps=15)
         assert_checkpoints_once(reader)

@@ -63,7 +63,7 @@ class Phyll(HardwareLoop):
         patterns /= patterns.pow(2).mean(1, keepdim=True).sqrt()
         holder = nn.Module()  # buffers only: fixed, saved with the state
         holder.register_buffer("patterns", patterns * self.options.label_scale * float(np.sqrt(np.mean(x ** 2))))
-        self.parts = holder
+        self.parts, self.seed = holder, ctx.seed  # embed() and the negatives' seeds use them
         return holder
 
     def embed(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -86,10 +86,6 @@ class Phyll(HardwareLoop):
             losses.append(nn.functional.softplus(-self.options.sharpness * (g_pos - g_neg)).mean())
             values[f"separation_{index}"] = (g_pos > g_neg).float().mean().item()
         return sum(losses), [v.item() for v in losses], values
-
-    def run(self, ctx: RunContext) -> None:
-        self.seed = ctx.seed
-        super().run(ctx)
 
     def unit_input(self, index: int, h: np.ndarray) -> np.ndarray:
         if index == 0:
