@@ -133,8 +133,11 @@ def main() -> None:
         if not args.no_cascade:
             final = [run(args.recipe, "cascade", s, validation=False, workdir=workdir) for s in args.seeds]
             rows.append(("cascade (PIB)", {}, None, final))
-    print(f"recipe {args.recipe}, {args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}, "
-          f"lr tuned on {args.val} held-out training rows (seed {args.seeds[0]})\n")
+    tuned = [m for m in args.methods if m not in fixed]
+    print(f"recipe {args.recipe}, {args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}; "
+          + (f"lr of {', '.join(tuned)} tuned on {args.val} held-out training rows (seed {args.seeds[0]})"
+             if tuned else "")
+          + ("; " if tuned and fixed else "") + (f"lr fixed: {args.fixed_lr}" if fixed else "") + "\n")
     print("| method | validation accuracy per lr (%) | lr chosen | test accuracy (%) | crossbar programmings | "
           "matmul calls | rows measured | wall time per run (s) |")
     print("|---|---|---|---|---|---|---|---|")
