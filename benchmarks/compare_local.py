@@ -1,6 +1,7 @@
 """The hardware-in-the-loop schemes (pat, dfa, phyll) against the cascade (PIB) on one recipe's
 architecture and twin, with an equal tuning budget: each scheme's lr picked on a validation
-split of the training set (`--val` rows held out, stratified, seed 0), then run on the full
+split of the training set (`--validation`, default 25 %: the recipe's `dataset.validation`,
+stratified, the dataset's seed), then run on the full
 training set and scored on the test set with the common refitted readout. Prints a Markdown
 table (docs/methods.md quotes it): accuracy (mean ± std over the seeds) and what the crossbar
 twin was asked to do in the first seed's run (counted at the instrument, the same way for every
@@ -15,7 +16,6 @@ scheme). Wall times are the machine's at the time (shared cores).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from labpnn import data, readout
 from labpnn.bench import Bench
@@ -33,19 +32,6 @@ from labpnn.runlog import RunReader
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ("pat", "dfa", "phyll")
-
-
-class ValidationRun(Run):
-    """A run whose test set is a held-out part of the recipe's training set."""
-
-    val = 1000
-
-    def _dataset(self):
-        ds = super()._dataset()
-        tr, va = train_test_split(np.arange(len(ds.y_train)), test_size=self.val, stratify=ds.y_train,
-                                  random_state=0)
-        return dataclasses.replace(ds, x_train=ds.x_train[tr], y_train=ds.y_train[tr], x_test=ds.x_train[va],
-                                   y_test=ds.y_train[va])
 
 
 class InstrumentCount:
@@ -68,13 +54,16 @@ class InstrumentCount:
         device.program_weights, device.matmul = counted_program, counted_matmul
 
 
-def run(recipe: str, scheme, seed: int, *, validation: bool, workdir: Path) -> dict:
+def run(recipe: str, scheme, seed: int, *, validation: float, workdir: Path) -> dict:
+    """One run of the recipe with `scheme` and `seed`; validation > 0: that share of the training
+    split held out and scored instead of the test set (the recipe's dataset.validation)."""
     data = load_recipe(recipe).model_dump()
     data["seed"], data["scheme"] = seed, scheme
+    data["dataset"]["validation"] = validation
     path = workdir / f"run-{time.monotonic_ns()}.h5"
     bench = Bench.load(ROOT / "instruments.yaml")
     count = InstrumentCount(bench["crossbar"])
-    r = (ValidationRun if validation else Run)(parse_recipe(data), bench, path)
+    r = Run(parse_recipe(data), bench, path)
     start = time.perf_counter()
     r.execute()
     wall = time.perf_counter() - start
@@ -102,7 +91,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--val", type=int, default=1000, help="training rows held out for tuning")
+    parser.add_argument("--validation", type=float, default=0.25,
+                        help="share of the training split held out for tuning (dataset.validation)")
     parser.add_argument("--no-cascade", action="store_true", help="skip the PIB (cascade) reference row")
     parser.add_argument("--fixed-lr", nargs="*", default=[], metavar="METHOD=LR",
                         help="no tuning for these methods: use this lr (e.g. lr tuned on another recipe)")
@@ -111,7 +101,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ValidationRun.val = args.val
     fixed = {m: float(lr) for m, lr in (item.split("=") for item in args.fixed_lr)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,21 +110,22 @@ def main() -> None:
             if method in fixed:
                 tuning, best = {}, fixed[method]
             else:
-                tuning = {lr: run(args.recipe, base | {"lr": lr}, args.seeds[0], validation=True, workdir=workdir)
-                          for lr in args.lrs}
+                tuning = {lr: run(args.recipe, base | {"lr": lr}, args.seeds[0], validation=args.validation,
+                                  workdir=workdir) for lr in args.lrs}
                 best = max(tuning, key=lambda lr: tuning[lr]["accuracy"])
-            final = [run(args.recipe, base | {"lr": best}, s, validation=False, workdir=workdir) for s in args.seeds]
+            final = [run(args.recipe, base | {"lr": best}, s, validation=0.0, workdir=workdir) for s in args.seeds]
             rows.append((method, tuning, best, final))
             for k in args.deploy_every if method != "phyll" else []:
-                final = [run(args.recipe, base | {"lr": best, "deploy_every": k}, s, validation=False,
+                final = [run(args.recipe, base | {"lr": best, "deploy_every": k}, s, validation=0.0,
                              workdir=workdir) for s in args.seeds]
                 rows.append((f"{method}, deploy_every {k}", {}, best, final))
         if not args.no_cascade:
-            final = [run(args.recipe, "cascade", s, validation=False, workdir=workdir) for s in args.seeds]
+            final = [run(args.recipe, "cascade", s, validation=0.0, workdir=workdir) for s in args.seeds]
             rows.append(("cascade (PIB)", {}, None, final))
     tuned = [m for m in args.methods if m not in fixed]
     print(f"recipe {args.recipe}, {args.epochs} epochs, batch {args.batch_size}, seeds {args.seeds}; "
-          + (f"lr of {', '.join(tuned)} tuned on {args.val} held-out training rows (seed {args.seeds[0]})"
+          + (f"lr of {', '.join(tuned)} tuned on a {args.validation:.0%} validation share of the training "
+             f"split (seed {args.seeds[0]})"
              if tuned else "")
           + ("; " if tuned and fixed else "") + (f"lr fixed: {args.fixed_lr}" if fixed else "") + "\n")
     print("| method | validation accuracy per lr (%) | lr chosen | test accuracy (%) | crossbar programmings | "
