@@ -25,8 +25,8 @@ SCHEMES = {"pat": {"epochs": 3, "batch_size": 64, "lr": 0.01},
            "phyll": {"epochs": 3, "batch_size": 64, "lr": 0.01, "goodness_accuracy": True}}
 
 
-def run_scheme(tmp_path, name: str, **options):
-    recipe = tiny_recipe(scheme={"name": name, **SCHEMES[name], **options})
+def run_scheme(tmp_path, name: str):
+    recipe = tiny_recipe(scheme={"name": name, **SCHEMES[name]})
     path = tmp_path / f"{name}.h5"
     run = Run(recipe, twin_bench(tmp_path), path)
     events = []
@@ -35,9 +35,22 @@ def run_scheme(tmp_path, name: str, **options):
     return path, events
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """runs(name): the scheme run once on the twins (per test process), (run file, events)."""
+    done = {}
+
+    def get(name: str):
+        if name not in done:
+            done[name] = run_scheme(tmp_path_factory.mktemp(name), name)
+        return done[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", sorted(SCHEMES))
-def test_scheme_trains_beats_chance_and_writes_a_run_file(tmp_path, name):
-    path, events = run_scheme(tmp_path, name)
+def test_scheme_trains_beats_chance_and_writes_a_run_file(runs, name):
+    path, events = runs(name)
     with RunReader(path) as reader:
         accuracy = reader.test_accuracy
         assert accuracy is not None and accuracy > 0.3  # 10 classes: chance is 0.1
@@ -71,8 +84,8 @@ def test_scattering_units_are_refused(tmp_path):
         Run(recipe, bench, tmp_path / "r.h5").execute()
 
 
-def test_dfa_feedback_matrices_stay_fixed(tmp_path):
-    path, _ = run_scheme(tmp_path, "dfa")
+def test_dfa_feedback_matrices_stay_fixed(runs, tmp_path):
+    path, _ = runs("dfa")
     with RunReader(path) as reader:
         _, _, blob = reader.unit(0).live_state
         trained = reader.unit(0).params("trained")["0.weight"]
@@ -123,10 +136,12 @@ def test_an_aborted_run_resumes_after_its_last_saved_step(tmp_path):
     with RunReader(path) as reader:
         assert reader.unit(0).info_plane["step"].tolist() == list(range(10))  # saved after steps 4 and 9
     resumed = Run.reopen(path, twin_bench(tmp_path))
-    steps = []
+    steps, infos = [], []
     resumed.bus.subscribe(lambda e: steps.append(e.step) if isinstance(e, Step) and e.unit == 0 else None)
+    resumed.bus.subscribe(lambda e: infos.append(e.message) if e.kind.value == "info" else None)
     assert resumed.execute() is State.DONE
     assert steps == list(range(10, 15))
+    assert any("training used 30 deployments" in m for m in infos)  # the saved cost carried over
     with RunReader(path) as reader:
         assert_every_step_once(reader, steps=15)
         assert_checkpoints_once(reader)

@@ -131,11 +131,14 @@ class HardwareLoop:
     # -- the run
     def run(self, ctx: RunContext) -> None:
         self.check(ctx)
-        units, opts = ctx.units, self.options
+        units = ctx.units
         digital = self.digital(ctx)
         if all(ctx.done(i, 0, "optimised") for i in range(len(units))):
             for i, unit in enumerate(units):
                 ctx.restore(i, 0, unit)
+            saved = self.saved_state(ctx)
+            if saved is not None:  # the training's cost, for the closing statement
+                self.cost.deploys, self.cost.calls, self.cost.samples = (int(v) for v in saved[1]["cost"])
         else:
             self.train(ctx, digital)
         self.final_pass(ctx)
@@ -204,16 +207,25 @@ class HardwareLoop:
         for index, unit_rows in enumerate(rows):
             ctx.log.steps(index, 0, unit_rows, blob if index == 0 else b"")
 
-    def resume(self, ctx: RunContext, models, digital, optimiser) -> int:
-        """Load the last saved joint state, if any; the step to start from."""
+    def saved_state(self, ctx: RunContext) -> tuple[int, dict] | None:
+        """(last saved step, the joint state saved after it) from unit 0's slot, or None."""
         live = ctx.log.live_state(0, 0)
         if live is None or not live[1]:
-            return 0
-        last, blob = live
+            return None
         try:
-            state = state_image.load(blob)
-            for model, saved in zip(models, state["models"], strict=True):
-                model.load_state_dict(saved)
+            return live[0], state_image.load(live[1])
+        except state_image.StateError as exc:
+            raise RunLogError(f"{ctx.log.path}: scheme {self.name}'s state saved at step {live[0]}: {exc}") from None
+
+    def resume(self, ctx: RunContext, models, digital, optimiser) -> int:
+        """Load the last saved joint state, if any; the step to start from."""
+        saved = self.saved_state(ctx)
+        if saved is None:
+            return 0
+        last, state = saved
+        try:
+            for model, params in zip(models, state["models"], strict=True):
+                model.load_state_dict(params)
             digital.load_state_dict(state["digital"])
             optimiser.load_state_dict(state["optimiser"])
         except (ValueError, KeyError, RuntimeError) as exc:

@@ -14,7 +14,7 @@ gets them, so the next unit cannot just pass the goodness on.
 
 Classification: the common rule of every scheme, the cascade's final pass and readout refitted
 on the last unit's measured features, here with the neutral label (the mean pattern) embedded.
-With `goodness_accuracy`, the paper's own rule as well: each test input measured with every
+With `goodness_accuracy`, forward-forward's own rule as well: each test input measured with every
 label embedded, the label of largest summed goodness wins (n_classes times the test set per
 unit, measured), stated in an info event. docs/methods.md.
 """
@@ -63,7 +63,7 @@ class Phyll(HardwareLoop):
         patterns /= patterns.pow(2).mean(1, keepdim=True).sqrt()
         holder = nn.Module()  # buffers only: fixed, saved with the state
         holder.register_buffer("patterns", patterns * self.options.label_scale * float(np.sqrt(np.mean(x ** 2))))
-        self.parts = holder
+        self.parts, self.seed = holder, ctx.seed  # embed() and the negatives' seeds use them
         return holder
 
     def embed(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -86,10 +86,6 @@ class Phyll(HardwareLoop):
             losses.append(nn.functional.softplus(-self.options.sharpness * (g_pos - g_neg)).mean())
             values[f"separation_{index}"] = (g_pos > g_neg).float().mean().item()
         return sum(losses), [v.item() for v in losses], values
-
-    def run(self, ctx: RunContext) -> None:
-        self.seed = ctx.seed
-        super().run(ctx)
 
     def unit_input(self, index: int, h: np.ndarray) -> np.ndarray:
         if index == 0:
