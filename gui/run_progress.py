@@ -1,6 +1,7 @@
 """Progress of a live run from its events, Qt-free: the current phase, elapsed and remaining time.
 
-The remaining time counts the PIB steps and the measured inputs still to come, at the rates
+The remaining time counts the optimisation steps (as each optimise phase announces them) and
+the measured inputs still to come, at the rates
 seen so far in this run (seconds per step, seconds per input); before a kind of work has been
 timed it is left out and the estimate is a lower bound.
 """
@@ -46,6 +47,9 @@ class RunProgress:
             self._last = None  # an interval across a pause is not a rate
         elif ev.kind == "phase":
             self.phase = Phase(ev.message, int(d.get("steps", 0)), int(d.get("start", 0)))
+            if d["phase"] == "optimise":   # the plan as the scheme announces it (unit None: every unit)
+                for unit in range(len(self.steps)) if ev.unit is None else (ev.unit,):
+                    self.steps[unit] = int(d["steps"])
             if d["phase"] == "measure":
                 split = "train" if d.get("split") == "prepare" else d.get("split")
                 self.rows[split] = int(d["steps"])

@@ -82,3 +82,17 @@ def test_remaining_time_from_the_rates_seen():
     assert progress.elapsed() == pytest.approx(10.0)
     progress.apply(StateChanged(state="idle", time=96.0))
     assert progress.remaining() == (0.0, False) and progress.elapsed() == pytest.approx(6.0)
+
+
+def test_remaining_steps_follow_the_plan_a_scheme_announces():
+    """Schemes that train every unit at once (pat, dfa, phyll) announce their own step count."""
+    progress = RunProgress(parse_recipe(RECIPE), clock=lambda: 100.0)
+    progress.apply(StateChanged(state="running", time=90.0))
+    progress.apply(PhaseStarted(unit=None, phase="optimise", steps=300, what="pat", time=90.0))
+    for s in range(2):
+        for unit in (0, 1):
+            for ev in step(unit, s, t=91.0 + s):
+                progress.apply(ev)
+    assert progress.steps == [300, 300]
+    seconds, _ = progress.remaining()
+    assert seconds == pytest.approx(progress.rate["step"] * 2 * 298)
