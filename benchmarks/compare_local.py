@@ -10,7 +10,7 @@ scheme). Wall times are the machine's at the time (shared cores).
     python benchmarks/compare_local.py                      # mnist1d-memristor, 4000/1000
     python benchmarks/compare_local.py --seeds 0 1 2 --lrs 0.001 0.003 0.01 0.03 --epochs 20
     python benchmarks/compare_local.py --recipe mnist-memristor --epochs 10 \
-        --fixed-lr pat=0.01 dfa=0.01 phyll=0.003            # lr as tuned on MNIST-1D
+        --fixed-lr pat=0.01 dfa=0.01 phyll=0.01             # lr as tuned on MNIST-1D
 """
 
 from __future__ import annotations
