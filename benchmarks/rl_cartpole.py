@@ -7,8 +7,11 @@ reward threshold (475 for CartPole-v1); episodes to solve: the episodes run when
 The digital DQN has the same widths as the PNN (thermometer code 64 -> 256 -> 128 sigmoid ->
 256 -> 2 actions), every layer trained end to end by backprop on the TD loss alone (double DQN,
 the same replay, epsilon schedule, target refresh, optimiser and scheme), acting without
-hardware. Prints a table and saves the running-average curves (docs/img/rl_cartpole.png).
-Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--png docs/img/rl_cartpole.png]
+hardware. Prints a table and saves the running-average curves (docs/img/rl-cartpole.png).
+With --in-turns acting and learning take turns (overlap off): the learner then does exactly
+`updates_per_step` steps per environment step whatever the machine's load, so a run on a busy
+machine learns as one on a quiet machine would (overlapped, a starved learner falls behind).
+Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--in-turns] [--png docs/img/rl-cartpole.png]
 """
 
 from __future__ import annotations
@@ -73,11 +76,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="1 seed, 120 episodes at most (does not solve)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--episodes", type=int, default=None, help="at most, per run (default: the recipe's)")
-    p.add_argument("--png", type=Path, default=Path("docs/img/rl_cartpole.png"))
+    p.add_argument("--png", type=Path, default=Path("docs/img/rl-cartpole.png"))
     p.add_argument("--only", choices=["pnn", "dqn"], default=None)
+    p.add_argument("--in-turns", action="store_true", help="overlap off: the learner's pace fixed per step")
     args = p.parse_args()
     torch.set_num_threads(1)
     recipe = load_recipe("rl-cartpole-opu")
+    if args.in_turns:
+        recipe = recipe.model_copy(update={"scheme": {**recipe.scheme_spec(), "overlap": False}})
     seeds = range(1 if args.quick else args.seeds)
     episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
     makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
