@@ -93,24 +93,28 @@ def main() -> None:
     for name, make in makers.items():
         for seed in seeds:
             run = make(recipe, seed, episodes)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             progress = run.run()
             r = {"seed": seed, "solved_at": progress.solved_at, "returns": progress.returns,
-                 "wall_s": time.perf_counter() - started, **run.report()}
+                 "wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, **run.report()}
             results.setdefault(name, []).append(r)
             print(f"{name}, seed {seed}: {'solved after ' + str(r['solved_at']) + ' episodes' if r['solved_at'] else 'not solved'}"
-                  f" ({len(r['returns'])} episodes, {r['env_steps']} env steps, {r['wall_s']:.0f} s)", flush=True)
+                  f" ({len(r['returns'])} episodes, {r['env_steps']} env steps, {r['wall_s']:.0f} s wall, "
+                  f"{r['cpu_s']:.0f} s CPU)", flush=True)
     window, threshold = recipe.env.window, 475.0
     print(f"\nCartPole-v1, solved = mean return >= {threshold:g} over {window} consecutive episodes "
           f"(at most {episodes} episodes per run)")
-    print(f"{'agent':<32} {'solved':>8} {'episodes to solve (median, range)':>36} {'best mean of 100':>17} {'wall s (median)':>16}")
+    print("CPU s: the process's CPU time, what a quiet machine's wall time would be (one core each)")
+    print(f"{'agent':<32} {'solved':>8} {'episodes to solve (median, range)':>36} {'best mean of 100':>17} "
+          f"{'env steps (median)':>19} {'wall s':>7} {'CPU s':>7}")
     for name, rows in results.items():
         solved = [r["solved_at"] for r in rows if r["solved_at"]]
         best = [max(np.convolve(r["returns"], np.ones(window) / window, "valid"), default=np.mean(r["returns"]))
                 for r in rows]
         span = f"{int(np.median(solved))} ({min(solved)}-{max(solved)})" if solved else "-"
         print(f"{name:<32} {len(solved):>3}/{len(rows):<4} {span:>36} {np.median(best):>17.1f} "
-              f"{np.median([r['wall_s'] for r in rows]):>16.0f}")
+              f"{np.median([r['env_steps'] for r in rows]):>19.0f} {np.median([r['wall_s'] for r in rows]):>7.0f} "
+              f"{np.median([r['cpu_s'] for r in rows]):>7.0f}")
     plot(results, window, threshold, args.png)
 
 
