@@ -7,8 +7,11 @@ reward threshold (475 for CartPole-v1); episodes to solve: the episodes run when
 The digital DQN has the same widths as the PNN (thermometer code 64 -> 256 -> 128 sigmoid ->
 256 -> 2 actions), every layer trained end to end by backprop on the TD loss alone (double DQN,
 the same replay, epsilon schedule, target refresh, optimiser and scheme), acting without
-hardware. Prints a table and saves the running-average curves (docs/img/rl_cartpole.png).
-Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--png docs/img/rl_cartpole.png]
+hardware. Prints a table and saves the running-average curves (docs/img/rl-cartpole.png).
+With --in-turns acting and learning take turns (overlap off): the learner then does exactly
+`updates_per_step` steps per environment step whatever the machine's load, so a run on a busy
+machine learns as one on a quiet machine would (overlapped, a starved learner falls behind).
+Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--in-turns] [--png docs/img/rl-cartpole.png]
 """
 
 from __future__ import annotations
@@ -73,11 +76,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="1 seed, 120 episodes at most (does not solve)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--episodes", type=int, default=None, help="at most, per run (default: the recipe's)")
-    p.add_argument("--png", type=Path, default=Path("docs/img/rl_cartpole.png"))
+    p.add_argument("--png", type=Path, default=Path("docs/img/rl-cartpole.png"))
     p.add_argument("--only", choices=["pnn", "dqn"], default=None)
+    p.add_argument("--in-turns", action="store_true", help="overlap off: the learner's pace fixed per step")
     args = p.parse_args()
     torch.set_num_threads(1)
     recipe = load_recipe("rl-cartpole-opu")
+    if args.in_turns:
+        recipe = recipe.model_copy(update={"scheme": {**recipe.scheme_spec(), "overlap": False}})
     seeds = range(1 if args.quick else args.seeds)
     episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
     makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
@@ -87,24 +93,28 @@ def main() -> None:
     for name, make in makers.items():
         for seed in seeds:
             run = make(recipe, seed, episodes)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             progress = run.run()
             r = {"seed": seed, "solved_at": progress.solved_at, "returns": progress.returns,
-                 "wall_s": time.perf_counter() - started, **run.report()}
+                 "wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu, **run.report()}
             results.setdefault(name, []).append(r)
             print(f"{name}, seed {seed}: {'solved after ' + str(r['solved_at']) + ' episodes' if r['solved_at'] else 'not solved'}"
-                  f" ({len(r['returns'])} episodes, {r['env_steps']} env steps, {r['wall_s']:.0f} s)", flush=True)
+                  f" ({len(r['returns'])} episodes, {r['env_steps']} env steps, {r['wall_s']:.0f} s wall, "
+                  f"{r['cpu_s']:.0f} s CPU)", flush=True)
     window, threshold = recipe.env.window, 475.0
     print(f"\nCartPole-v1, solved = mean return >= {threshold:g} over {window} consecutive episodes "
           f"(at most {episodes} episodes per run)")
-    print(f"{'agent':<32} {'solved':>8} {'episodes to solve (median, range)':>36} {'best mean of 100':>17} {'wall s (median)':>16}")
+    print("CPU s: the process's CPU time, what a quiet machine's wall time would be (one core each)")
+    print(f"{'agent':<32} {'solved':>8} {'episodes to solve (median, range)':>36} {'best mean of 100':>17} "
+          f"{'env steps (median)':>19} {'wall s':>7} {'CPU s':>7}")
     for name, rows in results.items():
         solved = [r["solved_at"] for r in rows if r["solved_at"]]
         best = [max(np.convolve(r["returns"], np.ones(window) / window, "valid"), default=np.mean(r["returns"]))
                 for r in rows]
         span = f"{int(np.median(solved))} ({min(solved)}-{max(solved)})" if solved else "-"
         print(f"{name:<32} {len(solved):>3}/{len(rows):<4} {span:>36} {np.median(best):>17.1f} "
-              f"{np.median([r['wall_s'] for r in rows]):>16.0f}")
+              f"{np.median([r['env_steps'] for r in rows]):>19.0f} {np.median([r['wall_s'] for r in rows]):>7.0f} "
+              f"{np.median([r['cpu_s'] for r in rows]):>7.0f}")
     plot(results, window, threshold, args.png)
 
 
