@@ -44,6 +44,8 @@ def _find(records: list[dict], table: str, method: str, dataset: str, setting: A
 def _cell(r: dict | None, digits: int = 1, scale: float = 1.0, suffix: str = "") -> str:
     if r is None or r["mean"] is None:
         return "n/a"
+    if r.get("seeds", 2) < 2:  # one seed: no spread to give
+        return f"{scale * r['mean']:,.{digits}f}{suffix}"
     return f"{scale * r['mean']:,.{digits}f} ± {scale * r['std']:,.{digits}f}{suffix}"
 
 
@@ -68,7 +70,8 @@ def markdown(c: Comparison, command: str, section: str) -> str:
         f"(load average at the end {c.meta.get('load')}: the machine was shared, wall times are inflated; "
         f"the {c.meta.get('jobs')} jobs took {c.meta.get('cpu_s', 0) / 60:.1f} min of CPU in all, so about "
         f"{c.meta.get('cpu_s', 0) / 120:.0f} min on 2 idle cores)"
-        + (" (report redrawn from the finished jobs)" if c.meta.get("redrawn") else "") + ". "
+        + (" (report redrawn from the finished jobs)" if c.meta.get("redrawn") else "")
+        + (f"; {c.meta['note']}" if c.meta.get("note") else "") + ". "
         f"Numbers: docs/results.json, section `{section}`. Method definitions and fairness rules: docs/compare.md."
         + (" **Quick mode**: fewer seeds, steps and epochs than the full run (`labpnn compare --full`, "
            f"{len(FULL.seeds)} seeds); compare methods with each other here, not with the paper."
@@ -156,7 +159,11 @@ def markdown(c: Comparison, command: str, section: str) -> str:
                 continue
             settings = sorted({r["setting"] for r in rows}, key=lambda s: (isinstance(s, str), s))
             unit = rows[0]["unit"]
-            add(f"**{table[len('generalise-'):]}, {TITLES[d]}** ({unit}; labpnn.generalise)")
+            what = {"noise": "accuracy under input noise, std in % of the input RMS",
+                    "data": "accuracy trained on a share (%) of the training split",
+                    "ood": "OOD detection, trained on digits 0-7, max-softmax AUROC"}.get(table[len("generalise-"):], table)
+            n_seeds = max(r["seeds"] for r in rows)
+            add(f"**Generalisation, {TITLES[d]}: {what}** ({unit}; labpnn.generalise; {n_seeds} seed(s))")
             add("")
             add("| method | " + " | ".join(str(s) for s in settings) + " |")
             add("|---|" + "---|" * len(settings))

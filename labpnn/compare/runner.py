@@ -10,6 +10,7 @@ finished ones kept in OUT/results/ and not run again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -248,7 +249,8 @@ def compare(mode: Mode, out: Path, *, mnist: Path = DEFAULT_MNIST, workers: int 
     jobs = [results[job_id(s)] for s in list(tuning.values()) + list(runs.values()) if job_id(s) in results]
     meta = {"load": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "workers": workers, "out": str(out),
             "jobs": len(jobs), "cpu_s": sum(r.get("cpu_s", 0.0) for r in jobs), "wall_s": time.perf_counter() - t0}
-    record = out / "compare.json"  # what the jobs took when they ran; a redrawn report says that
+    plan = hashlib.sha1(" ".join(sorted(job_id(s) for s in list(tuning.values()) + list(runs.values()))).encode())
+    record = out / f"compare-{plan.hexdigest()[:12]}.json"  # this plan's jobs when they ran (a redrawn report)
     if any(r.get("id") in ran for r in jobs) or not record.exists():
         record.write_text(json.dumps(meta))
     else:
