@@ -1,5 +1,6 @@
-"""labpnn compare: the method registry's fairness, the tuning choice, the costs record, the
-validation split, and a tiny comparison end to end (MNIST-1D, in this process)."""
+"""labpnn compare: the method registry's fairness, the tuning choice, the validation split, the
+generalisation plan, and a tiny comparison end to end (MNIST-1D, in this process) with the costs
+each run file records."""
 
 import json
 from dataclasses import replace
@@ -7,13 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engine_helpers import tiny_recipe, twin_bench
 from labpnn import data
 from labpnn.compare import report, runner
 from labpnn.compare.methods import METHODS, Method, lr_grid
-from labpnn.engine import Run, State
 from labpnn.recipe import parse_recipe
-from labpnn.runlog import RunReader
 
 TINY = replace(runner.QUICK, name="tiny", seeds=(0,), data={"mnist1d": {"n_train": 300, "n_test": 100}},
                pib_steps={"mnist1d": 4}, bp_epochs={"mnist1d": 2}, loop_epochs={"mnist1d": 1},
@@ -67,42 +65,37 @@ def test_validation_holds_out_a_stratified_share_of_the_training_split():
     assert np.bincount(val.y_test).min() >= 8  # stratified: every class held out
 
 
-def test_the_run_file_records_what_the_run_cost(tmp_path):
-    recipe = tiny_recipe(measure={"batch_size": 60, "repeats": 2})
-    assert Run(recipe, twin_bench(tmp_path), tmp_path / "c.h5").execute() is State.DONE
-    with RunReader(tmp_path / "c.h5") as reader:
-        (cost,) = [r for r in reader.site_records if r.get("what") == "costs"]
-    n = recipe.dataset.n_train + recipe.dataset.n_test
-    assert cost["deployments"] == 2 and cost["samples"] == 2 * 2 * n  # 2 units, 2 repeats
-    batches = 2 * (-(-recipe.dataset.n_train // 60) + -(-recipe.dataset.n_test // 60))
-    assert cost["calls"] == 2 * batches + 2
-    sent_rows = 2 * n * (64 + 16)  # inputs of unit 0 (64 features) and unit 1 (16), float32, 2 repeats
-    assert cost["bytes_sent"] > 4 * sent_rows and cost["bytes_received"] > 4 * 2 * n * (16 + 8)
-    assert cost["wall_s"] > 0 and cost["peak_rss_mb"] >= cost["rss_start_mb"] > 0
-
-
 def test_a_tiny_comparison_writes_its_section_and_records(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "ghost", Method("a method whose scheme is not written yet", {"name": "ghost"}))
     doc = tmp_path / "results.md"
-    doc.write_text("# Results\n\nkept before\n\n<!-- compare: start -->\nOLD-SECTION\n<!-- compare: end -->\n\nkept after\n")
-    mode = replace(TINY, methods=("pib", "backprop-deployed", "pat", "ghost"))
+    doc.write_text("# Results\n\nkept before\n\n<!-- compare-tiny: start -->\nOLD-SECTION\n<!-- compare-tiny: end -->"
+                   "\n\nkept after\n")
+    (tmp_path / "results.json").write_text(json.dumps({"sections": {"other": {"records": []}}}))
+    mode = replace(TINY, methods=("pib", "backprop-deployed", "ghost"))
     result = runner.compare(mode, tmp_path / "out", workers=0, log=lambda m: None)
     assert not result.failed and set(result.skipped) == {"ghost"}
-    report.write(result, "labpnn compare (test)", doc, tmp_path / "results.json")
+    report.write(result, "labpnn compare (test)", doc, tmp_path / "results.json", "tiny")
     text = doc.read_text()
-    assert "kept before" in text and "kept after" in text and "OLD-SECTION" not in text and text.count("compare: start") == 1
+    assert "kept before" in text and "kept after" in text and "OLD-SECTION" not in text and text.count("compare-tiny: start") == 1
     assert "| PIB on the twin (`pib`) |" in text and "Where PIB (on the twin) wins, ties and loses" in text
     assert "`ghost`: scheme 'ghost' is not registered" in text and "| skipped |" in text
-    records = json.loads((tmp_path / "results.json").read_text())["records"]
+    sections = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert set(sections) == {"other", "tiny"}
+    records = sections["tiny"]["records"]
     for r in records:
         assert {"method", "dataset", "setting", "mean", "std", "seeds", "unit"} <= set(r)
     acc = {r["method"]: r for r in records if r["table"] == "accuracy"}
-    assert set(acc) == {"pib", "backprop-deployed", "pat"} and all(0 <= r["mean"] <= 100 for r in acc.values())
+    assert set(acc) == {"pib", "backprop-deployed"} and all(0 <= r["mean"] <= 100 for r in acc.values())
     assert result.tuning[("pib", "mnist1d")] == {"tried": {0.01: None}, "lr": 0.01}  # one value: no tuning run
-    samples = {r["method"]: r["mean"] for r in records if r["table"] == "costs" and r["setting"] == "samples"}
-    # PIB measures both splits through both units; backprop with its trained readout only the test split
-    assert samples["pib"] == 2 * 400 and samples["backprop-deployed"] == 2 * 100
-    assert samples["pat"] > samples["pib"]  # PAT measures every training step's forward pass too
+    costs = {(r["method"], r["setting"]): r["mean"] for r in records if r["table"] == "costs"}
+    # from each run file's costs record: PIB measures both splits through both units (one call per
+    # split and unit: 500 rows per call), backprop with its trained readout only the test split
+    assert costs[("pib", "samples")] == 2 * 400 and costs[("backprop-deployed", "samples")] == 2 * 100
+    assert costs[("pib", "calls")] == 2 * 2 + 2 and costs[("backprop-deployed", "calls")] == 2 + 2  # + 2 deployments
+    inputs = 4 * 400 * (40 + 64)  # float32 rows into unit 0 (40 features) and unit 1 (64)
+    assert inputs < costs[("pib", "bytes_sent")] < 2 * inputs  # + the deployed arrays
+    assert costs[("pib", "bytes_received")] > 4 * 400 * (64 + 32)
+    assert costs[("pib", "wall_s")] > 0 and costs[("pib", "peak_rss_mb")] > costs[("pib", "memory_mb")] >= 0
 
 
 def test_generalisation_runs_and_their_tables(tmp_path):

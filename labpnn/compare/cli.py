@@ -31,6 +31,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--datasets", help="comma-separated subset of mnist1d,mnist")
     ap.add_argument("--seeds", type=int, help="number of seeds (default: the mode's)")
+    ap.add_argument("--generalise", action=argparse.BooleanOptionalAction, default=None,
+                    help="the generalisation tests (default: on in full mode, off in quick mode)")
+    ap.add_argument("--generalise-seeds", type=int, help="seeds they run on (default 3)")
+    ap.add_argument("--section", help="name of the report's section and of results.json's (default: the mode)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,10 +61,16 @@ def main(args: argparse.Namespace) -> int:
         if args.seeds < 1:
             raise ConfigError(f"--seeds: at least 1, got {args.seeds}")
         mode = replace(mode, seeds=tuple(range(args.seeds)))
+    if args.generalise is not None:
+        mode = replace(mode, generalise=args.generalise)
+    if args.generalise_seeds is not None:
+        if args.generalise_seeds < 1:
+            raise ConfigError(f"--generalise-seeds: at least 1, got {args.generalise_seeds}")
+        mode = replace(mode, generalise_seeds=args.generalise_seeds)
     out = (args.out or Path("runs") / f"compare-{mode.name}").resolve()
     result = runner.compare(mode, out, mnist=args.mnist or runner.DEFAULT_MNIST, workers=args.workers)
     command = "labpnn compare " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["compare"] \
         else f"labpnn compare --{mode.name}"
-    report.write(result, command.strip(), args.report, args.json)
+    report.write(result, command.strip(), args.report, args.json, args.section or mode.name)
     print(f"labpnn compare: {args.report} and {args.json} written ({result.wall_s / 60:.1f} min)")
     return 1 if result.failed else 0

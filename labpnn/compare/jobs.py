@@ -208,9 +208,9 @@ def cost(spec: dict[str, Any]) -> float:
 
 
 def run_jobs(specs: list[dict[str, Any]], out: Path, workers: int,
-             log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+             log: Callable[[str], None] = print, ran: set[str] | None = None) -> dict[str, dict[str, Any]]:
     """Every job not yet finished, on `workers` processes (0: in this process); returns all
-    results by id (failed jobs included, with ok False)."""
+    results by id (failed jobs included, with ok False); the ids of the jobs run now are added to `ran`."""
     unique = {job_id(s): s for s in specs}
     results = {jid: r for jid in unique if (r := load_result(out, jid)) is not None}
     todo = sorted((s for jid, s in unique.items() if jid not in results), key=cost, reverse=True)
@@ -219,6 +219,8 @@ def run_jobs(specs: list[dict[str, Any]], out: Path, workers: int,
 
     def report(jid: str, result: dict[str, Any], done: int) -> None:
         results[jid] = result
+        if ran is not None:
+            ran.add(jid)
         what = (f"test {100 * result['test_accuracy']:.1f} %" if result.get("test_accuracy") is not None else
                 f"ideal {100 * result['ideal_test']:.1f} %" if "ideal_test" in result else
                 f"FAILED: {result.get('error')}")

@@ -1,5 +1,7 @@
-"""The comparison's section of docs/results.md (between COMPARE_START and COMPARE_END, the rest of
-the file kept) and docs/results.json (every table's numbers as records)."""
+"""A comparison's section of docs/results.md (between the markers `<!-- compare-NAME: start -->` and
+`<!-- compare-NAME: end -->`, NAME the section's name: the rest of the file kept) and its part of
+docs/results.json ({"sections": {NAME: {command, mode, records, tuning, ...}}}: every table's
+numbers as records {table, method, dataset, setting, mean, std, seeds, unit}; other sections kept)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from typing import Any
 from labpnn.compare.methods import METHODS
 from labpnn.compare.runner import FULL, Comparison
 
-COMPARE_START, COMPARE_END = "<!-- compare: start -->", "<!-- compare: end -->"
+
+
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- compare-{section}: start -->", f"<!-- compare-{section}: end -->"
 TITLES = {"mnist1d": "MNIST-1D", "mnist": "MNIST"}
 COST_COLUMNS = [("calls", "instrument calls", 1, ""), ("samples", "samples measured", 1, ""),
                 ("bytes", "payload", 1e-6, " MB"), ("busy_s", "in instrument calls", 1, " s"),
@@ -39,28 +44,35 @@ def _find(records: list[dict], table: str, method: str, dataset: str, setting: A
 def _cell(r: dict | None, digits: int = 1, scale: float = 1.0, suffix: str = "") -> str:
     if r is None or r["mean"] is None:
         return "n/a"
+    if r.get("seeds", 2) < 2:  # one seed: no spread to give
+        return f"{scale * r['mean']:,.{digits}f}{suffix}"
     return f"{scale * r['mean']:,.{digits}f} ± {scale * r['std']:,.{digits}f}{suffix}"
 
 
-def verdict(pib: dict, other: dict) -> str:
-    """win / tie / loss of PIB against `other`: a tie when the means are within twice the
-    standard error of their difference (or the difference is under 0.5 points)."""
+def verdict(pib: dict, other: dict) -> tuple[str, float]:
+    """("wins" / "ties" / "loses", PIB minus other in points): a tie when the means are within
+    twice the standard error of their difference, or less than 0.5 points apart."""
     diff = pib["mean"] - other["mean"]
     se = math.sqrt(pib["std"] ** 2 / max(pib["seeds"], 1) + other["std"] ** 2 / max(other["seeds"], 1))
     if abs(diff) <= max(2 * se, 0.5):
-        return f"tie ({diff:+.1f})"
-    return f"{'wins' if diff > 0 else 'loses'} ({diff:+.1f})"
+        return "ties", diff
+    return ("wins" if diff > 0 else "loses"), diff
 
 
-def markdown(c: Comparison, command: str) -> str:
+def markdown(c: Comparison, command: str, section: str) -> str:
     m, recs = c.mode, c.records
     datasets = [d for d in m.data if any(r["dataset"] == d for r in recs)]
     methods = [n for n in m.methods if n not in c.skipped]
-    L = [COMPARE_START, f"## Every method on the same bench ({m.name} mode)", ""]
+    start, end = markers(section)
+    L = [start, f"## Every method on the same bench: {section} ({m.name} mode settings, {len(m.seeds)} seeds)", ""]
     add = L.append
     add(f"Made with `{command}` in {c.wall_s / 60:.1f} min on {c.meta.get('workers')} worker process(es) "
-        f"(load average at the end {c.meta.get('load')}: the machine was shared, wall times are inflated). "
-        f"Numbers: docs/results.json. Method definitions and fairness rules: docs/compare.md."
+        f"(load average at the end {c.meta.get('load')}: the machine was shared, wall times are inflated; "
+        f"the {c.meta.get('jobs')} jobs took {c.meta.get('cpu_s', 0) / 60:.1f} min of CPU in all, so about "
+        f"{c.meta.get('cpu_s', 0) / 120:.0f} min on 2 idle cores)"
+        + (" (report redrawn from the finished jobs)" if c.meta.get("redrawn") else "")
+        + (f"; {c.meta['note']}" if c.meta.get("note") else "") + ". "
+        f"Numbers: docs/results.json, section `{section}`. Method definitions and fairness rules: docs/compare.md."
         + (" **Quick mode**: fewer seeds, steps and epochs than the full run (`labpnn compare --full`, "
            f"{len(FULL.seeds)} seeds); compare methods with each other here, not with the paper."
            if m.name == "quick" else ""))
@@ -96,9 +108,14 @@ def markdown(c: Comparison, command: str) -> str:
         pib = _find(recs, "accuracy", "pib", d, "test")
         if pib is None:
             continue
-        parts = [f"{n}: {verdict(pib, o)}" for n in methods if n != "pib"
-                 and (o := _find(recs, "accuracy", n, d, "test")) is not None]
-        add(f"- {TITLES[d]}: " + "; ".join(parts) + ".")
+        groups: dict[str, list[str]] = {"wins": [], "ties": [], "loses": []}
+        for n in methods:
+            other = _find(recs, "accuracy", n, d, "test")
+            if n != "pib" and other is not None:
+                word, diff = verdict(pib, other)
+                groups[word].append(f"{n} ({diff:+.1f})")
+        add(f"- {TITLES[d]}: PIB " + "; ".join(f"**{word}** against {', '.join(names)}"
+                                             for word, names in groups.items() if names) + ".")
     add("")
     add("Learning rates tried (validation accuracy, %; the chosen one in bold):")
     add("")
@@ -117,7 +134,8 @@ def markdown(c: Comparison, command: str) -> str:
         add(f"**Cost per run, {TITLES[d]}** (labpnn.costs, the run file's costs record; mean ± std over the seeds; "
             "payload: bytes to and from the instruments, float32; the crossbar twin keeps no clock of its own, so "
             "there is no twin-time column; peak memory: the job process's peak RSS, the Python, torch and "
-            "numpy it starts with included; of it the run's: the peak above the RSS when the run started)")
+            "numpy it starts with included; of it the run's: the peak above the RSS when the run started, which "
+            "depends on what the worker process's allocator kept from its earlier jobs: indicative only)")
         add("")
         add("| method | " + " | ".join(h for _, h, _, _ in COST_COLUMNS) + " |")
         add("|---|" + "---|" * len(COST_COLUMNS))
@@ -141,7 +159,11 @@ def markdown(c: Comparison, command: str) -> str:
                 continue
             settings = sorted({r["setting"] for r in rows}, key=lambda s: (isinstance(s, str), s))
             unit = rows[0]["unit"]
-            add(f"**{table[len('generalise-'):]}, {TITLES[d]}** ({unit}; labpnn.generalise)")
+            what = {"noise": "accuracy under input noise, std in % of the input RMS",
+                    "data": "accuracy trained on a share (%) of the training split",
+                    "ood": "OOD detection, trained on digits 0-7, max-softmax AUROC"}.get(table[len("generalise-"):], table)
+            n_seeds = max(r["seeds"] for r in rows)
+            add(f"**Generalisation, {TITLES[d]}: {what}** ({unit}; labpnn.generalise; {n_seeds} seed(s))")
             add("")
             add("| method | " + " | ".join(str(s) for s in settings) + " |")
             add("|---|" + "---|" * len(settings))
@@ -160,7 +182,7 @@ def markdown(c: Comparison, command: str) -> str:
     if c.failed:
         add(f"Failed jobs: {len(c.failed)} (" + "; ".join(f"{f['what']}: {f['error']}" for f in c.failed[:5]) + ").")
         add("")
-    add(COMPARE_END)
+    add(end)
     return "\n".join(L) + "\n"
 
 
@@ -169,20 +191,24 @@ def _per(values: dict[str, int], datasets: list[str]) -> str:
     return ", ".join(f"{values[d]} ({TITLES[d]})" for d in datasets)
 
 
-def write(c: Comparison, command: str, report: Path, json_path: Path) -> None:
-    """The section into `report` (replacing an earlier one, else appended) and the records into json_path."""
-    section = markdown(c, command)
+def write(c: Comparison, command: str, report: Path, json_path: Path, section: str) -> None:
+    """Section `section` into `report` (replacing an earlier one of that name, else appended) and
+    into json_path (its other sections kept)."""
+    body = markdown(c, command, section)
+    start, end = markers(section)
     text = report.read_text() if report.exists() else ""
-    if COMPARE_START in text and COMPARE_END in text:
-        head, rest = text.split(COMPARE_START, 1)
-        text = head + section.rstrip("\n") + rest.split(COMPARE_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + body.rstrip("\n") + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+        text = text.rstrip("\n") + ("\n\n" if text else "") + body
     report.write_text(text)
-    json_path.write_text(json.dumps({
+    doc = json.loads(json_path.read_text()) if json_path.exists() else {}
+    doc.setdefault("sections", {})[section] = {
         "command": command, "mode": c.mode.name, "seeds": list(c.mode.seeds), "wall_s": c.wall_s, **c.meta,
         "records": c.records,
         "tuning": [{"method": n, "dataset": d, "lr": t["lr"], "tried": [{"lr": lr, "validation_accuracy": a}
                                                                          for lr, a in sorted(t["tried"].items())]}
                    for (n, d), t in sorted(c.tuning.items())],
-        "skipped": c.skipped, "failed": c.failed}, indent=1))
+        "skipped": c.skipped, "failed": c.failed}
+    json_path.write_text(json.dumps(doc, indent=1))

@@ -10,6 +10,8 @@ finished ones kept in OUT/results/ and not run again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -235,13 +237,22 @@ def compare(mode: Mode, out: Path, *, mnist: Path = DEFAULT_MNIST, workers: int 
         mode = replace(mode, data={k: v for k, v in mode.data.items() if k != "mnist"})
     tuning = plan_tuning(mode, mnist) if mode.lr_values > 1 else {}
     log(f"tuning: {len(tuning)} validation runs ({mode.lr_values} learning rate(s) per method and dataset)")
-    results = run_jobs(list(tuning.values()), out, workers, log) if tuning else {}
+    ran: set[str] = set()
+    results = run_jobs(list(tuning.values()), out, workers, log, ran) if tuning else {}
     chosen = choose(tuning, results) if tuning else defaults(mode)
     runs = plan_runs(mode, {k: v["lr"] for k, v in chosen.items() if v["lr"] is not None}, mnist)
     log(f"runs: {len(runs)} ({len(mode.seeds)} seeds"
         + (", generalisation tests" if mode.generalise and generalise_available() else "") + ")")
-    results |= run_jobs(list(runs.values()), out, workers, log)
+    results |= run_jobs(list(runs.values()), out, workers, log, ran)
     failed = [{"job": job_id(s), "what": k, "error": results.get(job_id(s), {}).get("error", "not run")}
               for k, s in list(tuning.items()) + list(runs.items()) if not results.get(job_id(s), {}).get("ok")]
-    return Comparison(mode, records(mode, runs, results), chosen, skipped, failed, time.perf_counter() - t0,
-                      {"load": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "workers": workers, "out": str(out)})
+    jobs = [results[job_id(s)] for s in list(tuning.values()) + list(runs.values()) if job_id(s) in results]
+    meta = {"load": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "workers": workers, "out": str(out),
+            "jobs": len(jobs), "cpu_s": sum(r.get("cpu_s", 0.0) for r in jobs), "wall_s": time.perf_counter() - t0}
+    plan = hashlib.sha1(" ".join(sorted(job_id(s) for s in list(tuning.values()) + list(runs.values()))).encode())
+    record = out / f"compare-{plan.hexdigest()[:12]}.json"  # this plan's jobs when they ran (a redrawn report)
+    if any(r.get("id") in ran for r in jobs) or not record.exists():
+        record.write_text(json.dumps(meta))
+    else:
+        meta = json.loads(record.read_text()) | {"redrawn": True}
+    return Comparison(mode, records(mode, runs, results), chosen, skipped, failed, meta["wall_s"], meta)
