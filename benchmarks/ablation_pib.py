@@ -28,8 +28,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from reproduce import config, jobs  # noqa: E402
 from reproduce.report import fit_then_compress  # noqa: E402
 
-# Each change against the old defaults (BASE): pib overrides, and unit overrides for "wide".
-BASE = {"width_x": "median", "width_z": "median", "copies": 1, "cycles": 0}
+# Each change against the old defaults (BASE): pib overrides ("measure_repeats": the recipe's
+# measure.repeats, reads averaged per input), and unit overrides for "wide".
+BASE = {"width_x": "median", "width_z": "median", "copies": 1, "cycles": 0, "cycle_steps": 50}
 VARIANTS = {
     "base": {},
     "width class": {"width_z": "class"},
@@ -38,6 +39,7 @@ VARIANTS = {
     "copies 4": {"copies": 4},
     "cycles 2": {"cycles": 2},
     "all": {"width_z": "class", "copies": 4, "cycles": 2},
+    "cycles 2, repeats 4": {"cycles": 2, "measure_repeats": 4},
 }
 PACKAGED = {"mnist": "mnist-memristor", "mnist1d": "mnist1d-memristor"}
 DATA = {"mnist": {"name": "mnist", "path": str(config.DEFAULT_MNIST), "n_train": 8000, "n_test": 2000},
@@ -49,6 +51,8 @@ MARK = ("<!-- ablation: start -->", "<!-- ablation: end -->")
 
 def recipe(dataset: str, seed: int, pib: dict, sim: bool, steps: int | None, wide: bool = False) -> dict:
     r = config.recipe_dict(PACKAGED[dataset], seed=seed, dataset=DATA[dataset], steps=steps)
+    pib = dict(pib)
+    r["measure"]["repeats"] = pib.pop("measure_repeats", r["measure"]["repeats"])
     r["pib"].update(BASE | pib)
     if wide:
         for u, out in zip(r["units"], WIDE):

@@ -91,7 +91,8 @@ class PIBSettings(BaseModel):
                                              "(fresh noise draws) that the next unit trains on")
     cycles: int = Field(0, ge=0, description="optimise-deploy-measure cycles after the first, each "
                                              "re-optimising every unit against its own measured outputs")
-    cycle_steps: int = Field(50, ge=1, description="optimisation steps of each further cycle")
+    cycle_steps: int | None = Field(None, ge=1, description="optimisation steps of each further cycle; "
+                                                            "None: steps // 4 (at least 1)")
     estimator: Literal["exact", "fast"] = Field(
         "exact", description="entropy estimator: full eigendecomposition, or top eigenpairs + "
                              "bracketed tail (docs/information.md)")
@@ -110,6 +111,11 @@ class PIBSettings(BaseModel):
                 raise ValueError(f"sigma_{v} fixes the width of {v.upper()}: give it or width_{v} / "
                                  f"width_scale_{v}, not both")
         return self
+
+    @property
+    def steps_per_cycle(self) -> int:
+        """The optimisation steps of each cycle after the first (`cycle_steps`, else steps // 4)."""
+        return self.cycle_steps or max(1, self.steps // 4)
 
     def width(self, variable: str) -> info.Width:
         """The width rule of variable "x" or "z" (used when its sigma is None)."""

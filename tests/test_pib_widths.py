@@ -91,7 +91,8 @@ def test_rule_errors_name_what_is_wrong():
 def test_settings_options_and_their_errors():
     s = PIBSettings()
     assert (s.width_x, s.width_z, s.width_floor, s.copies, s.cycles) == ("median", "median", 0.1, 1, 0)
-    assert s.width("z") == info.Width()
+    assert s.width("z") == info.Width() and s.steps_per_cycle == 75
+    assert PIBSettings(steps=2).steps_per_cycle == 1 and PIBSettings(cycle_steps=9).steps_per_cycle == 9
     t = PIBSettings(width_z="class", width_scale_z=1.5, width_k=7, width_floor=0.2)
     assert t.width("z") == info.Width("class", 1.5, 7, 0.2) and t.width("x").is_median
     for bad in (dict(width_z="wide"), dict(width_scale_x=0), dict(width_k=0), dict(width_floor=1.5),

@@ -148,7 +148,7 @@ class Cascade:
     def reoptimise(self, ctx: RunContext, index: int, rev: int, unit: Unit, h_train: np.ndarray,
                    measured: list[np.ndarray]) -> None:
         """Revision `rev` of the unit optimised from revision rev - 1 against its measured outputs
-        of h_train (each measured copy gives a row per input), `pib.cycle_steps` steps."""
+        of h_train (each measured copy gives a row per input), `pib.cycle_steps` steps (default steps // 4)."""
         settings = ctx.recipe.unit_pib(index)
         ctx.restore(index, rev - 1, unit)
         inputs = ctx.prepare(index, unit, h_train)
@@ -162,7 +162,7 @@ class Cascade:
         objective = AtMeasured(ctx.objective(index))
         recipe = ctx.recipe  # RunContext.optimise runs pib.steps: the cycle's step count in their place
         specs = list(recipe.units)
-        specs[index] = specs[index].model_copy(update={"pib": {**specs[index].pib, "steps": settings.cycle_steps}})
+        specs[index] = specs[index].model_copy(update={"pib": {**specs[index].pib, "steps": settings.steps_per_cycle}})
         ctx.recipe = recipe.model_copy(update={"units": specs})
         try:
             ctx.optimise(index, rev, unit, sample, objective=objective)
