@@ -2,7 +2,7 @@
 (counted by the measurement link, labpnn.link), and the process's wall time and peak memory.
 
 The engine writes one record per execution into the run file's site records (site "local",
-what "costs"; `labpnn inspect` lists it under sites), so every run carries its own bill:
+what "costs"; `labpnn inspect` prints it as its costs line), so every run carries its own bill:
 
     calls            instrument calls: measurement batches (each repeat counted) and deployments
     deployments      parameter sets programmed (read back included)

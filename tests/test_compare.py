@@ -89,10 +89,13 @@ def test_a_tiny_comparison_writes_its_section_and_records(tmp_path, monkeypatch)
     assert result.tuning[("pib", "mnist1d")] == {"tried": {0.01: None}, "lr": 0.01}  # one value: no tuning run
     costs = {(r["method"], r["setting"]): r["mean"] for r in records if r["table"] == "costs"}
     # from each run file's costs record: PIB measures both splits through both units (one call per
-    # split and unit: 500 rows per call), backprop with its trained readout only the test split
-    assert costs[("pib", "samples")] == 2 * 400 and costs[("backprop-deployed", "samples")] == 2 * 100
-    assert costs[("pib", "calls")] == 2 * 2 + 2 and costs[("backprop-deployed", "calls")] == 2 + 2  # + 2 deployments
-    inputs = 4 * 400 * (40 + 64)  # float32 rows into unit 0 (40 features) and unit 1 (64)
+    # split and unit: 500 rows per call) once per revision (the recipe's pib.cycles 2: 3 revisions),
+    # backprop with its trained readout only the test split
+    revisions = 3
+    assert costs[("pib", "samples")] == revisions * 2 * 400 and costs[("backprop-deployed", "samples")] == 2 * 100
+    assert costs[("pib", "calls")] == revisions * (2 * 2 + 2)   # + 2 deployments per revision
+    assert costs[("backprop-deployed", "calls")] == 2 + 2
+    inputs = revisions * 4 * 400 * (40 + 64)  # float32 rows into unit 0 (40 features) and unit 1 (64)
     assert inputs < costs[("pib", "bytes_sent")] < 2 * inputs  # + the deployed arrays
     assert costs[("pib", "bytes_received")] > 4 * 400 * (64 + 32)
     assert costs[("pib", "wall_s")] > 0 and costs[("pib", "peak_rss_mb")] > costs[("pib", "memory_mb")] >= 0

@@ -81,6 +81,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"site {name} ({site.get('host')}, {site.get('address')}): units {site.get('units')}, "
                      f"busy {_duration(site.get('busy_s'))}, {site.get('bytes_sent', 0) / 1e6:.2f} MB sent to it, "
                      f"{site.get('bytes_received', 0) / 1e6:.2f} MB received from it")
+    for c in summary.get("costs") or []:
+        lines.append(f"costs: {c.get('calls')} instrument calls ({c.get('deployments')} deployments), "
+                     f"{c.get('samples')} samples measured, "
+                     f"{(c.get('bytes_sent', 0) + c.get('bytes_received', 0)) / 1e6:.2f} MB payload, "
+                     f"{_duration(c.get('busy_s'))} in instrument calls, {_duration(c.get('wall_s'))} wall"
+                     + (f", peak memory {c['peak_rss_mb']:.0f} MB" if c.get("peak_rss_mb") else ""))
     analyses = summary.get("analyses") or []
     if analyses:
         lines.append(f"analyses: {len(analyses)}")
