@@ -14,8 +14,8 @@ Prints markdown tables; --report FILE puts them into FILE between the ablation m
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -37,6 +37,7 @@ VARIANTS = {
     "width class x2": {"width_z": "class", "width_scale_z": 2.0},
     "width knn": {"width_z": "knn", "width_x": "knn"},
     "copies 4": {"copies": 4},
+    "cycles 1": {"cycles": 1},
     "cycles 2": {"cycles": 2},
     "all": {"width_z": "class", "copies": 4, "cycles": 2},
     "cycles 2, repeats 4": {"cycles": 2, "measure_repeats": 4},
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
     lines = beta_scan(args, args.out, log) if args.beta_scan else ablation(args, args.out, log)
-    cmd = "python benchmarks/ablation_pib.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = shlex.join(["python", "benchmarks/ablation_pib.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join([f"`{cmd}` ({time.perf_counter() - t0:.0f} s wall on a shared machine)", "", *lines])
     print(text)
     if args.report:
