@@ -152,7 +152,16 @@ def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
     # (overlapped, a learner slower than the actor may hand over none before the run ends)
     assert run.agent.deployments >= 2 + 2 * (not overlap) * (report["learner_steps"] // 5)
     assert 0 <= report["idle_fraction"] < 1
-    assert all(np.isfinite(r["losses"]).all() for r in rows[-1:])
+    # an episode's losses: one per unit, the mean over the learner steps made during it, NaN for
+    # every unit when there were none (overlapped, a learner starved by a busy machine may make
+    # none in an episode, and the count and the losses are not taken at one instant)
+    before = 0
+    for r in rows:
+        finite = np.isfinite(r["losses"])
+        assert finite.all() or not finite.any()
+        if not overlap:
+            assert finite.all() == (r["learner_steps"] > before)
+        before = r["learner_steps"]
 
 
 def test_downstream_units_learn_on_inputs_measured_from_the_current_upstream_model():
