@@ -108,9 +108,10 @@ class RunContext:
 
     # -- optimising
     def optimise(self, index: int, rev: int, unit: Unit, sample: Callable[[int], Batch], *,
-                 objective: Objective | None = None) -> None:
-        """Train the unit's model on `sample` with its objective (or `objective`), resuming from
-        the last saved step; a revision > 0 starts from the previous one's trained parameters.
+                 objective: Objective | None = None, steps: int | None = None) -> None:
+        """Train the unit's model on `sample` with its objective (or `objective`) for `steps` steps
+        (default the recipe's pib.steps), resuming from the last saved step; a revision > 0 starts
+        from the previous one's trained parameters.
         Checkpointed as "optimised" with the trained parameters; when it is already, those are
         loaded into the model instead."""
         model = unit.model()
@@ -121,6 +122,7 @@ class RunContext:
             self._load(model, index, rev - 1)
         objective = objective or self.objective(index)
         settings = self.recipe.unit_pib(index)
+        steps = settings.steps if steps is None else steps
         opt = UnitOptimiser(model, objective, sample, settings, self.unit_seed(index, rev))
         start = 0
         live = self.log.live_state(index, rev)
@@ -132,14 +134,13 @@ class RunContext:
                 raise RunLogError(f"{self.log.path}: cannot resume unit {index} (revision {rev}) from "
                                   f"its optimiser state saved at step {last}: {exc}") from None
             start = last + 1
-        self.emit(PhaseStarted(unit=index, phase="optimise", steps=settings.steps, start=start,
-                               what=objective.name))
-        for step in range(start, settings.steps):
+        self.emit(PhaseStarted(unit=index, phase="optimise", steps=steps, start=start, what=objective.name))
+        for step in range(start, steps):
             self.checkpoint()
             rec = opt.step(step)
             i_xz, i_yz = rec.values.get("I_XZ", math.nan), rec.values.get("I_YZ", math.nan)
             self.log.step(index, rev, step, loss=rec.loss, i_xz=i_xz, i_yz=i_yz, state=opt.state_bytes())
-            self.emit(Step(unit=index, step=step, steps=settings.steps, loss=rec.loss, values=rec.values,
+            self.emit(Step(unit=index, step=step, steps=steps, loss=rec.loss, values=rec.values,
                            revision=rev))
             if "I_XZ" in rec.values and "I_YZ" in rec.values:
                 self.emit(InfoPlane(unit=index, step=step, I_XZ=i_xz, I_YZ=i_yz, revision=rev))

@@ -159,15 +159,8 @@ class Cascade:
         targets["dz"] = np.concatenate([m - ideal for m in measured])
         sample = sampler(np.concatenate([ctx.dataset.x_train] * k), np.concatenate([inputs] * k), targets,
                          settings.batch_size, ctx.unit_seed(index, rev))
-        objective = AtMeasured(ctx.objective(index))
-        recipe = ctx.recipe  # RunContext.optimise runs pib.steps: the cycle's step count in their place
-        specs = list(recipe.units)
-        specs[index] = specs[index].model_copy(update={"pib": {**specs[index].pib, "steps": settings.steps_per_cycle}})
-        ctx.recipe = recipe.model_copy(update={"units": specs})
-        try:
-            ctx.optimise(index, rev, unit, sample, objective=objective)
-        finally:
-            ctx.recipe = recipe
+        ctx.optimise(index, rev, unit, sample, objective=AtMeasured(ctx.objective(index)),
+                     steps=settings.steps_per_cycle)
 
     def linear(self, ctx: RunContext, rev: int, f_train: np.ndarray, f_test: np.ndarray) -> float:
         """The linear evaluation of the frozen units: logistic regression on the last unit's
