@@ -110,7 +110,7 @@ class ChannelMonitor:
             live = _live(predicted.std(0))
             self.live |= live
             self._against_model(finite, predicted, spread, live, found)
-        else:
+        elif len(measured) >= 8:  # a batch of a few rows (a split's remainder) shows no spread to judge
             stuck = (spread < 0.05 * self._spread) & np.isfinite(self._spread)
             for c in np.flatnonzero(stuck):
                 if not self._quiet_by_chance(finite[:, c], c):

@@ -77,6 +77,18 @@ def test_channel_statistics_find_broken_channels_and_spare_healthy_noisy_ones():
     assert monitor.check(broken, predicted[100:]) == {}  # found once
 
 
+def test_a_split_remainder_of_one_row_is_not_judged_stuck():
+    """A split of 241 rows measured 60 at a time ends with a batch of one row: no spread to see,
+    with a model or without."""
+    rng = np.random.default_rng(3)
+    predicted = np.maximum(rng.normal(size=(61, 4)), 0)
+    measured = predicted + 0.01 * rng.normal(size=(61, 4))
+    for model in (predicted, None):
+        monitor = ChannelMonitor(4)
+        assert monitor.check(measured[:60], None if model is None else model[:60]) == {}
+        assert monitor.check(measured[60:], None if model is None else model[60:]) == {}
+
+
 def test_channel_history_from_a_reference_finds_a_fault_present_from_the_first_batch():
     """No model (an optical unit): a saturated detector sticks every channel from the first
     batch of a re-measurement; only the earlier measurement tells that they moved before."""
