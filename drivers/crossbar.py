@@ -263,7 +263,8 @@ class CrossbarBoard(MappedCrossbar):
                   ) -> np.ndarray:
         if codes:
             return (reply * np.float32(cfg.adc_lsb)).reshape(n, cols)
-        return reply.reshape(n, cols).copy()
+        reply = reply.reshape(n, cols)
+        return reply if reply.flags.writeable else reply.copy()
 
     def _mvm(self, r0: int, c0: int, cols: int, x: np.ndarray, scale: np.ndarray,
              peak: np.ndarray | None = None, codes: bool = False) -> np.ndarray:
