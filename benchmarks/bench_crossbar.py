@@ -29,7 +29,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from labpnn.drivers.crossbar import CrossbarBoard
-from labpnn.sim_devices.crossbar import SimCrossbarBoard
+from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard
+from labpnn.sim_devices.scpi_server import CrossbarSCPI, TcpServer
 
 ROWS, COLS, BATCH = 1024, 128, 1000
 BAUD_BYTES_PER_S = 921_600 / 10  # 8 data bits, a start and a stop bit
@@ -106,10 +107,11 @@ def raw_socket(request: int, reply: int) -> Callable[[], None]:
 
 
 @contextmanager
-def board_process(*args: str) -> Iterator[tuple[str, Callable[[], float]]]:
-    """`labpnn sim crossbar ARGS` in a subprocess: its VISA resource and its CPU clock."""
-    proc = subprocess.Popen([sys.executable, "-m", "labpnn", "sim", "crossbar", *args],
-                            stdout=subprocess.PIPE, text=True)
+def board_process(*args: str, null: bool = False) -> Iterator[tuple[str, Callable[[], float]]]:
+    """`labpnn sim crossbar ARGS` (null: null_board()) in a subprocess: its VISA resource and
+    its CPU clock."""
+    command = [__file__, "--null-board"] if null else ["-m", "labpnn", "sim", "crossbar", *args]
+    proc = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, text=True)
     try:
         yield proc.stdout.readline().split()[2], cpu_of(proc.pid)
     finally:
@@ -118,12 +120,28 @@ def board_process(*args: str) -> Iterator[tuple[str, Callable[[], float]]]:
 
 
 @contextmanager
-def driver(*args: str, **options) -> Iterator[tuple[CrossbarBoard, Callable[[], float]]]:
-    """The driver connected to `labpnn sim crossbar ARGS` in a subprocess, and the
-    subprocess's CPU clock."""
-    with board_process(*args) as (resource, cpu):
+def driver(*args: str, null: bool = False, **options
+           ) -> Iterator[tuple[CrossbarBoard, Callable[[], float]]]:
+    """The driver connected to `labpnn sim crossbar ARGS` in a subprocess (null: to
+    null_board() instead), and the subprocess's CPU clock."""
+    with board_process(*args, null=null) as (resource, cpu):
         with CrossbarBoard(resource=resource, timeout_ms=60000, **options) as board:
             yield board, cpu
+
+
+def null_board() -> None:
+    """The twin's SCPI server on TCP with MVMs that return zeros at once (no physics): what
+    the link costs by itself. Prints its address as `labpnn sim crossbar` does."""
+    physics = CrossbarPhysics(seed=0)
+    zeros: dict[tuple[int, int], np.ndarray] = {}
+
+    def mvm(x, r0, c0, cols, scale=None, peak=None):
+        return zeros.setdefault((x.shape[0], cols), np.zeros((x.shape[0], cols), np.float32))
+
+    physics.mvm = mvm
+    server = TcpServer(CrossbarSCPI(physics))
+    print(f"listening on {server.address}", flush=True)
+    threading.Event().wait()
 
 
 def counting_proxy(target: str) -> tuple[str, list[int]]:
@@ -172,7 +190,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 repeats, no pty rows")
+    parser.add_argument("--null-board", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.null_board:
+        return null_board()
     repeats = 3 if args.quick else args.repeats
     rng = np.random.default_rng(0)
     w = rng.standard_normal((ROWS, COLS // 2)).astype(np.float32)

@@ -222,10 +222,12 @@ class SCPISession:
 
     # -- blocks
 
-    def _send_block(self, command: str, values: np.ndarray, tail: bytes = b"") -> None:
-        """`command` and `values` (a little-endian array, sent as they are) as a block,
-        then `tail` (more commands, newline-terminated)."""
-        payload = np.ascontiguousarray(values).reshape(-1)
+    def _send_block(self, command: str, values: np.ndarray | Callable[[], np.ndarray],
+                    tail: bytes = b"") -> None:
+        """`command` and `values` (a little-endian array, sent as they are, or a function
+        that makes it when it is due) as a block, then `tail` (more commands,
+        newline-terminated)."""
+        payload = np.ascontiguousarray(values() if callable(values) else values).reshape(-1)
         if self._sock is None:
             datatype = {"<f4": "f", "|i1": "b"}[payload.dtype.str]
             self.resource.write_binary_values(command, payload, datatype=datatype,
@@ -233,16 +235,25 @@ class SCPISession:
             for line in tail.decode("ascii").splitlines():
                 self.resource.write(line)
             return
-        # TCP: straight to the socket, no copies (pyvisa-py writes in 4 KiB select()ed pieces)
+        # TCP: straight to the socket in one gathered write, no copies (pyvisa-py writes in
+        # 4 KiB select()ed pieces); the socket's own timeout bounds the blocking sends
         size = str(payload.nbytes).encode()
         head = command.encode("ascii") + b"#" + str(len(size)).encode() + size
-        deadline = time.monotonic() + self.resource.timeout / 1000
-        for part in (memoryview(head), memoryview(payload).cast("B"), memoryview(b"\n" + tail)):
-            while part:
-                if not select.select([], [self._sock], [], max(deadline - time.monotonic(), 0))[1]:
-                    raise TransportError(f"could not send {command!r} within "
-                                         f"{self.resource.timeout:g} ms", self.instrument)
-                part = part[self._sock.send(part):]
+        parts = [memoryview(head), memoryview(payload).cast("B"), memoryview(b"\n" + tail)]
+        self._sock.settimeout(self.resource.timeout / 1000)
+        try:
+            while parts:
+                sent = self._sock.sendmsg(parts)
+                while parts and sent >= len(parts[0]):
+                    sent -= len(parts[0])
+                    parts.pop(0)
+                if parts:
+                    parts[0] = parts[0][sent:]
+        except TimeoutError:
+            raise TransportError(f"could not send {command!r} within "
+                                 f"{self.resource.timeout:g} ms", self.instrument) from None
+        finally:
+            self._sock.settimeout(None)
 
     def _read_payload(self, size: int) -> bytes:
         if self._port is None:
@@ -321,11 +332,12 @@ class SCPISession:
             raise scpi_error(*entry, instrument=self.instrument, command=command)
         return result
 
-    def query_blocks(self, requests: list[tuple[str, np.ndarray, int]], dtype: np.dtype
-                     ) -> list[np.ndarray]:
+    def query_blocks(self, requests: list[tuple[str, np.ndarray | Callable[[], np.ndarray], int]],
+                     dtype: np.dtype) -> list[np.ndarray]:
         """Block queries (command, values, count of reply values) in a pipeline on TCP: a
-        thread sends request k+1 while the board computes request k and its reply is read.
-        Replies in order, `dtype`. Over serial, or for one request, one at a time."""
+        thread makes (values may be a function, see _send_block) and sends request k+1 while
+        the board computes request k and its reply is read. Replies in order, `dtype`. Over
+        serial, or for one request, one at a time."""
         if self._sock is None or len(requests) < 2:
             return [self.query_block(c, count, v, dtype) for c, v, count in requests]
         failure: list[BaseException] = []
