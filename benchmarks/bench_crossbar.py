@@ -5,7 +5,9 @@ currents and with int8 DAC / int16 ADC codes (`format`), against a bare NumPy ma
 same shapes and the raw loopback rate of the float32 request and reply bytes. Then the
 bytes one pass of 10,000 MNIST images through the first unit of mnist-memristor (785
 inputs, 64 outputs = 128 columns, batches of 500) puts on the wire, counted by a proxy,
-and their time at 921,600 baud (8N1: 92,160 bytes/s).
+and their time at 921,600 baud (8N1: 92,160 bytes/s). The driver also talks to a null board
+(the twin's SCPI server whose MVMs return zeros at once): the link's own cost, without the
+board's compute.
 
 Wall time is what the targets are about; CPU time (this process, plus the simulator
 process for the wire paths; Linux) is the work done, which a busy machine does not inflate.
@@ -129,6 +131,18 @@ def driver(*args: str, null: bool = False, **options
             yield board, cpu
 
 
+def one_block(board: CrossbarBoard, fmt: str, x: np.ndarray) -> Callable[[], object]:
+    """A matmul of x sent as one block (no pipeline)."""
+    def run() -> object:
+        pipelined = board.options.pipeline_block_bytes
+        board.options.pipeline_block_bytes = board.options.max_block_bytes
+        try:
+            return board.matmul(x, format=fmt)
+        finally:
+            board.options.pipeline_block_bytes = pipelined
+    return run
+
+
 def null_board() -> None:
     """The twin's SCPI server on TCP with MVMs that return zeros at once (no physics): what
     the link costs by itself. Prints its address as `labpnn sim crossbar` does."""
@@ -210,23 +224,22 @@ def main() -> None:
     with driver("--tcp", "127.0.0.1:0") as (tcp, server_cpu):
         tcp.program_weights(w)
 
-        def one_block(fmt: str) -> Callable[[], object]:
-            def run() -> object:
-                tcp.options.pipeline_block_bytes = tcp.options.max_block_bytes
-                try:
-                    return tcp.matmul(x, format=fmt)
-                finally:
-                    tcp.options.pipeline_block_bytes = pipelined
-            return run
-        pipelined = tcp.options.pipeline_block_bytes
         rows.update(timed({
             "raw loopback socket, float32 bytes":
                 (raw_socket(head + x.nbytes + 1, 10 + BATCH * COLS * 4), no_other_cpu),
-            "driver over TCP, float32, one block": (one_block("float32"), server_cpu),
+            "driver over TCP, float32, one block": (one_block(tcp, "float32", x), server_cpu),
             "driver over TCP, float32, pipelined": (lambda: tcp.matmul(x), server_cpu),
-            "driver over TCP, codes, one block": (one_block("codes"), server_cpu),
+            "driver over TCP, codes, one block": (one_block(tcp, "codes", x), server_cpu),
             "driver over TCP, codes, pipelined": (lambda: tcp.matmul(x, format="codes"),
                                                   server_cpu)}, repeats))
+    with driver(null=True) as (null, server_cpu):  # the link alone: a board that computes nothing
+        null.program_weights(w)
+        rows.update(timed({
+            "raw loopback socket, float32 bytes (again)":
+                (raw_socket(head + x.nbytes + 1, 10 + BATCH * COLS * 4), no_other_cpu),
+            "driver over TCP to a null board, one block": (one_block(null, "float32", x), server_cpu),
+            "driver over TCP to a null board, pipelined": (lambda: null.matmul(x), server_cpu)},
+            repeats))
     if not args.quick:
         with driver("--pty") as (pty, server_cpu):
             pty.program_weights(w)
@@ -242,12 +255,14 @@ def main() -> None:
               f"{BATCH / best:11,.0f}")
     numpy_, twin_f, twin_c = (rows[k] for k in list(rows)[:3])
     raw = rows["raw loopback socket, float32 bytes"]
+    raw_again = rows.pop("raw loopback socket, float32 bytes (again)")
     print()
     for name, (best, _, cpu) in ((k, rows[k]) for k in rows if k.startswith("in-process")):
         print(f"{name} / NumPy: {numpy_[0] / best:.2f} by wall, {numpy_[2] / cpu:.2f} by CPU "
               "(target >= 0.5)")
     for name, (best, _, cpu) in ((k, rows[k]) for k in rows if k.startswith("driver over TCP")):
-        print(f"{name} / raw socket: {raw[0] / best:.2f} by wall, {raw[2] / cpu:.2f} by CPU "
+        base = raw_again if "null" in name else raw  # measured alongside
+        print(f"{name} / raw socket: {base[0] / best:.2f} by wall, {base[2] / cpu:.2f} by CPU "
               "(target >= 0.5)")
 
     print(f"\none pass of {MNIST_IMAGES:,} MNIST images through a {MNIST_INPUTS} -> {MNIST_OUT} "

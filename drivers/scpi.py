@@ -65,7 +65,7 @@ class _SocketReplies:
     copies a payload three times). Starts from the bytes pyvisa-py holds; on a clean exit hands
     back those it read ahead (on a failure they are dropped, as resync() drops the rest)."""
 
-    def __init__(self, sock: socket.socket, session, timeout_s: float):
+    def __init__(self, sock: socket.socket, session, timeout_s: float | None):
         self._sock, self._session, self._timeout = sock, session, timeout_s
         self._buf = bytearray(session._pending_buffer)
         session._pending_buffer.clear()
@@ -240,8 +240,12 @@ class SCPISession:
         size = str(payload.nbytes).encode()
         head = command.encode("ascii") + b"#" + str(len(size)).encode() + size
         parts = [memoryview(head), memoryview(payload).cast("B"), memoryview(b"\n" + tail)]
-        self._sock.settimeout(self.resource.timeout / 1000)
+        self._sock.settimeout(self._timeout_s())
         try:
+            if not hasattr(self._sock, "sendmsg"):  # Windows: one write per part
+                for part in parts:
+                    self._sock.sendall(part)
+                parts = []
             while parts:
                 sent = self._sock.sendmsg(parts)
                 while parts and sent >= len(parts[0]):
@@ -269,8 +273,13 @@ class SCPISession:
             self._send_block(command, np.asarray(values, FLOAT32))
         self.check_errors(command)
 
+    def _timeout_s(self) -> float | None:
+        """The session's timeout in seconds (None: infinite)."""
+        ms = self.resource.timeout
+        return None if ms is None or ms == float("inf") else ms / 1000
+
     def _replies(self) -> _SocketReplies:
-        return _SocketReplies(self._sock, self._visa_session, self.resource.timeout / 1000)
+        return _SocketReplies(self._sock, self._visa_session, self._timeout_s())
 
     def _read_reply(self, command: str, count: int, dtype: np.dtype,
                     reader: _SocketReplies | None = None
