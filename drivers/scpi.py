@@ -79,18 +79,18 @@ class _SocketReplies:
 
     def _wait(self) -> None:
         if not select.select([self._sock], [], [], self._timeout)[0]:
-            self._timed_out()
+            raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_timeout)
 
     @staticmethod
-    def _timed_out() -> None:
-        # a closed link too: no reply will come, as pyvisa-py reports it
-        raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_timeout)
+    def _closed() -> None:
+        # at once, where pyvisa-py would wait out the timeout on a closed link
+        raise ConnectionError("the board closed the connection")
 
     def _fill(self) -> None:
         self._wait()
         data = self._sock.recv(1 << 16)
         if not data:
-            self._timed_out()
+            self._closed()
         self._buf += data
 
     def take(self, n: int) -> bytes:
@@ -115,7 +115,7 @@ class _SocketReplies:
             self._wait()
             n = self._sock.recv_into(view[got:])
             if n == 0:
-                self._timed_out()
+                self._closed()
             got += n
 
 
