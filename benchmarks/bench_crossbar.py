@@ -5,7 +5,9 @@ currents and with int8 DAC / int16 ADC codes (`format`), against a bare NumPy ma
 same shapes and the raw loopback rate of the float32 request and reply bytes. Then the
 bytes one pass of 10,000 MNIST images through the first unit of mnist-memristor (785
 inputs, 64 outputs = 128 columns, batches of 500) puts on the wire, counted by a proxy,
-and their time at 921,600 baud (8N1: 92,160 bytes/s).
+and their time at 921,600 baud (8N1: 92,160 bytes/s). The driver also talks to a null board
+(the twin's SCPI server whose MVMs return zeros at once): the link's own cost, without the
+board's compute.
 
 Wall time is what the targets are about; CPU time (this process, plus the simulator
 process for the wire paths; Linux) is the work done, which a busy machine does not inflate.
@@ -29,7 +31,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from labpnn.drivers.crossbar import CrossbarBoard
-from labpnn.sim_devices.crossbar import SimCrossbarBoard
+from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard
+from labpnn.sim_devices.scpi_server import CrossbarSCPI, TcpServer
 
 ROWS, COLS, BATCH = 1024, 128, 1000
 BAUD_BYTES_PER_S = 921_600 / 10  # 8 data bits, a start and a stop bit
@@ -106,10 +109,11 @@ def raw_socket(request: int, reply: int) -> Callable[[], None]:
 
 
 @contextmanager
-def board_process(*args: str) -> Iterator[tuple[str, Callable[[], float]]]:
-    """`labpnn sim crossbar ARGS` in a subprocess: its VISA resource and its CPU clock."""
-    proc = subprocess.Popen([sys.executable, "-m", "labpnn", "sim", "crossbar", *args],
-                            stdout=subprocess.PIPE, text=True)
+def board_process(*args: str, null: bool = False) -> Iterator[tuple[str, Callable[[], float]]]:
+    """`labpnn sim crossbar ARGS` (null: null_board()) in a subprocess: its VISA resource and
+    its CPU clock."""
+    command = [__file__, "--null-board"] if null else ["-m", "labpnn", "sim", "crossbar", *args]
+    proc = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, text=True)
     try:
         yield proc.stdout.readline().split()[2], cpu_of(proc.pid)
     finally:
@@ -118,12 +122,40 @@ def board_process(*args: str) -> Iterator[tuple[str, Callable[[], float]]]:
 
 
 @contextmanager
-def driver(*args: str, **options) -> Iterator[tuple[CrossbarBoard, Callable[[], float]]]:
-    """The driver connected to `labpnn sim crossbar ARGS` in a subprocess, and the
-    subprocess's CPU clock."""
-    with board_process(*args) as (resource, cpu):
+def driver(*args: str, null: bool = False, **options
+           ) -> Iterator[tuple[CrossbarBoard, Callable[[], float]]]:
+    """The driver connected to `labpnn sim crossbar ARGS` in a subprocess (null: to
+    null_board() instead), and the subprocess's CPU clock."""
+    with board_process(*args, null=null) as (resource, cpu):
         with CrossbarBoard(resource=resource, timeout_ms=60000, **options) as board:
             yield board, cpu
+
+
+def one_block(board: CrossbarBoard, fmt: str, x: np.ndarray) -> Callable[[], object]:
+    """A matmul of x sent as one block (no pipeline)."""
+    def run() -> object:
+        pipelined = board.options.pipeline_block_bytes
+        board.options.pipeline_block_bytes = board.options.max_block_bytes
+        try:
+            return board.matmul(x, format=fmt)
+        finally:
+            board.options.pipeline_block_bytes = pipelined
+    return run
+
+
+def null_board() -> None:
+    """The twin's SCPI server on TCP with MVMs that return zeros at once (no physics): what
+    the link costs by itself. Prints its address as `labpnn sim crossbar` does."""
+    physics = CrossbarPhysics(seed=0)
+    zeros: dict[tuple[int, int], np.ndarray] = {}
+
+    def mvm(x, r0, c0, cols, scale=None, peak=None):
+        return zeros.setdefault((x.shape[0], cols), np.zeros((x.shape[0], cols), np.float32))
+
+    physics.mvm = mvm
+    server = TcpServer(CrossbarSCPI(physics))
+    print(f"listening on {server.address}", flush=True)
+    threading.Event().wait()
 
 
 def counting_proxy(target: str) -> tuple[str, list[int]]:
@@ -172,7 +204,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 repeats, no pty rows")
+    parser.add_argument("--null-board", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.null_board:
+        return null_board()
     repeats = 3 if args.quick else args.repeats
     rng = np.random.default_rng(0)
     w = rng.standard_normal((ROWS, COLS // 2)).astype(np.float32)
@@ -189,23 +224,22 @@ def main() -> None:
     with driver("--tcp", "127.0.0.1:0") as (tcp, server_cpu):
         tcp.program_weights(w)
 
-        def one_block(fmt: str) -> Callable[[], object]:
-            def run() -> object:
-                tcp.options.pipeline_block_bytes = tcp.options.max_block_bytes
-                try:
-                    return tcp.matmul(x, format=fmt)
-                finally:
-                    tcp.options.pipeline_block_bytes = pipelined
-            return run
-        pipelined = tcp.options.pipeline_block_bytes
         rows.update(timed({
             "raw loopback socket, float32 bytes":
                 (raw_socket(head + x.nbytes + 1, 10 + BATCH * COLS * 4), no_other_cpu),
-            "driver over TCP, float32, one block": (one_block("float32"), server_cpu),
+            "driver over TCP, float32, one block": (one_block(tcp, "float32", x), server_cpu),
             "driver over TCP, float32, pipelined": (lambda: tcp.matmul(x), server_cpu),
-            "driver over TCP, codes, one block": (one_block("codes"), server_cpu),
+            "driver over TCP, codes, one block": (one_block(tcp, "codes", x), server_cpu),
             "driver over TCP, codes, pipelined": (lambda: tcp.matmul(x, format="codes"),
                                                   server_cpu)}, repeats))
+    with driver(null=True) as (null, server_cpu):  # the link alone: a board that computes nothing
+        null.program_weights(w)
+        rows.update(timed({
+            "raw loopback socket, float32 bytes (again)":
+                (raw_socket(head + x.nbytes + 1, 10 + BATCH * COLS * 4), no_other_cpu),
+            "driver over TCP to a null board, one block": (one_block(null, "float32", x), server_cpu),
+            "driver over TCP to a null board, pipelined": (lambda: null.matmul(x), server_cpu)},
+            repeats))
     if not args.quick:
         with driver("--pty") as (pty, server_cpu):
             pty.program_weights(w)
@@ -221,12 +255,14 @@ def main() -> None:
               f"{BATCH / best:11,.0f}")
     numpy_, twin_f, twin_c = (rows[k] for k in list(rows)[:3])
     raw = rows["raw loopback socket, float32 bytes"]
+    raw_again = rows.pop("raw loopback socket, float32 bytes (again)")
     print()
     for name, (best, _, cpu) in ((k, rows[k]) for k in rows if k.startswith("in-process")):
         print(f"{name} / NumPy: {numpy_[0] / best:.2f} by wall, {numpy_[2] / cpu:.2f} by CPU "
               "(target >= 0.5)")
     for name, (best, _, cpu) in ((k, rows[k]) for k in rows if k.startswith("driver over TCP")):
-        print(f"{name} / raw socket: {raw[0] / best:.2f} by wall, {raw[2] / cpu:.2f} by CPU "
+        base = raw_again if "null" in name else raw  # measured alongside
+        print(f"{name} / raw socket: {base[0] / best:.2f} by wall, {base[2] / cpu:.2f} by CPU "
               "(target >= 0.5)")
 
     print(f"\none pass of {MNIST_IMAGES:,} MNIST images through a {MNIST_INPUTS} -> {MNIST_OUT} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,10 @@ from labpnn.errors import DeviceError, TransportError
 _RESOURCE = re.compile(r"^(ASRL[^\s:]+::INSTR|TCPIP\d*::[^\s:]+::\d+::SOCKET)$", re.IGNORECASE)
 _IPV6 = re.compile(r"^TCPIP\d*::\[[0-9a-f:.]+\]::\d+::SOCKET$", re.IGNORECASE)
 I8, I16 = np.dtype("i1"), np.dtype("<i2")
+
+
+def _voltages(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.multiply(x, scale[:, None], dtype=np.float32)
 
 
 def _pair(value: tuple[float, float]) -> str:
@@ -248,12 +253,13 @@ class CrossbarBoard(MappedCrossbar):
         requests = []
         for x, scale, _ in batches:
             n, rows = x.shape
+            # made by the sender as each block is due: on TCP it overlaps the last one's transfer
             if codes:
                 requests.append((f"MEAS:MVM:CODE? {n},{r0},{rows},{c0},{cols},",
-                                 dac_codes(x, scale, cfg), n * cols))
+                                 partial(dac_codes, x, scale, cfg), n * cols))
             else:
                 requests.append((f"MEAS:MVM? {n},{r0},{rows},{c0},{cols},",
-                                 np.multiply(x, scale[:, None], dtype=np.float32), n * cols))
+                                 partial(_voltages, x, scale), n * cols))
         replies = self.scpi.query_blocks(requests, I16 if codes else FLOAT32)
         return [self._currents(reply, len(x), cols, codes, cfg)
                 for reply, (x, _, _) in zip(replies, batches)]
@@ -263,7 +269,8 @@ class CrossbarBoard(MappedCrossbar):
                   ) -> np.ndarray:
         if codes:
             return (reply * np.float32(cfg.adc_lsb)).reshape(n, cols)
-        return reply.reshape(n, cols).copy()
+        reply = reply.reshape(n, cols)
+        return reply if reply.flags.writeable else reply.copy()
 
     def _mvm(self, r0: int, c0: int, cols: int, x: np.ndarray, scale: np.ndarray,
              peak: np.ndarray | None = None, codes: bool = False) -> np.ndarray:

@@ -59,6 +59,66 @@ def _interface_of(resource, kind: type):
     return interface if isinstance(interface, kind) else None
 
 
+class _SocketReplies:
+    """Replies read straight from a pyvisa-py TCP session's socket: a block's payload lands in
+    its array by recv_into (pyvisa-py reads the header byte by byte, with a select() each, and
+    copies a payload three times). Starts from the bytes pyvisa-py holds; on a clean exit hands
+    back those it read ahead (on a failure they are dropped, as resync() drops the rest)."""
+
+    def __init__(self, sock: socket.socket, session, timeout_s: float | None):
+        self._sock, self._session, self._timeout = sock, session, timeout_s
+        self._buf = bytearray(session._pending_buffer)
+        session._pending_buffer.clear()
+
+    def __enter__(self) -> _SocketReplies:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self._session._pending_buffer[:0] = self._buf
+
+    def _wait(self) -> None:
+        if not select.select([self._sock], [], [], self._timeout)[0]:
+            raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_timeout)
+
+    @staticmethod
+    def _closed() -> None:
+        # at once, where pyvisa-py would wait out the timeout on a closed link
+        raise ConnectionError("the board closed the connection")
+
+    def _fill(self) -> None:
+        self._wait()
+        data = self._sock.recv(1 << 16)
+        if not data:
+            self._closed()
+        self._buf += data
+
+    def take(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            self._fill()
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def line(self) -> str:
+        while (end := self._buf.find(b"\n")) < 0:
+            self._fill()
+        out = self._buf[:end].decode("ascii", "replace")
+        del self._buf[:end + 1]
+        return out
+
+    def into(self, view: memoryview) -> None:
+        got = min(len(view), len(self._buf))
+        view[:got] = self._buf[:got]
+        del self._buf[:got]
+        while got < len(view):
+            self._wait()
+            n = self._sock.recv_into(view[got:])
+            if n == 0:
+                self._closed()
+            got += n
+
+
 class SCPISession:
     """A PyVISA resource spoken to in SCPI: checked writes, typed errors, float32 blocks.
 
@@ -79,7 +139,10 @@ class SCPISession:
             # pyvisa-py leaves Nagle on: a block written in pieces would wait ~40 ms for an ACK
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # and receives in 4 KiB pieces by default; large replies go faster in large ones
-            resource.visalib.sessions[resource.session].max_recv_size = 1 << 20
+            self._visa_session = resource.visalib.sessions[resource.session]
+            self._visa_session.max_recv_size = 1 << 20
+            if not isinstance(getattr(self._visa_session, "_pending_buffer", None), bytearray):
+                self._sock = None  # not the pyvisa-py session this module knows: its own reads
 
     # -- plumbing
 
@@ -159,10 +222,12 @@ class SCPISession:
 
     # -- blocks
 
-    def _send_block(self, command: str, values: np.ndarray, tail: bytes = b"") -> None:
-        """`command` and `values` (a little-endian array, sent as they are) as a block,
-        then `tail` (more commands, newline-terminated)."""
-        payload = np.ascontiguousarray(values).reshape(-1)
+    def _send_block(self, command: str, values: np.ndarray | Callable[[], np.ndarray],
+                    tail: bytes = b"") -> None:
+        """`command` and `values` (a little-endian array, sent as they are, or a function
+        that makes it when it is due) as a block, then `tail` (more commands,
+        newline-terminated)."""
+        payload = np.ascontiguousarray(values() if callable(values) else values).reshape(-1)
         if self._sock is None:
             datatype = {"<f4": "f", "|i1": "b"}[payload.dtype.str]
             self.resource.write_binary_values(command, payload, datatype=datatype,
@@ -170,16 +235,29 @@ class SCPISession:
             for line in tail.decode("ascii").splitlines():
                 self.resource.write(line)
             return
-        # TCP: straight to the socket, no copies (pyvisa-py writes in 4 KiB select()ed pieces)
+        # TCP: straight to the socket in one gathered write, no copies (pyvisa-py writes in
+        # 4 KiB select()ed pieces); the socket's own timeout bounds the blocking sends
         size = str(payload.nbytes).encode()
         head = command.encode("ascii") + b"#" + str(len(size)).encode() + size
-        deadline = time.monotonic() + self.resource.timeout / 1000
-        for part in (memoryview(head), memoryview(payload).cast("B"), memoryview(b"\n" + tail)):
-            while part:
-                if not select.select([], [self._sock], [], max(deadline - time.monotonic(), 0))[1]:
-                    raise TransportError(f"could not send {command!r} within "
-                                         f"{self.resource.timeout:g} ms", self.instrument)
-                part = part[self._sock.send(part):]
+        parts = [memoryview(head), memoryview(payload).cast("B"), memoryview(b"\n" + tail)]
+        self._sock.settimeout(self._timeout_s())
+        try:
+            if not hasattr(self._sock, "sendmsg"):  # Windows: one write per part
+                for part in parts:
+                    self._sock.sendall(part)
+                parts = []
+            while parts:
+                sent = self._sock.sendmsg(parts)
+                while parts and sent >= len(parts[0]):
+                    sent -= len(parts[0])
+                    parts.pop(0)
+                if parts:
+                    parts[0] = parts[0][sent:]
+        except TimeoutError:
+            raise TransportError(f"could not send {command!r} within "
+                                 f"{self.resource.timeout:g} ms", self.instrument) from None
+        finally:
+            self._sock.settimeout(None)
 
     def _read_payload(self, size: int) -> bytes:
         if self._port is None:
@@ -195,28 +273,48 @@ class SCPISession:
             self._send_block(command, np.asarray(values, FLOAT32))
         self.check_errors(command)
 
-    def _read_reply(self, command: str, nbytes: int) -> tuple[bytes | None, tuple[int, str]]:
-        """The reply to a block query sent with SYST:ERR? behind it: (the block's payload,
-        or None when the query failed, and the error entry that came with it)."""
+    def _timeout_s(self) -> float | None:
+        """The session's timeout in seconds (None: infinite)."""
+        ms = self.resource.timeout
+        return None if ms is None or ms == float("inf") else ms / 1000
+
+    def _replies(self) -> _SocketReplies:
+        return _SocketReplies(self._sock, self._visa_session, self._timeout_s())
+
+    def _read_reply(self, command: str, count: int, dtype: np.dtype,
+                    reader: _SocketReplies | None = None
+                    ) -> tuple[np.ndarray | None, tuple[int, str]]:
+        """The reply to a block query sent with SYST:ERR? behind it: (the block's `count`
+        values, or None when the query failed, and the error entry that came with it).
+        `reader`: on TCP, the socket reader (_replies()) to read with."""
+        nbytes = count * dtype.itemsize
+        take = reader.take if reader is not None else self.resource.read_bytes
         with self.resource.read_termination_context(None):  # payload bytes may be 0x0A
-            first = self.resource.read_bytes(1)
-            payload = None
+            first = take(1)
+            values = None
             if first == b"#":
-                digits = self.resource.read_bytes(1)
-                size = self.resource.read_bytes(int(digits)) if digits.isdigit() else b""
+                digits = take(1)
+                size = take(int(digits)) if digits.isdigit() else b""
                 if not size.isdigit() or int(size) != nbytes:
                     raise self._garbled(command, f"a block of {nbytes} bytes", first + digits + size)
-                payload = self._read_payload(nbytes + 1)
-                if payload[-1:] != b"\n":
-                    raise self._garbled(command, "a newline after the block", payload[-8:])
+                if reader is not None:
+                    values = np.empty(count, dtype)
+                    reader.into(memoryview(values).cast("B"))
+                    end = take(1)
+                else:
+                    payload = self._read_payload(nbytes + 1)
+                    values, end = np.frombuffer(payload, dtype, count), payload[-1:]
+                if end != b"\n":
+                    raise self._garbled(command, "a newline after the block", end)
                 first = b""
-        text = first.decode("ascii", "replace") + self.resource.read()
+        text = first.decode("ascii", "replace") + (reader.line() if reader is not None
+                                                   else self.resource.read())
         entry = parse_error_reply(text)
-        if entry is None or (payload is None and entry[0] == 0):
-            raise self._garbled(command if payload is None else "SYST:ERR?",
-                                f"a block of {nbytes} bytes" if payload is None
+        if entry is None or (values is None and entry[0] == 0):
+            raise self._garbled(command if values is None else "SYST:ERR?",
+                                f"a block of {nbytes} bytes" if values is None
                                 else "an error entry '<code>,\"<message>\"'", text)
-        return payload, entry
+        return values, entry
 
     def query_block(self, command: str, count: int, values: np.ndarray | None = None,
                     dtype: np.dtype = FLOAT32) -> np.ndarray:
@@ -232,18 +330,23 @@ class SCPISession:
                 self.resource.write("SYST:ERR?")
             else:
                 self._send_block(command, values, b"SYST:ERR?\n")
-            payload, entry = self._read_reply(command, count * dtype.itemsize)
+            if self._sock is None:
+                result, entry = self._read_reply(command, count, dtype)
+            else:
+                with self._replies() as reader:
+                    result, entry = self._read_reply(command, count, dtype, reader)
         if entry[0] != 0:
-            if payload is None:
+            if result is None:
                 self.check_errors(command)  # drain what else is queued
             raise scpi_error(*entry, instrument=self.instrument, command=command)
-        return np.frombuffer(payload, dtype, count)
+        return result
 
-    def query_blocks(self, requests: list[tuple[str, np.ndarray, int]], dtype: np.dtype
-                     ) -> list[np.ndarray]:
+    def query_blocks(self, requests: list[tuple[str, np.ndarray | Callable[[], np.ndarray], int]],
+                     dtype: np.dtype) -> list[np.ndarray]:
         """Block queries (command, values, count of reply values) in a pipeline on TCP: a
-        thread sends request k+1 while the board computes request k and its reply is read.
-        Replies in order, `dtype`. Over serial, or for one request, one at a time."""
+        thread makes (values may be a function, see _send_block) and sends request k+1 while
+        the board computes request k and its reply is read. Replies in order, `dtype`. Over
+        serial, or for one request, one at a time."""
         if self._sock is None or len(requests) < 2:
             return [self.query_block(c, count, v, dtype) for c, v, count in requests]
         failure: list[BaseException] = []
@@ -260,20 +363,20 @@ class SCPISession:
         with self._io(requests[0][0]):
             sender.start()
             try:
-                for command, _, count in requests:
-                    if failure:
-                        raise failure[0]
-                    payload, entry = self._read_reply(command, count * dtype.itemsize)
-                    if entry[0] != 0 and error is None:  # read on: the later replies follow
-                        error = scpi_error(*entry, instrument=self.instrument, command=command)
-                    results.append(payload)
+                with self._replies() as reader:
+                    for command, _, count in requests:
+                        if failure:
+                            raise failure[0]
+                        values, entry = self._read_reply(command, count, dtype, reader)
+                        if entry[0] != 0 and error is None:  # read on: the later replies follow
+                            error = scpi_error(*entry, instrument=self.instrument, command=command)
+                        results.append(values)
             finally:
                 sender.join()
         if error is not None:
             self.check_errors(requests[0][0])
             raise error
-        return [np.frombuffer(payload, dtype, count)
-                for payload, (_, _, count) in zip(results, requests)]
+        return results
 
     def close(self) -> None:
         self.resource.close()

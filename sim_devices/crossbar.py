@@ -210,6 +210,7 @@ class CrossbarPhysics:
     def _invalidate(self) -> None:
         self._g_eff: np.ndarray | None = None
         self._sigma2: np.ndarray | None = None
+        self._col_sigma: dict[tuple[int, int, int, int], np.ndarray] = {}
 
     def conductance(self) -> np.ndarray:
         """The true conductance of every cell now (drift and stuck cells applied), float32."""
@@ -220,6 +221,7 @@ class CrossbarPhysics:
                 g = g * age ** -self._nu
             self._g_eff = np.where(self._stuck, self._stuck_value, g).astype(np.float32)
             self._sigma2 = None
+            self._col_sigma = {}
         return self._g_eff
 
     def _read_sigma(self, g: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
@@ -232,6 +234,16 @@ class CrossbarPhysics:
         if self._sigma2 is None:
             self._sigma2 = (self._read_sigma(g, self._multiplier) ** 2).astype(np.float32)
         return self._sigma2
+
+    def _column_sigma(self, r0: int, c0: int, rows: int, cols: int) -> np.ndarray:
+        """sqrt of the mean read variance over the rows r0.. of each column c0.. (S), cached
+        until the conductances change."""
+        key = (r0, c0, rows, cols)
+        variance = self._variance()
+        if key not in self._col_sigma:
+            region = variance[r0:r0 + rows, c0:c0 + cols]
+            self._col_sigma[key] = np.sqrt(region.mean(axis=0))
+        return self._col_sigma[key]
 
     def _region(self, r0: int, c0: int, rows: int, cols: int) -> tuple[slice, slice]:
         r, c = self.array_shape
@@ -348,10 +360,11 @@ class CrossbarPhysics:
                  if reported and c0 <= c < c0 + cols]
         if known:
             raise DeviceSpecificError(f"ADC fault on columns {sorted(known)}")
-        amax = abs_max(x) if peak is None else peak
-        if scale is not None:
-            amax = amax * np.abs(scale)
-        v_peak = float(amax.max())
+        if peak is None and np.ndim(scale) == 0:  # one factor: no per-vector maxima needed
+            v_peak = max(float(x.max()), -float(x.min())) * (1.0 if scale is None else abs(float(scale)))
+        else:
+            amax = abs_max(x) if peak is None else peak
+            v_peak = float((amax if scale is None else amax * np.abs(scale)).max())
         if not v_peak <= self._v_limit * (1 + SLACK):  # NaN fails too
             raise DataOutOfRange(f"read voltage {v_peak:g} V exceeds the limit {self._v_limit:g} V")
         g = self.conductance()[region]
@@ -360,7 +373,7 @@ class CrossbarPhysics:
         if scale is not None:
             rms *= scale
         noise = gaussian(self._read_rng, (n, cols))
-        noise *= np.sqrt(self._variance()[region].mean(axis=0))
+        noise *= self._column_sigma(r0, c0, rows, cols)
         noise *= rms[:, None]
         if scale is not None:
             current *= scale[:, None] if np.ndim(scale) else scale
