@@ -1,6 +1,7 @@
 """Unsupervised PIB (issue 13): the linear probe against PIB iterations per unit, and baselines.
 
-    python benchmarks/bench_unsup.py [--quick] [--seeds 3] [--mnist DIR] [--out DIR] [--report docs/results.md]
+    python benchmarks/bench_unsup.py [--quick] [--seeds 0 1 2] [--mnist DIR] [--fashion DIR] [--out DIR]
+                                     [--report docs/results.md]
 
 Full: recipe unsup-mnist-memristor (MNIST 8,000/2,000, 784 -> 64 -> 32 on the crossbar twin),
 0, 10, 50, 200 and 1000 PIB iterations per unit, each a run of the real engine
@@ -10,6 +11,10 @@ deployed and measured, never optimised ("random deployed units"). The probe: lab
 width (32): raw inputs (784 wide), PCA to 32 and supervised PIB (recipe mnist-memristor, 300
 steps per unit, on the same twin). Seed s: recipe seed s, crossbar twin seed 100 + s.
 --quick: unsup-digits, iterations 0, 10, 50, one seed, no report (a smoke test).
+--fashion DIR: also the same recipe on Fashion-MNIST (IDX files in DIR, as for MNIST) at 0 and
+the last iteration count, every seed, with the 10-class probe and the paper's three-group probe
+(labpnn.linear_eval.FASHION_GROUPS: upper-body clothes, lower-body clothes, footwear; dress and
+bag in no group), against raw inputs and PCA of the same width.
 
 Prints the table and keeps every job's result in OUT/results.json; with --report, replaces
 its section of that markdown file (between the markers) and writes the plots
@@ -38,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
 START, END = "<!-- bench_unsup: start -->", "<!-- bench_unsup: end -->"
 WIDTH_NOTE = "same width as the last unit"
+IDX_DATASETS = ("mnist", "fashion-mnist")
+DATASET_OF = {"fashion": "fashion-mnist"}  # a job's `what` -> the dataset it runs on (else the recipe's)
 
 
 def _bench(out: Path, seed: int) -> Path:
@@ -47,14 +54,17 @@ def _bench(out: Path, seed: int) -> Path:
     return path
 
 
-def _recipe(name: str, seed: int, steps: int, mnist: Path | None) -> dict:
+def _recipe(name: str, seed: int, steps: int, folder: Path | None, dataset: str | None = None) -> dict:
+    """Recipe `name` with seed and steps, on `dataset` (default: its own) read from `folder`."""
     from labpnn.recipe import load_recipe
 
     data = load_recipe(name).model_dump(mode="json", exclude_none=True)
     data["seed"] = seed
     data["pib"]["steps"] = max(steps, 1)
-    if mnist is not None and data["dataset"]["name"] == "mnist":
-        data["dataset"]["path"] = str(mnist)
+    if dataset is not None:
+        data["dataset"]["name"] = dataset
+    if folder is not None and data["dataset"]["name"] in IDX_DATASETS:
+        data["dataset"]["path"] = str(folder)
     return data
 
 
@@ -66,13 +76,13 @@ def job(args: tuple) -> dict:
     from labpnn import data
     from labpnn.bench import Bench
     from labpnn.engine import Run
-    from labpnn.linear_eval import linear_probe
+    from labpnn.linear_eval import group_probe, linear_probe
     from labpnn.recipe import parse_recipe
     from labpnn.runlog import RunReader
     from labpnn.units import build_units
 
-    what, name, seed, steps, mnist, out = args
-    recipe = parse_recipe(_recipe(name, seed, steps, mnist))
+    what, name, seed, steps, folder, out = args
+    recipe = parse_recipe(_recipe(name, seed, steps, folder, DATASET_OF.get(what)))
     ds = data.load(recipe.dataset.name, n_train=recipe.dataset.n_train, n_test=recipe.dataset.n_test,
                    seed=recipe.dataset.seed, path=recipe.dataset.path)
     bench = Bench.load(_bench(out, seed))
@@ -100,24 +110,31 @@ def job(args: tuple) -> dict:
               "probe": linear_probe(f_train, ds.y_train, f_test, ds.y_test), "seconds": time.time() - t0}
     if steps:
         result |= {"file": str(path), "readout": readout}
+    if what == "fashion":
+        result["groups"] = group_probe(f_train, ds.y_train, f_test, ds.y_test)
     return result
 
 
-def baselines(name: str, mnist: Path | None) -> dict:
-    """Probe accuracy of the raw inputs and of PCA to the last unit's width (fitted on the training set)."""
+def baselines(name: str, folder: Path | None, dataset: str | None = None) -> dict:
+    """Probe accuracy of the raw inputs and of PCA to the last unit's width (fitted on the
+    training set); on Fashion-MNIST also their three-group probe ("raw_groups", "pca_groups")."""
     from sklearn.decomposition import PCA
 
     from labpnn import data
-    from labpnn.linear_eval import linear_probe
+    from labpnn.linear_eval import group_probe, linear_probe
     from labpnn.recipe import parse_recipe
 
-    recipe = parse_recipe(_recipe(name, 0, 1, mnist))
+    recipe = parse_recipe(_recipe(name, 0, 1, folder, dataset))
     ds = data.load(recipe.dataset.name, path=recipe.dataset.path, seed=recipe.dataset.seed)
     width = recipe.units[-1].out
     pca = PCA(width, random_state=0).fit(ds.x_train)
-    return {"raw": linear_probe(ds.x_train, ds.y_train, ds.x_test, ds.y_test),
-            "pca": linear_probe(pca.transform(ds.x_train), ds.y_train, pca.transform(ds.x_test), ds.y_test),
-            "width": width, "in": ds.x_train.shape[1], "dataset": ds.meta}
+    features = {"raw": (ds.x_train, ds.x_test), "pca": (pca.transform(ds.x_train), pca.transform(ds.x_test))}
+    out = {"width": width, "in": ds.x_train.shape[1], "dataset": ds.meta}
+    for key, (f_train, f_test) in features.items():
+        out[key] = linear_probe(f_train, ds.y_train, f_test, ds.y_test)
+        if recipe.dataset.name == "fashion-mnist":
+            out[f"{key}_groups"] = group_probe(f_train, ds.y_train, f_test, ds.y_test)
+    return out
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -165,7 +182,7 @@ def versions() -> str:
 
 
 def markdown(args, iterations, curve, base, supervised, readouts, wall: float, load, made_by: str,
-             map_png: str) -> str:
+             map_png: str, fashion: list[str]) -> str:
     from labpnn.recipe import load_recipe
 
     recipe = load_recipe("unsup-mnist-memristor")
@@ -220,11 +237,31 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         f"embedded in 2-D (labpnn.embedding, method {args.map_method}: UMAP when umap-learn is installed, else "
         "t-SNE), coloured by the label that training never saw.",
         "",
-        "Not done: Fashion-MNIST and the paper's three-group probe (no Fashion-MNIST files here; the benchmark has "
-        "no `--fashion` option yet).",
+        *fashion,
         END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def fashion_lines(results: list[dict], fbase: dict | None, last: int) -> list[str]:
+    """The Fashion-MNIST table: 10-class and three-group probe of random and trained units and
+    of the baselines; without Fashion-MNIST files, how to get it."""
+    from labpnn.linear_eval import FASHION_GROUPS
+
+    groups = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in FASHION_GROUPS.items())
+    head = (f"Three-group probe (the paper's \"upper-body clothes, lower-body clothes, footwear\"; classes {groups}; "
+            "dress (3) and bag (8) belong to none and are left out of it): the same logistic regression on the group "
+            "labels.")
+    if fbase is None:
+        return ["Fashion-MNIST: not run (no Fashion-MNIST files on this machine); `--fashion DIR` runs the same recipe "
+                "on the IDX files in DIR. " + head]
+    rows = {i: [r for r in results if r["what"] == "fashion" and r["steps"] == i] for i in (0, last)}
+    return [f"### Fashion-MNIST ({fbase['dataset'].get('folder')}, {fbase['dataset'].get('split')})", "", head, "",
+            "| features | 10 classes (%) | 3 groups (%) |", "|---|---|---|",
+            *(f"| {'random deployed units' if i == 0 else f'unsupervised PIB, {i} iterations'} | "
+              f"{fmt([r['probe'] for r in rs])} | {fmt([r['groups'] for r in rs])} |" for i, rs in rows.items()),
+            f"| raw inputs ({fbase['in']} pixels) | {100 * fbase['raw']:.1f} | {100 * fbase['raw_groups']:.1f} |",
+            f"| PCA to {fbase['width']} | {100 * fbase['pca']:.1f} | {100 * fbase['pca_groups']:.1f} |"]
 
 
 def write_section(report: Path, section: str) -> None:
@@ -243,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--iterations", type=int, nargs="+", default=[0, 10, 50, 200, 1000])
     p.add_argument("--mnist", type=Path, default=DEFAULT_MNIST, help="folder of the MNIST IDX files")
+    p.add_argument("--fashion", type=Path, help="folder of the Fashion-MNIST IDX files: also run it (three-group probe)")
     p.add_argument("--out", type=Path, default=Path("/tmp/labpnn-bench-unsup"), help="run files go here")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--report", type=Path, help="markdown file whose section to (re)write, e.g. docs/results.md")
@@ -258,25 +296,31 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [("unsup", name, s, i, args.mnist, args.out) for i in sorted(iterations, reverse=True) for s in args.seeds]
     if supervised_name:
         jobs += [("supervised", supervised_name, s, 300, args.mnist, args.out) for s in args.seeds]
+    if args.fashion and not args.quick:
+        jobs += [("fashion", name, s, i, args.fashion, args.out) for i in (iterations[-1], 0) for s in args.seeds]
     saved = args.out / "results.json"
     if args.report_only:
         done = json.loads(saved.read_text())
         base, results, wall, load, made_by = (done[k] for k in ("baselines", "jobs", "wall_s", "load", "versions"))
+        fbase = done.get("fashion_baselines")
         args.workers = done["workers"]
     else:
         t0 = time.time()
         load, made_by = os.getloadavg(), versions()  # before the jobs: the code that runs them
         base = baselines(name, args.mnist)
+        fbase = baselines(name, args.fashion, "fashion-mnist") if any(j[0] == "fashion" for j in jobs) else None
         results = []
 
         def save(wall: float | None) -> None:  # after every job: a crash loses nothing finished
-            saved.write_text(json.dumps({"baselines": base, "jobs": results, "wall_s": wall, "load": load,
-                                         "versions": made_by, "workers": args.workers}, indent=1))
+            saved.write_text(json.dumps({"baselines": base, "fashion_baselines": fbase, "jobs": results,
+                                         "wall_s": wall, "load": load, "versions": made_by,
+                                         "workers": args.workers}, indent=1))
 
         with ProcessPoolExecutor(args.workers) as pool:
             for r in pool.map(job, jobs):
                 print(f"{r['what']:>10} {r['recipe']} seed {r['seed']} {r['steps']:>4} steps: linear probe "
-                      f"{100 * r['probe']:.1f} % ({r['seconds']:.0f} s)", flush=True)
+                      f"{100 * r['probe']:.1f} %" + (f", 3 groups {100 * r['groups']:.1f} %" if "groups" in r else "")
+                      + f" ({r['seconds']:.0f} s)", flush=True)
                 results.append(r)
                 save(None)
         wall = time.time() - t0
@@ -286,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r["what"] == "supervised":
             supervised.append(r["probe"])
-        else:
+        elif r["what"] == "unsup":
             curve[r["steps"]].append(r["probe"])
             files[(r["steps"], r["seed"])] = r.get("file")
             if r["steps"] == iterations[-1]:
@@ -297,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  raw inputs: {100 * base['raw']:.1f}; PCA to {base['width']}: {100 * base['pca']:.1f}"
           + (f"; supervised PIB: {fmt(supervised)}" if supervised else "") + f"  (wall {wall / 60:.1f} min, "
           f"load average {load[0]:.1f})")
+    fashion = fashion_lines(results, fbase, iterations[-1])
+    if fbase is not None:
+        print("\n".join(fashion[2:]))
     if args.report:
         from labpnn.embedding import run_map, save_png
 
@@ -305,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         coords, labels, title = run_map(files[(iterations[-1], args.seeds[0])], method=args.map_method)
         save_png(coords, labels, img / "results-unsup-map.png", title)
         write_section(args.report, markdown(args, iterations, curve, base, supervised, readouts, wall, load,
-                                            made_by, "img/results-unsup-map.png"))
+                                            made_by, "img/results-unsup-map.png", fashion))
         print(f"wrote {args.report} and {img}/results-unsup-*.png")
     return 0
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn import info
 from labpnn.augment import VIEW_TARGETS
+from labpnn.errors import ConfigError
 from labpnn.objectives import ObjectiveContext, register_objective
 from labpnn.protocols import Batch
 
@@ -38,9 +39,12 @@ class TwoViewTerms(NamedTuple):
 
 
 def two_view_terms(x1, x2, z1, z2, *, beta: float, alpha: float = 1.01, sigma_x=None,
-                   sigma_z=None) -> TwoViewTerms:
+                   sigma_z=None, width_x: info.Width | None = None,
+                   width_z: info.Width | None = None) -> TwoViewTerms:
     """objective = I(Z1;Z2) - beta [I(X1;Z1) + I(X2;Z2)] for views x1, x2 (n, ...) and their
-    features z1, z2 (n, ...), differentiable in z1 and z2. S(Z1) and S(Z2) are computed once."""
+    features z1, z2 (n, ...), differentiable in z1 and z2. Kernel widths: sigma_x, sigma_z when
+    given, else by the label-free rules width_x, width_z (info.Width "median" or "knn"), each
+    view's own. S(Z1) and S(Z2) are computed once."""
     b = float(beta)
     if not (math.isfinite(b) and b >= 0):
         raise ValueError(f"beta: must be finite and >= 0, got {beta!r}")
@@ -50,10 +54,10 @@ def two_view_terms(x1, x2, z1, z2, *, beta: float, alpha: float = 1.01, sigma_x=
     with torch.no_grad():
         grams_x = []
         for x, name in ((x1, "x1"), (x2, "x2")):
-            a_x = info._gaussian(info._samples(x, name), sigma_x, "sigma_x")
+            a_x = info._gaussian(info._samples(x, name), sigma_x, "sigma_x", width_x)
             info._same_n(z1t, a_x, "z1", name)
             grams_x.append((a_x, info._entropy(a_x, a)))
-    a_z1, a_z2 = info._gaussian(z1t, sigma_z, "sigma_z"), info._gaussian(z2t, sigma_z, "sigma_z")
+    a_z1, a_z2 = (info._gaussian(z, sigma_z, "sigma_z", width_z) for z in (z1t, z2t))
     s_z1, s_z2 = info._entropy(a_z1, a), info._entropy(a_z2, a)
     i_z1z2 = s_z1 + s_z2 - info._entropy(a_z1 * a_z2, a)
     i_xz = [s_x + s_z - info._entropy(a_x.to(a_z.dtype) * a_z, a)
@@ -79,8 +83,10 @@ class TwoViewPIB:
     needs = TwoViewOptions.needs
 
     def __init__(self, *, beta: float, alpha: float = 1.01, sigma_x: float | None = None,
-                 sigma_z: float | None = None):
+                 sigma_z: float | None = None, width_x: info.Width | None = None,
+                 width_z: info.Width | None = None):
         self.beta, self.alpha, self.sigma_x, self.sigma_z = beta, alpha, sigma_x, sigma_z
+        self.width_x, self.width_z = width_x, width_z
 
     def parameters(self) -> tuple[torch.nn.Parameter, ...]:
         return ()
@@ -89,15 +95,20 @@ class TwoViewPIB:
         """The loss and, in bits, I(Z1;Z2) and I(X;Z) (the mean of I(X1;Z1) and I(X2;Z2))."""
         t = batch.targets
         terms = two_view_terms(batch.x, t["x2"], model(batch.h), model(t["h2"]), beta=self.beta,
-                               alpha=self.alpha, sigma_x=self.sigma_x, sigma_z=self.sigma_z)
+                               alpha=self.alpha, sigma_x=self.sigma_x, sigma_z=self.sigma_z,
+                               width_x=self.width_x, width_z=self.width_z)
         return terms.loss, {"I_Z1Z2": terms.i_z1z2.item(),
                             "I_XZ": 0.5 * (terms.i_x1z1.item() + terms.i_x2z2.item())}
 
 
 def _build(options: TwoViewOptions, ctx: ObjectiveContext) -> TwoViewPIB:
     s = ctx.settings
+    for v in ("x", "z"):
+        if s.width(v).rule == "class":
+            raise ConfigError(f"objective pib-2view (unit {ctx.index}): pib.width_{v}: 'class' reads the "
+                              "labels, which pib-2view never sees; use median or knn")
     return TwoViewPIB(beta=s.beta if options.beta is None else options.beta, alpha=s.alpha, sigma_x=s.sigma_x,
-                      sigma_z=s.sigma_z)
+                      sigma_z=s.sigma_z, width_x=s.width("x"), width_z=s.width("z"))
 
 
 register_objective("pib-2view", TwoViewOptions, _build)
