@@ -54,11 +54,21 @@ def _bench(out: Path, seed: int) -> Path:
     return path
 
 
-def _recipe(name: str, seed: int, steps: int, folder: Path | None, dataset: str | None = None) -> dict:
-    """Recipe `name` with seed and steps, on `dataset` (default: its own) read from `folder`."""
+def merged(base: dict, changes: dict) -> dict:
+    """base with changes merged in, mappings key by key (a copy)."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _recipe(name: str, seed: int, steps: int, folder: Path | None, dataset: str | None = None,
+            changes: dict | None = None) -> dict:
+    """Recipe `name` with seed and steps, on `dataset` (default: its own) read from `folder`,
+    and `changes` merged in."""
     from labpnn.recipe import load_recipe
 
-    data = load_recipe(name).model_dump(mode="json", exclude_none=True)
+    data = merged(load_recipe(name).model_dump(mode="json", exclude_none=True), changes or {})
     data["seed"] = seed
     data["pib"]["steps"] = max(steps, 1)
     if dataset is not None:
@@ -69,7 +79,8 @@ def _recipe(name: str, seed: int, steps: int, folder: Path | None, dataset: str 
 
 
 def job(args: tuple) -> dict:
-    """One engine run (or, at 0 iterations, the units deployed untrained); its probe accuracy."""
+    """One engine run (or, at 0 iterations, the units deployed untrained); its probe accuracy.
+    args: (what, recipe name, seed, steps, data folder, out folder[, recipe changes])."""
     import torch
 
     torch.set_num_threads(1)
@@ -81,8 +92,8 @@ def job(args: tuple) -> dict:
     from labpnn.runlog import RunReader
     from labpnn.units import build_units
 
-    what, name, seed, steps, folder, out = args
-    recipe = parse_recipe(_recipe(name, seed, steps, folder, DATASET_OF.get(what)))
+    what, name, seed, steps, folder, out, *changes = args
+    recipe = parse_recipe(_recipe(name, seed, steps, folder, DATASET_OF.get(what), *changes))
     ds = data.load(recipe.dataset.name, n_train=recipe.dataset.n_train, n_test=recipe.dataset.n_test,
                    seed=recipe.dataset.seed, path=recipe.dataset.path)
     bench = Bench.load(_bench(out, seed))
@@ -198,9 +209,10 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         "## Unsupervised PIB: linear probe against PIB iterations (MNIST)",
         "",
         f"Recipe `unsup-mnist-memristor` ({base['in']} → 64 → {base['width']} on the crossbar twin, objective "
-        f"`pib-2view`, β = {pib.beta}, α = {pib.alpha}, Adam lr {pib.lr}, batch {pib.batch_size}; augmentations "
-        f"{recipe.augmentations().describe()}; both views of every sample measured through the twin; no label "
-        "reaches training). Probe: scikit-learn logistic regression on the "
+        f"`pib-2view`, β = {pib.beta}, α = {pib.alpha}, Adam lr {pib.lr}, batch {pib.batch_size}, kernel widths: "
+        f"X {pib.width_x}, Z {pib.width_z}" + (f" (k = {pib.width_k})" if "knn" in (pib.width_x, pib.width_z) else "")
+        + f"; augmentations {recipe.augmentations().describe()}; both views of every sample measured through the "
+        "twin; no label reaches training). Probe: scikit-learn logistic regression on the "
         "last unit's measured features (standardised), trained on the 8,000 training images, scored on the "
         f"2,000 test images; {len(args.seeds)} seeds (mean ± std, ddof 1).",
         "",
@@ -225,7 +237,8 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         f"readout on the same features (softmax regression, L-BFGS) after {last} iterations: {fmt(readouts)} %.",
         "",
         f"- wall time {wall / 60:.1f} min on {args.workers} worker process(es), one thread each (load average at "
-        f"the start {' / '.join(f'{x:.1f}' for x in load)}: the machine was shared)",
+        f"the start {' / '.join(f'{x:.1f}' for x in load)}: the machine was shared; the lead re-measures on a quiet "
+        "machine)",
         f"- data: {base['dataset'].get('folder', base['dataset'].get('source'))} ({base['dataset'].get('split')})",
         f"- versions: {made_by} (jobs; report code as of this file's commit)",
         "",

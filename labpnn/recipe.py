@@ -154,8 +154,14 @@ class Recipe(Strict):
         try:
             SCHEMES.parse(self.scheme_spec(), "scheme")
             for i in range(len(self.units)):
-                self.unit_pib(i)
+                pib = self.unit_pib(i)
                 name, options = OBJECTIVES.parse(self.objective_spec(i), self.objective_field(i))
+                for v in ("x", "z"):
+                    if pib.width(v).rule == "class" and "y" not in getattr(options, "needs", {"y"}):
+                        key = f"width_{v}"
+                        raise ConfigError(f"{f'units.{i}.pib' if key in self.units[i].pib else 'pib'}.{key}: "
+                                          f"'class' reads the labels, which objective {name!r} never sees; "
+                                          "use median or knn")
                 if getattr(options, "needs", frozenset()) & VIEW_TARGETS and not self.augment:
                     raise ConfigError(f"augment: objective {name!r} ({self.objective_field(i)}) compares two "
                                       "augmented views of every input; list the augmentations that make them, "

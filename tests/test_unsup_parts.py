@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from labpnn import augment, data, embedding
+from labpnn import augment, data, embedding, info
 from labpnn.errors import ConfigError
 from labpnn.linear_eval import linear_probe
 from labpnn.objectives.two_view import TwoViewPIB, two_view_terms
@@ -89,6 +89,23 @@ def test_shared_features_carry_more_view_information():
     compressed = two_view_terms(x1, x2, x1[:, :5], x2[:, :5], beta=0.5)
     assert compressed.objective == pytest.approx(
         float(shared.i_z1z2 - 0.5 * (compressed.i_x1z1 + compressed.i_x2z2)), rel=1e-5)
+
+
+def test_a_knn_width_lifts_the_cap_of_the_median_width():
+    """Views that agree on which of 16 tight clusters a sample is in: under the median width
+    most pairs (of different clusters) keep exp(-1/2), which caps I(Z1;Z2) near 2 bits; the knn
+    width is set by the near (same-cluster) pairs, so the clusters count in full (log2 16 = 4)."""
+    g = torch.Generator().manual_seed(0)
+    centres = 5 * torch.randn(16, 8, generator=g)
+    cluster = torch.arange(128) % 16
+    z1, z2 = (centres[cluster] + 0.05 * torch.randn(128, 8, generator=g) for _ in range(2))
+    x = torch.rand(128, 20, generator=g)
+    median = two_view_terms(x, x, z1, z2, beta=0.0).i_z1z2
+    knn = two_view_terms(x, x, z1, z2, beta=0.0, width_z=info.Width("knn", k=7)).i_z1z2
+    assert median < 2.6 and knn > 3.5
+    unrelated = two_view_terms(x, x, z1, z2[torch.randperm(128, generator=g)], beta=0.0,
+                               width_z=info.Width("knn", k=7)).i_z1z2
+    assert unrelated < knn - 1
 
 
 def test_the_objective_trains_without_labels(digits):

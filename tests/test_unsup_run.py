@@ -100,6 +100,10 @@ def test_recovery_retrains_on_both_views(tmp_path):
     ({"objective": "pib-2view", "augment": [{"name": "blur"}]}, "augment.0.name: unknown augmentation 'blur'"),
     ({"objective": "pib-2view", "augment": [{"name": "rotate", "degrees": 60}]}, "augment.0.degrees"),
     ({"units": [{**TINY["units"][0], "objective": {"name": "pib-2view", "beta": -1}}]}, "units.0.objective"),
+    ({"objective": "pib-2view", "augment": AUGMENT, "pib": {**TINY["pib"], "width_z": "class"}},
+     "pib.width_z: 'class' reads the labels, which objective 'pib-2view' never sees"),
+    ({"objective": "pib-2view", "augment": AUGMENT,
+      "units": [TINY["units"][0], {**TINY["units"][1], "pib": {"width_x": "class"}}]}, "units.1.pib.width_x: 'class'"),
 ])
 def test_bad_unsupervised_recipes_name_the_field(changes, says):
     with pytest.raises(ConfigError, match=says):

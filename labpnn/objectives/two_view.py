@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labpnn import info
 from labpnn.augment import VIEW_TARGETS
-from labpnn.errors import ConfigError
 from labpnn.objectives import ObjectiveContext, register_objective
 from labpnn.protocols import Batch
 
@@ -103,10 +102,6 @@ class TwoViewPIB:
 
 def _build(options: TwoViewOptions, ctx: ObjectiveContext) -> TwoViewPIB:
     s = ctx.settings
-    for v in ("x", "z"):
-        if s.width(v).rule == "class":
-            raise ConfigError(f"objective pib-2view (unit {ctx.index}): pib.width_{v}: 'class' reads the "
-                              "labels, which pib-2view never sees; use median or knn")
     return TwoViewPIB(beta=s.beta if options.beta is None else options.beta, alpha=s.alpha, sigma_x=s.sigma_x,
                       sigma_z=s.sigma_z, width_x=s.width("x"), width_z=s.width("z"))
 

@@ -1,0 +1,98 @@
+"""What limits unsupervised PIB's linear probe on MNIST (issue 13): recipe variants ranked on a subset.
+
+    python benchmarks/ablation_unsup.py [VARIANT ...] [--seed 0] [--mnist DIR] [--out DIR] [--workers 2]
+
+Each variant is recipe unsup-mnist-memristor with a few keys changed (VARIANTS, relative to the
+recipe as it was before issue 13's tuning: lr 0.0003, median widths), on a stratified subset
+of MNIST (2,000 training, 1,000 test images), one seed, through benchmarks/bench_unsup.job (the
+real engine on the crossbar twin). Prints the last unit's linear probe (test %) per variant.
+No arguments: every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_unsup import DEFAULT_MNIST, job, merged  # noqa: E402
+
+SUBSET = {"dataset": {"n_train": 2000, "n_test": 1000}}
+BEFORE = {"pib": {"lr": 0.0003, "width_z": "median"}}
+LINEAR_LAST = {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": 64, "activation": "relu", "clip": 2},
+                         {"kind": "crossbar", "instrument": "crossbar", "out": 32, "activation": "none", "clip": 2}]}
+WEAK_AUGMENT = {"augment": [{"name": "shift", "pixels": 2}, {"name": "pixel_noise", "std": 0.05}]}
+STRONG_AUGMENT = {"augment": [{"name": "crop", "min_scale": 0.6}, {"name": "rotate", "degrees": 20},
+                              {"name": "pixel_noise", "std": 0.3}]}
+# name: (PIB iterations per unit, changes to the recipe as it was before)
+VARIANTS: dict[str, tuple[int, dict]] = {
+    "random units": (0, {}),
+    "random units, linear last unit": (0, LINEAR_LAST),
+    "before (lr 0.0003)": (300, {}),
+    "lr 0.003": (300, {"pib": {"lr": 0.003}}),
+    "lr 0.01": (300, {"pib": {"lr": 0.01}}),
+    "lr 0.01, 1000 steps": (1000, {"pib": {"lr": 0.01}}),
+    "lr 0.03": (300, {"pib": {"lr": 0.03}}),
+    "lr 0.003, beta 0": (300, {"pib": {"lr": 0.003, "beta": 0}}),
+    "lr 0.003, shift 2 + noise 0.05": (300, {"pib": {"lr": 0.003}, **WEAK_AUGMENT}),
+    "lr 0.01, batch 512": (300, {"pib": {"lr": 0.01, "batch_size": 512}}),
+    "lr 0.003, knn Z": (300, {"pib": {"lr": 0.003, "width_z": "knn"}}),
+    "lr 0.01, knn Z": (300, {"pib": {"lr": 0.01, "width_z": "knn"}}),
+    "lr 0.01, knn Z, 1000 steps": (1000, {"pib": {"lr": 0.01, "width_z": "knn"}}),
+    "lr 0.003, knn Z, 1000 steps": (1000, {"pib": {"lr": 0.003, "width_z": "knn"}}),
+    "lr 0.03, knn Z": (300, {"pib": {"lr": 0.03, "width_z": "knn"}}),
+    "lr 0.01, knn X and Z": (300, {"pib": {"lr": 0.01, "width_z": "knn", "width_x": "knn"}}),
+    "lr 0.01, knn Z, k 3, linear last unit": (300, {"pib": {"lr": 0.01, "width_z": "knn", "width_k": 3},
+                                                  **LINEAR_LAST}),
+    "lr 0.01, knn Z, k 30": (300, {"pib": {"lr": 0.01, "width_z": "knn", "width_k": 30}}),
+    "lr 0.01, median Z x 0.5, linear last unit": (300, {"pib": {"lr": 0.01, "width_scale_z": 0.5}, **LINEAR_LAST}),
+    "lr 0.01, knn Z, alpha 2": (300, {"pib": {"lr": 0.01, "width_z": "knn", "alpha": 2.0}}),
+    "lr 0.01, knn Z, beta 0.1": (300, {"pib": {"lr": 0.01, "width_z": "knn", "beta": 0.1}}),
+    "lr 0.01, knn Z, batch 64": (300, {"pib": {"lr": 0.01, "width_z": "knn", "batch_size": 64}}),
+    "lr 0.01, knn Z, weight decay 0.001": (300, {"pib": {"lr": 0.01, "width_z": "knn", "weight_decay": 0.001}}),
+    "lr 0.01, knn Z, clip 3": (300, {"pib": {"lr": 0.01, "width_z": "knn"}, "units": [
+        {"kind": "crossbar", "instrument": "crossbar", "out": w, "activation": "relu", "clip": 3} for w in (64, 32)]}),
+    "lr 0.01, knn Z, shift 2 before the others": (300, {"pib": {"lr": 0.01, "width_z": "knn"}, "augment": [
+        {"name": "shift", "pixels": 2}, {"name": "crop", "min_scale": 0.7}, {"name": "rotate", "degrees": 15},
+        {"name": "pixel_noise", "std": 0.2}]}),
+    "lr 0.01, knn Z, strong augmentations": (300, {"pib": {"lr": 0.01, "width_z": "knn"}, **STRONG_AUGMENT}),
+    "lr 0.01, linear last unit": (300, {"pib": {"lr": 0.01}, **LINEAR_LAST}),
+    "lr 0.01, knn Z, linear last unit": (300, {"pib": {"lr": 0.01, "width_z": "knn"}, **LINEAR_LAST}),
+    "lr 0.01, knn Z, linear last unit, 1000 steps": (1000, {"pib": {"lr": 0.01, "width_z": "knn"}, **LINEAR_LAST}),
+    "lr 0.03, knn Z, linear last unit": (300, {"pib": {"lr": 0.03, "width_z": "knn"}, **LINEAR_LAST}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("variants", nargs="*", help=f"of: {'; '.join(VARIANTS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
+    p.add_argument("--out", type=Path, default=Path("/tmp/labpnn-ablation-unsup"))
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    names = args.variants or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant {unknown[0]!r}; one of: {'; '.join(VARIANTS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = [(f"ablation{i}", "unsup-mnist-memristor", args.seed, VARIANTS[n][0], args.mnist, args.out,
+             merged_changes(VARIANTS[n][1])) for i, n in enumerate(names)]
+    print("| variant (MNIST 2,000 / 1,000, seed {}) | PIB iterations per unit | linear probe, last unit (%) |\n"
+          "|---|---|---|".format(args.seed), flush=True)
+    with ProcessPoolExecutor(args.workers) as pool:
+        for n, r in zip(names, pool.map(job, jobs)):
+            print(f"| {n} | {r['steps']} | {100 * r['probe']:.1f} |", flush=True)
+    return 0
+
+
+def merged_changes(changes: dict) -> dict:
+    """The variant's changes over the recipe as it was before, on the subset."""
+    return merged(merged(BEFORE, SUBSET), changes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
