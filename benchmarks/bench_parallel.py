@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -70,25 +71,29 @@ def run_cascade(recipe, out: Path) -> dict:
     Run(recipe.model_copy(update={"scheme": None}), bench, out).execute()
     wall = time.perf_counter() - start
     bench.close()
-    return {"wall_s": wall, "startup_s": 0.0, "accuracy": RunReader(out).test_accuracy, "sites": {}}
+    return {"wall_s": wall, "accuracy": RunReader(out).test_accuracy, "sites": {}, "init_s": None, "final_s": None}
 
 
-def run_parallel(recipe, out: Path) -> dict:
+def run_parallel(recipe, sites, out: Path) -> dict:
     from labpnn.engine import Run
     from labpnn.runlog import RunReader
-    from labpnn.schemes.parallel import parallel_options
-    from labpnn.sites import ClusterBench, open_sites
+    from labpnn.sites import ClusterBench
 
+    before = {name: t.as_dict() for name, t in sites.traffic.items()}
+    bench = ClusterBench(sites)
     start = time.perf_counter()
-    with open_sites(recipe, layout=parallel_options(recipe).sites) as sites:
-        startup = time.perf_counter() - start
-        bench = ClusterBench(sites)
-        start = time.perf_counter()
-        Run(recipe, bench, out).execute()
-        wall = time.perf_counter() - start
-        bench.close()
-    summary = RunReader(out).summary()
-    return {"wall_s": wall, "startup_s": startup, "accuracy": summary["test_accuracy"], "sites": summary["sites"]}
+    Run(recipe, bench, out).execute()
+    wall = time.perf_counter() - start
+    reader = RunReader(out)
+    records = [r for r in reader.site_records if r.get("revision") is not None]
+    last = max(r["revision"] for r in records)
+    busy = {name: {k: t.as_dict()[k] - before.get(name, {}).get(k, 0) for k in ("busy_s", "bytes_sent", "bytes_received")}
+            for name, t in sites.traffic.items()}
+    return {"wall_s": wall, "accuracy": reader.test_accuracy, "sites": busy,
+            # unit l's revision 0 waits for unit l-1's: the last unit's rev-0 wall is the whole pass
+            "init_s": max(r["wall_s"] for r in records if r["revision"] == 0),
+            # the trained network measured unit after unit: the sum of the units' last measurements
+            "final_s": sum(r.get("measure_s", float("nan")) for r in records if r["revision"] == last)}
 
 
 def main() -> None:
@@ -97,9 +102,13 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("LABPNN_DATA", str(DATA)), help="MNIST IDX folder")
     parser.add_argument("--steps", type=int, help="PIB steps per unit (default: the recipe's)")
     parser.add_argument("--rounds", type=int, nargs="+", default=[1], help="parallel rounds to compare")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run cascade and parallel alternately this many times (medians; each repeat's ratio)")
     args = parser.parse_args()
 
     from labpnn.recipe import load_recipe, parse_recipe
+    from labpnn.schemes.parallel import parallel_options
+    from labpnn.sites import open_sites
 
     recipe = load_recipe("hybrid-parallel-digits" if args.quick else "hybrid-parallel")
     data = recipe.model_dump()
@@ -108,27 +117,44 @@ def main() -> None:
     if args.steps or args.quick:
         data["pib"]["steps"] = args.steps or 60
     base = parse_recipe(data)
+    loads = [os.getloadavg()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("cascade", 1, run_cascade(base, Path(tmp) / "cascade.h5")))
         for rounds in args.rounds:
-            spec = {**data, "scheme": {**data["scheme"], "rounds": rounds}}
-            rows.append(("parallel", rounds, run_parallel(parse_recipe(spec), Path(tmp) / f"parallel-{rounds}.h5")))
-    load = os.getloadavg()
-    cascade = rows[0][2]["wall_s"]
-    print(f"\n{base.name}: {base.dataset.name}, {base.pib.steps} PIB steps per unit and round, "
-          f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)\n")
-    print("| scheme | rounds | wall clock (s) | speed-up over cascade | cluster start-up (s) | test accuracy (%) "
-          "| bytes to sites (MB) | bytes from sites (MB) | busy per site (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for scheme, rounds, r in rows:
-        sites = r["sites"]
+            spec = parse_recipe({**data, "scheme": {**data["scheme"], "rounds": rounds}})
+            start = time.perf_counter()
+            with open_sites(spec, layout=parallel_options(spec).sites) as sites:
+                startup = time.perf_counter() - start
+                cascades, parallels = [], []
+                for i in range(args.repeat):  # interleaved: both see the same load
+                    if rounds == args.rounds[0] or not rows:
+                        cascades.append(run_cascade(base, Path(tmp) / f"cascade-{rounds}-{i}.h5"))
+                    parallels.append(run_parallel(spec, sites, Path(tmp) / f"parallel-{rounds}-{i}.h5"))
+                    loads.append(os.getloadavg())
+            if cascades:
+                rows.append(("cascade", None, 0.0, cascades))
+            rows.append(("parallel", rounds, startup, parallels))
+    cascade = statistics.median(r["wall_s"] for r in rows[0][3])
+    lo, hi = min(x[0] for x in loads), max(x[0] for x in loads)
+    print(f"\n{base.name}: {base.dataset.name}, {base.pib.steps} PIB steps per unit and round, measure batch "
+          f"{base.measure.batch_size}, {os.cpu_count()} cores, 1-min load average {lo:.1f}-{hi:.1f} during the runs; "
+          f"medians of {args.repeat} interleaved repeat(s)\n")
+    print("| scheme | rounds | wall clock (s) | speed-up over cascade | per-repeat speed-ups | cluster start-up (s) "
+          "| init pass (s) | final pass (s) | busy per site (s) | test accuracy (%) | bytes to sites (MB) "
+          "| bytes from sites (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for scheme, rounds, startup, runs in rows:
+        med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+        wall = med("wall_s")
+        ratios = ", ".join(f"{c['wall_s'] / r['wall_s']:.2f}" for c, r in zip(rows[0][3], runs))
+        sites = runs[-1]["sites"]
+        busy = ", ".join(f"{name} {statistics.median(r['sites'][name]['busy_s'] for r in runs):.1f}"
+                         for name in sites) or "-"
         sent = sum(s["bytes_sent"] for s in sites.values()) / 1e6
         received = sum(s["bytes_received"] for s in sites.values()) / 1e6
-        busy = ", ".join(f"{name} {s['busy_s']:.1f}" for name, s in sites.items()) or "-"
-        print(f"| {scheme} | {rounds if scheme == 'parallel' else '-'} | {r['wall_s']:.1f} | "
-              f"{cascade / r['wall_s']:.2f}x | {r['startup_s']:.1f} | {100 * r['accuracy']:.2f} | "
-              f"{sent:.1f} | {received:.1f} | {busy} |")
+        passes = "- | -" if scheme == "cascade" else f"{med('init_s'):.1f} | {med('final_s'):.1f}"
+        print(f"| {scheme} | {rounds or '-'} | {wall:.1f} | {cascade / wall:.2f}x | {ratios} | {startup:.1f} | {passes} "
+              f"| {busy} | {100 * med('accuracy'):.2f} | {sent:.1f} | {received:.1f} |")
 
 
 if __name__ == "__main__":
