@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="PIB steps per unit (default: the recipe's)")
     parser.add_argument("--rounds", type=int, nargs="+", default=[1], help="parallel rounds to compare")
     parser.add_argument("--profile", action="store_true",
-                        help="also print each site's CPU seconds per task (cProfile in its compute thread)")
+                        help="also print each site's CPU seconds per task (cProfile in its compute thread; it slows "
+                             "the parallel runs: take wall clocks without it)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run cascade and parallel alternately this many times (medians; each repeat's ratio)")
     args = parser.parse_args()
