@@ -3,51 +3,36 @@ unit after unit on one machine (scheme cascade, both twins in this process) and 
 at once on two sites (scheme parallel, the embedded cluster: a dask scheduler here and one worker
 process per site, on 127.0.0.1).
 
-    python benchmarks/bench_parallel.py                 # hybrid-parallel: MNIST (LABPNN_DATA or --data)
+    python benchmarks/bench_parallel.py --repeat 2      # hybrid-parallel: MNIST (LABPNN_DATA or --data)
     python benchmarks/bench_parallel.py --quick         # hybrid-parallel-digits, fewer steps
     python benchmarks/bench_parallel.py --rounds 1 2    # also the parallel scheme with a second round
+    python benchmarks/bench_parallel.py --profile       # also each site's CPU seconds per task
 
-Wall clock is the training run (Run.execute: the same phases for both, readout included); the
-cluster's start-up (scheduler, two worker processes importing torch, instruments constructed)
-is timed apart, once per parallel case. Both schemes warm torch's optimisers up before the
-clock starts (a site does it when it starts). Bytes are the array and parameter payloads that
-crossed between the coordinator and each site (labpnn.sites.payload_bytes: data rows, measured
-features, parameters, optimiser states), not dask's framing. Accuracy: the digital readout's
-test accuracy on the last unit's measured features.
+One table: wall clock of the training run (Run.execute: the same phases for both, readout
+included), medians over --repeat runs that alternate cascade and parallel so both see the same
+load, the speed-up of the medians and of each repeat; the cluster's start-up (scheduler, two
+worker processes importing torch, instruments constructed), timed apart, once per parallel
+case, and reused by its repeats. Init pass: the initialisation pass's wall clock (the last
+unit's revision 0, which waits for the others); final pass: the units' last measurements, summed
+(they run one after another); both from the run file's site records. Busy per site: seconds its
+tasks ran. Bytes: the array and parameter payloads between the coordinator and the sites
+(labpnn.sites.payload_bytes: data rows, measured features, parameters, optimiser states), not
+dask's framing. Accuracy: the digital readout's test accuracy on the last unit's features.
 
-Measured on the 2-core development machine while 7 other agents used it (load average 17-28,
-so ten or more runnable processes per core), `python benchmarks/bench_parallel.py --rounds 1 2`:
-
-| scheme | rounds | wall clock (s) | speed-up over cascade | cluster start-up (s) | test accuracy (%) | bytes to sites (MB) | bytes from sites (MB) | busy per site (s) |
-|---|---|---|---|---|---|---|---|---|
-| cascade | - | 155.7 | 1.00x | 0.0 | 91.90 | 0.0 | 0.0 | - |
-| parallel | 1 | 202.8 | 0.77x | 59.4 | 93.60 | 125.3 | 30.7 | paris 184.1, beijing 150.7 |
-| parallel | 2 | 321.1 | 0.48x | 45.2 | 92.55 | 214.1 | 55.7 | paris 298.0, beijing 233.0 |
-
-Again at load average 14-15 (`python benchmarks/bench_parallel.py`): cascade 81.8 s, parallel
-109.1 s (0.75x; start-up 26.7 s), the same accuracies and bytes, paris busy 100.2 s, beijing 76.9 s.
-
-On that machine the target (1.6x with two units) was not reached: the two sites did overlap
-(184 s and 151 s of work in 203 s), but each did its unit's work about twice as slowly as the
-coordinator alone does in the cascade (paris alone, 100 s, took longer than the whole cascade,
-82 s, in the second measurement); why, beyond the GIL below, is not established. With every core oversubscribed, a site's compute thread
-and its worker's event loop (heartbeats, the scheduler's messages, each chunk's results) take
-turns at the GIL, and each turn waits for the operating system to schedule the other thread
-again; dask's monitors made it worse (labpnn.sites.site.QUIET turns them down: 0.31 s against
-0.14 s per PIB step, 0.16 s with them quiet, at load 23). On an idle machine, or with the sites
-on their own machines as intended, the ideal is the initialisation pass plus the slower unit
-plus the final pass, against the sum of both units for the cascade. Accuracy: the parallel
-network is 1.7 points better than the cascade here (one seed), within the target; a second
-round re-measures the inputs and trains again (it costs a second round of optimisation and
-does not pay here). Bytes: MNIST's 8,000 x 784 training images go to both sites once per round
-for the objective's I(X;Z) (25 MB each), and every pass sends the network input to the OPU
-site (31 MB), which dominates; from the sites come features, states and parameters.
+Measured on the shared 2-core development machine at 1-minute load average 8-10 (other agents'
+work), `--repeat 2`: cascade 156.9 s, parallel 123.5 s, 1.27x (repeats 1.23x, 1.32x; start-up
+29.8 s apart), init pass 15.8 s, final pass 15.3 s, paris busy 105.3 s, beijing 69.3 s, test
+accuracy 92.70 % (cascade) and 93.18 % (parallel), 93.1 MB to the sites and 31.3 MB back. The
+commit before, same load, one run: 1.30x, 125.3 MB to the sites. docs/parallel.md ("Speed") has
+the profile (where the time goes), what changed, and why the speed-up under load says little;
+the lead re-measures on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -70,25 +55,63 @@ def run_cascade(recipe, out: Path) -> dict:
     Run(recipe.model_copy(update={"scheme": None}), bench, out).execute()
     wall = time.perf_counter() - start
     bench.close()
-    return {"wall_s": wall, "startup_s": 0.0, "accuracy": RunReader(out).test_accuracy, "sites": {}}
+    return {"wall_s": wall, "accuracy": RunReader(out).test_accuracy, "sites": {}, "init_s": None, "final_s": None}
 
 
-def run_parallel(recipe, out: Path) -> dict:
+def run_parallel(recipe, sites, out: Path) -> dict:
     from labpnn.engine import Run
     from labpnn.runlog import RunReader
-    from labpnn.schemes.parallel import parallel_options
-    from labpnn.sites import ClusterBench, open_sites
+    from labpnn.sites import ClusterBench
 
+    before = {name: t.as_dict() for name, t in sites.traffic.items()}
+    bench = ClusterBench(sites)
     start = time.perf_counter()
-    with open_sites(recipe, layout=parallel_options(recipe).sites) as sites:
-        startup = time.perf_counter() - start
-        bench = ClusterBench(sites)
-        start = time.perf_counter()
-        Run(recipe, bench, out).execute()
-        wall = time.perf_counter() - start
-        bench.close()
-    summary = RunReader(out).summary()
-    return {"wall_s": wall, "startup_s": startup, "accuracy": summary["test_accuracy"], "sites": summary["sites"]}
+    Run(recipe, bench, out).execute()
+    wall = time.perf_counter() - start
+    reader = RunReader(out)
+    records = [r for r in reader.site_records if r.get("revision") is not None]
+    last = max(r["revision"] for r in records)
+    busy = {name: {k: t.as_dict()[k] - before.get(name, {}).get(k, 0) for k in ("busy_s", "bytes_sent", "bytes_received")}
+            for name, t in sites.traffic.items()}
+    return {"wall_s": wall, "accuracy": reader.test_accuracy, "sites": busy,
+            # unit l's revision 0 waits for unit l-1's: the last unit's rev-0 wall is the whole pass
+            "init_s": max(r["wall_s"] for r in records if r["revision"] == 0),
+            # the trained network measured unit after unit: the sum of the units' last measurements
+            "final_s": sum(r.get("measure_s", float("nan")) for r in records if r["revision"] == last)}
+
+
+def _profile_start() -> None:
+    """At a site: profile its one executor thread (where its tasks run), in thread CPU seconds."""
+    import cProfile
+
+    from distributed import get_worker
+
+    profile = get_worker().labpnn_profile = cProfile.Profile(time.thread_time)  # the worker outlives this task
+    profile.enable()
+
+
+def _profile_stop() -> dict[str, float]:
+    """At a site: CPU seconds in its task functions (train, measure, load_inputs, ...) since start."""
+    import pstats
+
+    from distributed import get_worker
+
+    profile = get_worker().labpnn_profile
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    return {fn: row[3] for (file, _, fn), row in stats.items() if file.endswith("sites/site.py") and fn in TASKS}
+
+
+TASKS = ("train", "measure", "load_inputs", "unit_call", "device_call", "open_unit")
+
+
+def at_sites(sites, fn) -> dict:
+    """fn() at every site, in its executor thread (pinned to its instruments as labpnn's calls are)."""
+    from labpnn.sites.site import resource
+
+    return {s.name: sites.client.submit(fn, workers=[s.address], pure=False,
+                                        resources={resource(n): 1 for n in s.instruments}).result()
+            for s in sites.sites.values()}
 
 
 def main() -> None:
@@ -97,9 +120,16 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("LABPNN_DATA", str(DATA)), help="MNIST IDX folder")
     parser.add_argument("--steps", type=int, help="PIB steps per unit (default: the recipe's)")
     parser.add_argument("--rounds", type=int, nargs="+", default=[1], help="parallel rounds to compare")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print each site's CPU seconds per task (cProfile in its compute thread; it slows "
+                             "the parallel runs: take wall clocks without it)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run cascade and parallel alternately this many times (medians; each repeat's ratio)")
     args = parser.parse_args()
 
     from labpnn.recipe import load_recipe, parse_recipe
+    from labpnn.schemes.parallel import parallel_options
+    from labpnn.sites import open_sites
 
     recipe = load_recipe("hybrid-parallel-digits" if args.quick else "hybrid-parallel")
     data = recipe.model_dump()
@@ -108,27 +138,54 @@ def main() -> None:
     if args.steps or args.quick:
         data["pib"]["steps"] = args.steps or 60
     base = parse_recipe(data)
+    loads = [os.getloadavg()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("cascade", 1, run_cascade(base, Path(tmp) / "cascade.h5")))
         for rounds in args.rounds:
-            spec = {**data, "scheme": {**data["scheme"], "rounds": rounds}}
-            rows.append(("parallel", rounds, run_parallel(parse_recipe(spec), Path(tmp) / f"parallel-{rounds}.h5")))
-    load = os.getloadavg()
-    cascade = rows[0][2]["wall_s"]
-    print(f"\n{base.name}: {base.dataset.name}, {base.pib.steps} PIB steps per unit and round, "
-          f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)\n")
-    print("| scheme | rounds | wall clock (s) | speed-up over cascade | cluster start-up (s) | test accuracy (%) "
-          "| bytes to sites (MB) | bytes from sites (MB) | busy per site (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for scheme, rounds, r in rows:
-        sites = r["sites"]
+            spec = parse_recipe({**data, "scheme": {**data["scheme"], "rounds": rounds}})
+            start = time.perf_counter()
+            with open_sites(spec, layout=parallel_options(spec).sites) as sites:
+                startup = time.perf_counter() - start
+                cascades, parallels = [], []
+                for i in range(args.repeat):  # interleaved: both see the same load
+                    if rounds == args.rounds[0] or not rows:
+                        cascades.append(run_cascade(base, Path(tmp) / f"cascade-{rounds}-{i}.h5"))
+                    if args.profile:
+                        at_sites(sites, _profile_start)
+                    parallels.append(run_parallel(spec, sites, Path(tmp) / f"parallel-{rounds}-{i}.h5"))
+                    if args.profile:
+                        parallels[-1]["profile"] = at_sites(sites, _profile_stop)
+                    loads.append(os.getloadavg())
+            if cascades:
+                rows.append(("cascade", None, 0.0, cascades))
+            rows.append(("parallel", rounds, startup, parallels))
+    cascade = statistics.median(r["wall_s"] for r in rows[0][3])
+    lo, hi = min(x[0] for x in loads), max(x[0] for x in loads)
+    print(f"\n{base.name}: {base.dataset.name}, {base.pib.steps} PIB steps per unit and round, measure batch "
+          f"{base.measure.batch_size}, {os.cpu_count()} cores, 1-min load average {lo:.1f}-{hi:.1f} during the runs; "
+          f"medians of {args.repeat} interleaved repeat(s)\n")
+    print("| scheme | rounds | wall clock (s) | speed-up over cascade | per-repeat speed-ups | cluster start-up (s) "
+          "| init pass (s) | final pass (s) | busy per site (s) | test accuracy (%) | bytes to sites (MB) "
+          "| bytes from sites (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for scheme, rounds, startup, runs in rows:
+        med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+        wall = med("wall_s")
+        ratios = ", ".join(f"{c['wall_s'] / r['wall_s']:.2f}" for c, r in zip(rows[0][3], runs))
+        sites = runs[-1]["sites"]
+        busy = ", ".join(f"{name} {statistics.median(r['sites'][name]['busy_s'] for r in runs):.1f}"
+                         for name in sites) or "-"
         sent = sum(s["bytes_sent"] for s in sites.values()) / 1e6
         received = sum(s["bytes_received"] for s in sites.values()) / 1e6
-        busy = ", ".join(f"{name} {s['busy_s']:.1f}" for name, s in sites.items()) or "-"
-        print(f"| {scheme} | {rounds if scheme == 'parallel' else '-'} | {r['wall_s']:.1f} | "
-              f"{cascade / r['wall_s']:.2f}x | {r['startup_s']:.1f} | {100 * r['accuracy']:.2f} | "
-              f"{sent:.1f} | {received:.1f} | {busy} |")
+        passes = "- | -" if scheme == "cascade" else f"{med('init_s'):.1f} | {med('final_s'):.1f}"
+        print(f"| {scheme} | {rounds or '-'} | {wall:.1f} | {cascade / wall:.2f}x | {ratios} | {startup:.1f} | {passes} "
+              f"| {busy} | {100 * med('accuracy'):.2f} | {sent:.1f} | {received:.1f} |")
+
+    for scheme, rounds, _, runs in rows:
+        for i, r in enumerate(runs):
+            for site, cpu in r.get("profile", {}).items():
+                print(f"CPU s at site {site} ({scheme}, rounds {rounds}, repeat {i + 1}): {sum(cpu.values()):.1f} = "
+                      + ", ".join(f"{fn} {cpu[fn]:.2f}" for fn in TASKS if fn in cpu))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
   labpnn run --resume RUN.h5      continue a killed, aborted or failed run
   labpnn run --recipe hybrid-parallel [--scheduler tcp://HOST:PORT]
                                   every unit trained at once at its own site (dask workers)
-  labpnn worker --scheduler tcp://HOST:PORT --config site.yaml
+  labpnn worker --scheduler tcp://HOST:PORT --config site.yaml  [--tls-ca-file --tls-cert --tls-key]
                                   a site: the instruments of one lab, serving the runs
   labpnn inspect RUN.h5 [--json]  what a run file holds
   labpnn sim crossbar|opu ...     serve a simulated instrument on its wire protocol
@@ -65,13 +65,14 @@ def _sites(recipe, args: argparse.Namespace):
     from labpnn.schemes.parallel import parallel_options
     from labpnn.sites import open_sites
 
+    security = _tls(args)
     options = parallel_options(recipe)
     if options is None and not args.scheduler:
         return None
     print(f"labpnn: {'joining the dask cluster at ' + args.scheduler if args.scheduler else 'starting the sites'}",
           file=sys.stderr)
     sites = open_sites(recipe, scheduler=args.scheduler, bench_path=args.config,
-                       layout=options.sites if options else None)
+                       layout=options.sites if options else None, security=security)
     print(f"labpnn: {sites.describe()}", file=sys.stderr)
     return sites
 
@@ -194,10 +195,31 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls(args: argparse.Namespace):
+    """dask's Security from --tls-ca-file/--tls-cert/--tls-key (none: dask's configuration)."""
+    from labpnn.sites.site import tls
+
+    security = tls(args.tls_ca_file, args.tls_cert, args.tls_key)
+    if args.tls_ca_file and not args.scheduler:
+        from labpnn.errors import ConfigError
+
+        raise ConfigError("TLS options need --scheduler tls://HOST:PORT (the embedded cluster is plain TCP on "
+                          "127.0.0.1)")
+    return security
+
+
+def _add_tls(parser: argparse.ArgumentParser) -> None:
+    """dask's own TLS flags (as `dask scheduler` and `dask worker` take them)."""
+    parser.add_argument("--tls-ca-file", metavar="CA.pem", help="TLS: the CA certificate (with --tls-cert, --tls-key; "
+                        "default: dask's configuration, distributed.comm.tls)")
+    parser.add_argument("--tls-cert", metavar="CERT.pem", help="TLS: this endpoint's certificate")
+    parser.add_argument("--tls-key", metavar="KEY.pem", help="TLS: this endpoint's private key")
+
+
 def _worker(args: argparse.Namespace) -> int:
     from labpnn.sites import serve
 
-    return serve(args.scheduler, args.config, host=args.host)
+    return serve(args.scheduler, args.config, host=args.host, security=_tls(args))
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -229,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                      help="train on the sites of this dask cluster (default for a parallel recipe: start "
                           "one here, one worker per site, cut from --config)")
+    _add_tls(run)
     run.set_defaults(func=_run)
 
     worker = sub.add_parser("worker", help="serve one site's instruments to runs (a dask worker)")
@@ -236,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", required=True, metavar="SITE.yaml",
                         help="site file: 'site: NAME' and the site's instruments (bench-file entries)")
     worker.add_argument("--host", help="address to listen on (e.g. 127.0.0.1; default: dask's choice)")
+    _add_tls(worker)
     worker.set_defaults(func=_worker)
 
     inspect = sub.add_parser("inspect", help="summarise a run file")

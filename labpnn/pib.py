@@ -181,7 +181,11 @@ class UnitOptimiser:
         """One optimisation step on the minibatch of `step`."""
         check_index(step, "step")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + step)
+            seed = self.seed * 1_000_003 + step
+            if self.device.type == "cpu":  # torch.manual_seed also queues every accelerator's seeding,
+                torch.default_generator.manual_seed(seed)  # recording a stack each time: 9% of a step
+            else:
+                torch.manual_seed(seed)
             batch = self.sample(step)
             if self.device.type != "cpu":
                 batch = dataclasses.replace(batch, x=batch.x.to(self.device), h=batch.h.to(self.device),

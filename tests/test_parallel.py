@@ -223,3 +223,46 @@ def test_real_sites_one_killed_mid_run_then_restarted_and_resumed(tmp_path):
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_a_site_keeps_the_rows_it_measured_for_the_next_round_and_answers_expected_with_measure(thread_sites):
+    import numpy as np
+
+    from labpnn.objectives.pib import objective_of
+    from labpnn.recipe import UnitSpec
+    from labpnn.sites import ClusterBench
+
+    recipe = parse_recipe(TINY)
+    bench = ClusterBench(thread_sites)
+    for device in bench.devices.values():
+        device.connect()
+    rng = np.random.default_rng(0)
+    x, y = rng.random((300, 64), np.float32), rng.integers(0, 10, 300)
+    settings = recipe.unit_pib(0)
+    opu = bench.build_unit(0, UnitSpec.model_validate(TINY["units"][0]), 64, 0)
+    opu.deploy()
+    traffic = thread_sites.unit_traffic[0]
+
+    def load_inputs() -> int:
+        before = traffic.sent
+        opu.load_inputs(1, objective_of(settings), x, {"y": y}, x, settings, 3, 100)
+        return traffic.sent - before
+
+    opu.keep = True
+    measured = np.concatenate([opu.measure(x[a:a + 100]) for a in range(0, 300, 100)])
+    opu.keep = False
+    assert load_inputs() == y.nbytes  # x (and its optical features) kept at paris: only the labels travel
+    assert load_inputs() == x.nbytes + y.nbytes  # used up: sent (and projected) again
+    out = opu.train(1, 0, 2, None, final=True)
+    assert [r[0] for r in out["records"]] == [0, 1] and measured.shape == (300, 16)
+
+    crossbar = bench.build_unit(1, UnitSpec.model_validate(TINY["units"][1]), 16, 0)
+    crossbar.deploy()
+    calls = thread_sites.unit_traffic[1].calls
+    h = measured[:100]
+    z = crossbar.measure(h)
+    expected = crossbar.expected(h)  # came with the measurement: no second call
+    assert thread_sites.unit_traffic[1].calls == calls + 1
+    assert expected.shape == z.shape and np.abs(expected - z).mean() < 0.5 * np.abs(z).mean() + 1e-3
+    crossbar.expected(h)  # asked again: computed at the site
+    assert thread_sites.unit_traffic[1].calls == calls + 2

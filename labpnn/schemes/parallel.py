@@ -112,12 +112,13 @@ class Parallel:
                         if stop.is_set():
                             raise _Stopped
                     upstream = features[index - 1]
-                features[index] = self._measure(ctx, index, rev, unit, upstream)
+                measuring = time.perf_counter()
+                features[index] = self._measure(ctx, index, rev, unit, upstream, keep=rev < self.options.rounds)
                 ready[index].set()
-                after = unit.traffic()
+                after, now = unit.traffic(), time.perf_counter()
                 ctx.log.site_record({"unit": index, "revision": rev, "site": unit.site, "host": unit.host,
                                      "address": unit.address, "what": "trained" if rev else "initial",
-                                     "wall_s": time.perf_counter() - started,
+                                     "wall_s": now - started, "measure_s": now - measuring,
                                      **{k: after[k] - before[k] for k in ("busy_s", "bytes_sent", "bytes_received")}})
             except BaseException as exc:  # the first failure stops the others, then is raised
                 if not isinstance(exc, _Stopped):
@@ -179,11 +180,17 @@ class Parallel:
         ctx.checkpoint_phase(index, rev, "optimised")
 
     @staticmethod
-    def _measure(ctx: RunContext, index: int, rev: int, unit, upstream) -> tuple[np.ndarray, np.ndarray]:
+    def _measure(ctx: RunContext, index: int, rev: int, unit, upstream, keep: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Both splits through the deployed unit; `keep`: the site keeps the training split's rows
+        (and their optical features), the next round's inputs, so they are not sent or measured again."""
         if ctx.done(index, rev, "measured"):
             return ctx.log.read_features(index, rev, "train"), ctx.log.read_features(index, rev, "test")
         monitor = ctx.monitor(index)  # one history for both splits
-        f_train = ctx.measure(index, rev, unit, upstream[0], "train", monitor=monitor)
+        unit.keep = keep
+        try:
+            f_train = ctx.measure(index, rev, unit, upstream[0], "train", monitor=monitor)
+        finally:
+            unit.keep = False
         f_test = ctx.measure(index, rev, unit, upstream[1], "test", monitor=monitor)
         ctx.checkpoint_phase(index, rev, "measured")
         ctx.probe(index, rev, f_train, f_test)

@@ -75,14 +75,14 @@ class Sites:
 
     # -- joining
     @classmethod
-    def connect(cls, scheduler: str, timeout_s: float | None = None) -> Sites:
+    def connect(cls, scheduler: str, timeout_s: float | None = None, security=None) -> Sites:
         """Join the cluster whose scheduler is at `scheduler`."""
         from distributed import Client
 
         _quiet()
         try:
             client = Client(scheduler, timeout=timeout_s if timeout_s is not None else _default_timeout(),
-                            set_as_default=False)
+                            set_as_default=False, security=security)
         except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterError(f"cannot reach the dask scheduler at {scheduler} ({exc}); is it running "
                                "(dask scheduler), and is the address (and its tcp:// or tls://) right?") from None
@@ -92,19 +92,9 @@ class Sites:
     def embedded(cls, sites: list[SiteFile], source: str, processes: bool = True) -> Sites:
         """A cluster in this process: a scheduler on 127.0.0.1 and one worker process per site
         (processes False: worker threads in this process, for tests)."""
-        from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
+        from distributed import Client
 
-        _quiet()
-        workers = {s.site: {"cls": Nanny if processes else Worker, "options": {
-            "name": s.site, "nthreads": 1, "host": "127.0.0.1", "dashboard": False, "dashboard_address": ":0",
-            "silence_logs": logging.WARNING,
-            "resources": {resource(n): 1 for n in s.instruments},
-            "plugins": {SitePlugin(s.site, {n: e.model_dump() for n, e in s.instruments.items()}, source)}}}
-            for s in sites}
-        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": ":0"}}
-        with dask.config.set(QUIET):  # the worker processes take the config along
-            cluster = SpecCluster(scheduler=scheduler, workers=workers, silence_logs=logging.WARNING,
-                                  name="labpnn-embedded")
+        cluster = start_cluster(sites, source, processes)
         try:
             client = Client(cluster, set_as_default=False)
             found = cls._discover(client, cluster.scheduler_address)
@@ -227,6 +217,25 @@ class Sites:
         self.close()
 
 
+def start_cluster(sites: list[SiteFile], source: str, processes: bool = True, security=None):
+    """A dask cluster on 127.0.0.1 with one labpnn site per site file (a worker process each;
+    processes False: threads here); plain TCP, or TLS with dask's `security`."""
+    from distributed import Nanny, Scheduler, SpecCluster, Worker
+
+    _quiet()
+    tls = {"security": security} if security is not None else {}
+    workers = {s.site: {"cls": Nanny if processes else Worker, "options": {
+        "name": s.site, "nthreads": 1, "host": "127.0.0.1", "dashboard": False, "dashboard_address": ":0",
+        "silence_logs": logging.WARNING, "resources": {resource(n): 1 for n in s.instruments},
+        "plugins": {SitePlugin(s.site, {n: e.model_dump() for n, e in s.instruments.items()}, source)}, **tls}}
+        for s in sites}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": ":0",
+                                               **tls, **({"protocol": "tls"} if tls else {})}}
+    with dask.config.set(QUIET):  # the worker processes take the config along
+        return SpecCluster(scheduler=scheduler, workers=workers, silence_logs=logging.WARNING,
+                           name="labpnn-embedded", **tls)
+
+
 def payload_bytes(obj: Any) -> int:
     """The array and parameter bytes in obj (arrays, tensors, models, bytes, and containers of them)."""
     if isinstance(obj, np.ndarray):
@@ -282,11 +291,12 @@ def site_files(bench_path, recipe, layout: dict[str, list[str]] | None) -> list[
 
 
 def open_sites(recipe, *, scheduler: str | None = None, bench_path=None,
-               layout: dict[str, list[str]] | None = None) -> Sites:
-    """The checked sites for `recipe`: the cluster at `scheduler`, or else an embedded one with
-    one worker per site (cut from the bench file at bench_path)."""
+               layout: dict[str, list[str]] | None = None, security=None) -> Sites:
+    """The checked sites for `recipe`: the cluster at `scheduler` (with dask's `security`, default
+    its configuration), or else an embedded one with one worker per site (cut from the bench
+    file at bench_path)."""
     if scheduler:
-        sites = Sites.connect(scheduler)
+        sites = Sites.connect(scheduler, security=security)
     else:
         from labpnn.bench import default_path
 

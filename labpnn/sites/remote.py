@@ -26,6 +26,7 @@ from labpnn.sites import site as tasks
 from labpnn.sites.cluster import Sites
 
 log = logging.getLogger(__name__)
+_EXPECTED_HELD = 8  # expected(h) results held for the health check's next question
 
 
 class RemoteDevice:
@@ -109,6 +110,9 @@ class RemoteUnit:
         self._deployed_shapes = info["deployed_shapes"]
         self._predicts = info["predicts"]
         self._held = _fingerprint(self._model)  # the parameters the site holds
+        self.keep = False  # measure() keeps its rows at the site (set around a pass's training split)
+        self._kept: set[str] = set()  # digests of the chunks the site keeps
+        self._expected: dict[str, np.ndarray] = {}  # digest -> expected(h) got with measure(h)
 
     def _call(self, task, *args) -> Any:
         return self._sites.call(self._names, task, *args, unit=self.index)
@@ -162,23 +166,52 @@ class RemoteUnit:
         return self._unit_call("matches", expected)
 
     def measure(self, h: np.ndarray) -> np.ndarray:
-        return self._unit_call("measure", h)
+        """measure(h) at the site; expected(h), which the health check asks for next, comes with it."""
+        keep, params = self.keep, self._changed()
+        try:
+            out, expected = self._call(tasks.measure, self._key, h, params, keep, self._predicts)
+        except BaseException:
+            self._held = None
+            raise
+        name = tasks.digest(h) if keep or expected is not None else None
+        with self._lock:
+            if keep:
+                self._kept.add(name)
+            if expected is not None:
+                while len(self._expected) >= _EXPECTED_HELD:  # chunks measured but never checked
+                    self._expected.pop(next(iter(self._expected)))
+                self._expected[name] = expected
+        return out
 
     def expected(self, h: np.ndarray) -> np.ndarray | None:
-        return self._unit_call("expected", h) if self._predicts else None
+        if not self._predicts:
+            return None
+        with self._lock:
+            got = self._expected.pop(tasks.digest(h), None)
+        return got if got is not None else self._unit_call("expected", h)
 
     # -- training at the site (the parallel scheme)
     def load_inputs(self, revision: int, objective, x: np.ndarray, targets: dict[str, np.ndarray], h: np.ndarray,
                     settings, seed: int, batch: int) -> None:
         """What the unit trains on in `revision`, measured at its site: prepare(h), with x and the
-        objective's targets (h, when it is x itself, does not travel twice)."""
+        objective's targets. Rows the site kept from the last pass (measured with `keep`) do not
+        travel again, nor does h when it is x itself."""
         params = self._changed()
         try:
-            self._call(tasks.load_inputs, self._key, revision, objective, x, targets, None if h is x else h,
-                       settings.model_dump(), seed, batch, params)
+            self._call(tasks.load_inputs, self._key, revision, objective, self._named(x, batch), targets,
+                       None if h is x else self._named(h, batch), settings.model_dump(), seed, batch, params)
         except BaseException:
             self._held = None
             raise
+        finally:
+            with self._lock:
+                self._kept.clear()  # the site's are used up (or, after a failure, not known)
+
+    def _named(self, rows: np.ndarray, batch: int) -> np.ndarray | tasks.Kept:
+        """rows as the site's kept chunks when it keeps them all, else the rows themselves."""
+        names = tuple(tasks.digest(rows[a:a + batch]) for a in range(0, len(rows), batch))
+        with self._lock:
+            return tasks.Kept(names) if names and set(names) <= self._kept else rows
 
     def train(self, revision: int, start: int, stop: int, state: bytes | None, final: bool) -> dict[str, Any]:
         """Steps [start, stop) at the site; on the last chunk the coordinator's model takes the

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from pydantic import Field
 
 from labpnn.bench import Bench, BenchFile
 from labpnn.config_errors import read_yaml, validate
-from labpnn.errors import ClusterError
+from labpnn.errors import ClusterError, ConfigError
 from labpnn.health import no_signal
 from labpnn.batches import sampler
 from labpnn.pib import PIBSettings, UnitOptimiser
@@ -72,13 +73,45 @@ def load_site(path: str | Path) -> SiteFile:
     return validate(SiteFile, read_yaml(path, "site file"), f"site file {path}")
 
 
+@dataclass(frozen=True)
+class Kept:
+    """Rows this site measured already (kept with their prepared inputs), named by the digests
+    of their measured chunks in order: what load_inputs receives instead of the rows."""
+
+    chunks: tuple[str, ...]
+
+
+def digest(rows: np.ndarray) -> str:
+    """The name of a measured chunk: a hash of its dtype, shape and bytes."""
+    rows = np.ascontiguousarray(rows)
+    h = hashlib.blake2b(f"{rows.dtype.str}{rows.shape}".encode(), digest_size=16)
+    h.update(rows.data)
+    return h.hexdigest()
+
+
 @dataclass
 class _Session:
-    """One unit built on this site's instruments, and what it trains on (one revision)."""
+    """One unit built on this site's instruments, and what it trains on (one revision); `kept`:
+    measured chunks (digest -> rows, and their prepared inputs when the unit measures from
+    them) until the next load_inputs."""
 
     unit: Any
     optimiser: UnitOptimiser | None = None
     revision: int | None = None
+    kept: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+
+    def rows(self, rows: np.ndarray | Kept, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rows, their prepared inputs or None) of rows sent, or of rows kept here."""
+        if not isinstance(rows, Kept):
+            return rows, None
+        try:
+            got = [self.kept[d] for d in rows.chunks]
+        except KeyError:
+            raise ClusterError(f"unit {self.unit.name}: the {what} rows it measured here are no longer "
+                               "kept (send them)") from None
+        prepared = [p for _, p in got]
+        return (np.concatenate([h for h, _ in got]),
+                None if any(p is None for p in prepared) else np.concatenate(prepared))
 
 
 class SitePlugin(WorkerPlugin):
@@ -182,17 +215,42 @@ def unit_call(site: SitePlugin, key: str, method: str, args: tuple, params: dict
 
 
 @_task
-def load_inputs(site: SitePlugin, key: str, revision: int, objective, x: np.ndarray, targets: dict[str, np.ndarray],
-                h: np.ndarray | None, settings: dict, seed: int, batch: int, params: dict | None) -> int:
-    """What the unit trains on in `revision`: its physical stage measured here on its input
-    rows h (None: x itself; batches of `batch`), with the network input x and the objective's
-    targets (the labels). Returns the rows."""
+def measure(site: SitePlugin, key: str, h: np.ndarray, params: dict | None, keep: bool,
+            predict: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """measure(h), and expected(h) when `predict` (the health check's, in the same call). `keep`:
+    the rows are a pass's training split, which the next round trains on: keep them, with
+    their prepared inputs when the unit measures from those (`measure_prepared`: a scattering
+    unit's optical features, then not measured twice)."""
     session = site.session(key)
-    h = x if h is None else h
     unit = session.unit
     if params is not None:
         _load(unit.model(), params)
-    inputs = np.concatenate([unit.prepare(h[a:a + batch]) for a in range(0, len(h), batch)])
+    from_prepared = getattr(unit, "measure_prepared", None) if keep else None
+    inputs = unit.prepare(h) if from_prepared is not None else None
+    out = unit.measure(h) if inputs is None else from_prepared(inputs)
+    if keep:
+        session.kept[digest(h)] = (h, inputs)
+    return out, unit.expected(h) if predict else None
+
+
+@_task
+def load_inputs(site: SitePlugin, key: str, revision: int, objective, x: np.ndarray | Kept,
+                targets: dict[str, np.ndarray], h: np.ndarray | Kept | None, settings: dict, seed: int, batch: int,
+                params: dict | None) -> int:
+    """What the unit trains on in `revision`: its physical stage on its input rows h (None: x
+    itself), measured here in batches of `batch` unless kept from the last pass, with the network
+    input x and the objective's targets (the labels). Returns the rows."""
+    session = site.session(key)
+    x, prepared = session.rows(x, "network input")
+    if h is not None:
+        h, prepared = session.rows(h, "input")
+    h = x if h is None else h
+    session.kept.clear()
+    unit = session.unit
+    if params is not None:
+        _load(unit.model(), params)
+    inputs = prepared if prepared is not None else np.concatenate(
+        [unit.prepare(h[a:a + batch]) for a in range(0, len(h), batch)])
     problem = no_signal(inputs, strict=True)
     if problem:
         raise ClusterError(f"site {site.site!r}, unit {unit.name}: its physical stage gives no signal ({problem})")
@@ -230,29 +288,48 @@ def _load(model: torch.nn.Module, params: dict[str, np.ndarray]) -> None:
 
 # -- labpnn worker ------------------------------------------------------------------------------
 
-def serve(scheduler: str, site_path: str | Path, host: str | None = None) -> int:
-    """Run one site until interrupted (SIGINT/SIGTERM: instruments to their safe state, then leave)."""
+def tls(ca_file: str | None = None, cert: str | None = None, key: str | None = None) -> Security:
+    """dask's Security for an endpoint: TLS with these PEM files (the CA's, this endpoint's
+    certificate and its key; encryption then required), or with none of them dask's
+    configuration (distributed.comm.tls.*, require-encryption; DASK_DISTRIBUTED__COMM__TLS__...)."""
+    given = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
+    if not any(given.values()):
+        return Security()
+    missing = [k for k, v in given.items() if not v]
+    if missing:
+        raise ConfigError(f"TLS: {', '.join(missing)} missing; give --tls-ca-file, --tls-cert and --tls-key "
+                          "together (or none, and dask's configuration)")
+    for option, path in given.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"TLS: {option} {path}: no such file")
+    return Security(tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, tls_worker_cert=cert,
+                    tls_worker_key=key, tls_scheduler_cert=cert, tls_scheduler_key=key, require_encryption=True)
+
+
+def serve(scheduler: str, site_path: str | Path, host: str | None = None, security: Security | None = None) -> int:
+    """Run one site until interrupted (SIGINT/SIGTERM: instruments to their safe state, then
+    leave); `security`: dask's TLS settings (default: its configuration)."""
     path = Path(site_path)
     spec = load_site(path)
     bench = Bench.from_spec(spec, path)  # checks every entry here, before joining the cluster
     del bench
     with dask.config.set(QUIET):
-        return asyncio.run(_serve(scheduler, spec, path, host))
+        return asyncio.run(_serve(scheduler, spec, path, host, security or Security()))
 
 
-async def _serve(scheduler: str, spec: SiteFile, path: Path, host: str | None) -> int:
+async def _serve(scheduler: str, spec: SiteFile, path: Path, host: str | None, security: Security) -> int:
     plugin = SitePlugin(spec.site, {n: e.model_dump() for n, e in spec.instruments.items()}, str(path))
     resources = {resource(n): 1 for n in spec.instruments}
     quiet = logging.getLogger("distributed")
     quiet.setLevel(logging.CRITICAL)  # a failure to join is ours to explain
     try:
         # unreachable: say so now (with dask's TLS settings for tls:// addresses)
-        comm = await connect(scheduler, timeout=connect_timeout(), **Security().get_connection_args("worker"))
+        comm = await connect(scheduler, timeout=connect_timeout(), **security.get_connection_args("worker"))
         await comm.close()
     except (OSError, TimeoutError) as exc:
         raise ClusterError(_join_error(scheduler, spec.site, exc)) from None
     worker = Worker(scheduler, name=spec.site, nthreads=1, resources=resources, plugins=(plugin,), host=host,
-                    dashboard=False)
+                    dashboard=False, security=security)
     try:
         await worker
     except Exception as exc:

@@ -396,5 +396,12 @@ class ScatteringUnit:
         """A fresh optical measurement through the deployed digital layer, (n, out_features)."""
         if self._deployed is None:
             raise ValueError(f"unit {self.name!r}: call deploy() before measure()")
-        z = self.prepare(h) @ self._deployed["weight"].T + self._deployed["bias"]
+        return self.measure_prepared(self.prepare(h))
+
+    def measure_prepared(self, inputs: np.ndarray) -> np.ndarray:
+        """measure() of rows whose optical stage prepare() measured already: the deployed
+        digital layer on them (a site keeps a pass's optical features to train on them)."""
+        if self._deployed is None:
+            raise ValueError(f"unit {self.name!r}: call deploy() before measure()")
+        z = inputs @ self._deployed["weight"].T + self._deployed["bias"]
         return apply_activation(self.activation, z)
