@@ -6,15 +6,15 @@ silico of the same architecture (labpnn.backprop); and a beta scan with its info
     python benchmarks/ablation_pib.py --seeds 0 1 2 3 4 5 --datasets mnist1d mnist
     python benchmarks/ablation_pib.py --beta-scan --seeds 0 1      # I(X;Z), I(Y;Z) against beta
 
-Runs go through the engine (labpnn.engine.Run) exactly as benchmarks/reproduce does (its job
-runner and benches); one result JSON per job in OUT/results, so a rerun skips finished jobs.
+Runs go through the engine (labpnn.engine.Run) exactly as labpnn compare and benchmarks/reproduce
+do (labpnn.compare.jobs: its job runner, --workers processes, and benches); one result JSON per
+job in OUT/results, so a rerun skips finished jobs.
 Prints markdown tables; --report FILE puts them into FILE between the ablation markers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -25,7 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from reproduce import config, jobs  # noqa: E402
+from labpnn.compare import jobs  # noqa: E402
+from reproduce import config  # noqa: E402
 from reproduce.report import fit_then_compress  # noqa: E402
 
 # Each change against the old defaults (BASE): pib overrides ("measure_repeats": the recipe's
@@ -69,26 +70,14 @@ def bench(seed: int, sim: bool, wide: bool) -> dict:
     return config.bench_dict(seed, "ideal" if sim else "twin", overrides=over)
 
 
-def run_job(out: Path, spec: dict) -> dict:
-    jid = jobs.job_id(spec)
-    path = out / "results" / f"{jid}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    t0 = time.perf_counter()
-    if spec["kind"] == "pib":
-        result = jobs._run_pib(spec, out, jid)
-    else:
-        from labpnn import backprop, data
-        from labpnn.recipe import parse_recipe
-        rec = parse_recipe(spec["recipe"])
-        d = rec.dataset
-        ds = data.load(d.name, n_train=d.n_train, n_test=d.n_test, seed=d.seed, path=d.path)
-        net = backprop.train(rec, ds, backprop.BackpropSettings(epochs=spec["epochs"], seed=spec["seed"]))
-        result = {"test_accuracy": backprop.accuracy(net, ds.x_test, ds.y_test)}
-    result["wall_s"] = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
-    return result
+def pib_spec(ds: str, seed: int, pib: dict, where: str, steps: int | None, wide: bool = False) -> dict:
+    sim = where == "sim"
+    return {"kind": "run", "recipe": recipe(ds, seed, pib, sim, steps, wide), "bench": bench(seed, sim, wide)}
+
+
+def bp_spec(ds: str, seed: int, steps: int | None, wide: bool) -> dict:
+    return {"kind": "bp", "recipe": recipe(ds, seed, {}, True, steps, wide), "epochs": BP_EPOCHS[ds], "seed": seed,
+            "benches": {}}
 
 
 def mean_std(v: list[float]) -> str:
@@ -96,31 +85,32 @@ def mean_std(v: list[float]) -> str:
     return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a.mean():.1f}"
 
 
-def ablation(args, out: Path, log) -> list[str]:
+def ablation_specs(args) -> dict[tuple, dict]:
+    """(dataset, variant, bench, seed) -> the PIB job; (dataset, "bp", wide, seed) -> backprop's."""
+    specs = {}
+    for ds in args.datasets:
+        steps = args.steps.get(ds)
+        for name in args.variants:
+            wide = name == "wide"
+            pib = VARIANTS[args.wide_variant] if wide else VARIANTS[name]
+            for where in args.benches:
+                for s in args.seeds:
+                    specs[(ds, name, where, s)] = pib_spec(ds, s, pib, where, steps, wide)
+        for wide in sorted({v == "wide" for v in args.variants}):
+            for s in args.seeds:
+                specs[(ds, "bp", wide, s)] = bp_spec(ds, s, steps, wide)
+    return specs
+
+
+def ablation(args, results: dict[tuple, dict]) -> list[str]:
     lines = []
     for ds in args.datasets:
         steps = args.steps.get(ds)
-        rows = {}
-        for name in args.variants:
-            wide = name == "wide"
-            pib = VARIANTS.get(name, {}) if not wide else VARIANTS[args.wide_variant]
-            for where in args.benches:
-                accs = []
-                for s in args.seeds:
-                    spec = {"kind": "pib", "recipe": recipe(ds, s, pib, where == "sim", steps, wide),
-                            "bench": bench(s, where == "sim", wide)}
-                    r = run_job(out, spec)
-                    accs.append(r["test_accuracy"])
-                    log(f"{ds} {name} {where} seed {s}: {100 * r['test_accuracy']:.1f} % ({r['wall_s']:.0f} s)")
-                rows[(name, where)] = accs
-        bp = {}
-        for wide in sorted({v == "wide" for v in args.variants}):
-            accs = []
-            for s in args.seeds:
-                spec = {"kind": "bp", "recipe": recipe(ds, s, {}, True, steps, wide), "epochs": BP_EPOCHS[ds], "seed": s}
-                accs.append(run_job(out, spec)["test_accuracy"])
-            bp[wide] = accs
-            log(f"{ds} backprop in silico{' wide' if wide else ''}: {mean_std(accs)}")
+
+        def accs(*key) -> list[float]:
+            return [results[(ds, *key, s)].get("test_accuracy", results[(ds, *key, s)].get("ideal_test"))
+                    for s in args.seeds]
+
         lines += [f"**{ds}** ({DATA[ds]['n_train']}/{DATA[ds]['n_test']}, recipe `{PACKAGED[ds]}`"
                   f"{f', {steps} PIB steps per unit' if steps else ''}; test accuracy %, mean ± std over "
                   f"seeds {', '.join(map(str, args.seeds))})", "",
@@ -129,27 +119,28 @@ def ablation(args, out: Path, log) -> list[str]:
                   "|---" * (len(args.benches) + 2) + "|"]
         for name in args.variants:
             label = name if name != "wide" else f"wide {WIDE} ({args.wide_variant})"
-            lines.append(f"| {label} | " + " | ".join(mean_std(rows[(name, b)]) for b in args.benches)
-                         + f" | {mean_std(bp[name == 'wide'])} |")
+            lines.append(f"| {label} | " + " | ".join(mean_std(accs(name, b)) for b in args.benches)
+                         + f" | {mean_std(accs('bp', name == 'wide'))} |")
         lines.append("")
     return lines
 
 
-def beta_scan(args, out: Path, log) -> list[str]:
+def beta_specs(args) -> dict[tuple, dict]:
+    """(beta, seed) -> the PIB job in simulation."""
     ds = args.datasets[0]
-    lines = [f"**beta scan, {ds}** (PIB in simulation, `{args.scan_variant}`; information plane of unit 0 and 1 per "
-             f"minibatch, smoothed, mean over seeds {', '.join(map(str, args.seeds))})", "",
+    return {(beta, s): pib_spec(ds, s, VARIANTS[args.scan_variant] | {"beta": beta}, "sim", args.steps.get(ds))
+            for beta in args.betas for s in args.seeds}
+
+
+def beta_scan(args, results: dict[tuple, dict]) -> list[str]:
+    lines = [f"**beta scan, {args.datasets[0]}** (PIB in simulation, `{args.scan_variant}`; information plane of "
+             f"unit 0 and 1 per minibatch, smoothed, mean over seeds {', '.join(map(str, args.seeds))})", "",
              "| beta | test % | unit | I(Y;Z) first → last | I(X;Z) first → peak (step) → last | "
              "fit 90 % by step | compression ½ by step | fit then compress? |", "|---" * 8 + "|"]
     for beta in args.betas:
-        pib = VARIANTS[args.scan_variant] | {"beta": beta}
-        accs, planes = [], []
-        for s in args.seeds:
-            spec = {"kind": "pib", "recipe": recipe(ds, s, pib, True, args.steps.get(ds)), "bench": bench(s, True, False)}
-            r = run_job(out, spec)
-            accs.append(r["test_accuracy"])
-            planes.append([fit_then_compress(u["I_XZ"], u["I_YZ"]) for u in r["units"]])
-            log(f"beta {beta} seed {s}: {100 * r['test_accuracy']:.1f} %")
+        rs = [results[(beta, s)] for s in args.seeds]
+        accs = [r["test_accuracy"] for r in rs]
+        planes = [[fit_then_compress(u["I_XZ"], u["I_YZ"]) for u in r["units"]] for r in rs]
         for u in range(len(planes[0])):
             f = {k: float(np.mean([p[u][k] for p in planes])) for k in planes[0][u]}
             # compression acts: I(X;Z) falls by > 0.05 bits after a peak that is not the first tenth
@@ -173,6 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.01, 0.1, 0.3, 1.0])
     p.add_argument("--scan-variant", choices=sorted(VARIANTS), default="base")
     p.add_argument("--out", type=Path, default=Path("/tmp/labpnn-ablation-pib"))
+    p.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process)")
     p.add_argument("--report", type=Path, help="markdown file to put the tables in (between the markers)")
     args = p.parse_args(argv)
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4, 5])
@@ -180,16 +172,20 @@ def main(argv=None) -> int:
     args.variants = args.variants or [*VARIANTS]
     args.steps = {"mnist": 150} if args.quick else {}
     t0 = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
-
-    lines = beta_scan(args, args.out, log) if args.beta_scan else ablation(args, args.out, log)
+    specs = beta_specs(args) if args.beta_scan else ablation_specs(args)
+    done = jobs.run_jobs(list(specs.values()), args.out, args.workers, log=lambda m: print(m, file=sys.stderr))
+    failed = {k: r["error"] for k, spec in specs.items() if not (r := done[jobs.job_id(spec)])["ok"]}
+    if failed:
+        for k, e in failed.items():
+            print(f"job {k} failed: {e}", file=sys.stderr)
+        return 1
+    results = {k: done[jobs.job_id(spec)] for k, spec in specs.items()}
+    lines = beta_scan(args, results) if args.beta_scan else ablation(args, results)
     cmd = shlex.join(["python", "benchmarks/ablation_pib.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join([f"`{cmd}` ({time.perf_counter() - t0:.0f} s wall on a shared machine)", "", *lines])
     print(text)
     if args.report:
-        doc = args.report.read_text()
+        doc = args.report.read_text() if args.report.exists() else ""
         key = "beta" if args.beta_scan else "ablation"
         start, end = (m.replace("ablation", key) for m in MARK)
         if start in doc:
