@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import getpass
 import platform
+import subprocess
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from labpnn.protocols import Replaying
@@ -22,6 +24,19 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def git_commit(repo: Path = Path(__file__).resolve().parents[1]) -> str:
+    """The short commit of the checkout at `repo` (labpnn's own by default), marked when its
+    tracked files differ from it; "unknown" outside a git checkout."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def provenance(recipe, bench, names: list[str], dataset) -> dict[str, Any]:

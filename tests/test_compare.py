@@ -79,6 +79,8 @@ def test_a_tiny_comparison_writes_its_section_and_records(tmp_path, monkeypatch)
     assert "kept before" in text and "kept after" in text and "OLD-SECTION" not in text and text.count("compare-tiny: start") == 1
     assert "| PIB on the twin (`pib`) |" in text and "Where PIB (on the twin) wins, ties and loses" in text
     assert "`ghost`: scheme 'ghost' is not registered" in text and "| skipped |" in text
+    from labpnn.provenance import git_commit
+    assert f"labpnn commit {git_commit()}" in text and "torch 2." in text  # what ran the jobs
     sections = json.loads((tmp_path / "results.json").read_text())["sections"]
     assert set(sections) == {"other", "tiny"}
     records = sections["tiny"]["records"]

@@ -21,7 +21,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reproduce import config, experiments, report  # noqa: E402
 from labpnn.compare.jobs import run_jobs  # noqa: E402
 from labpnn.compare.report import marked_sections  # noqa: E402
+from labpnn.provenance import git_commit, versions  # noqa: E402
 
 EXPERIMENTS = ("mnist", "mnist1d", "adc", "opu", "sweep")
 
@@ -56,17 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=config.REPO, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mode = config.MODES[args.mode]
@@ -80,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         sys.exit(f"--only: unknown experiment(s) {sorted(unknown)}; known: {', '.join(EXPERIMENTS)}")
     jobs = [j for j in experiments.plan(mode, data) if j.experiment in only]
-    commit = _git_commit()  # what runs the jobs (the tree may move on while they run)
+    commit = git_commit()  # what runs the jobs (the tree may move on while they run)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     t0 = time.perf_counter()
     log_file = (out / "reproduce.log").open("a")
@@ -103,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.json").write_text(json.dumps({"summary": summary, "info_planes": planes}, indent=1))
 
     from labpnn import data as datamod
-    from labpnn.provenance import versions
 
     split = "?"
     try:

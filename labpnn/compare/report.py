@@ -76,6 +76,10 @@ def markdown(c: Comparison, command: str, section: str) -> str:
         + (" **Quick mode**: fewer seeds, steps and epochs than the full run (`labpnn compare --full`, "
            f"{len(FULL.seeds)} seeds); compare methods with each other here, not with the paper."
            if m.name == "quick" else ""))
+    if c.meta.get("versions"):
+        add("")
+        add(f"Versions: {', '.join(f'{k} {v}' for k, v in c.meta['versions'].items())}; labpnn commit "
+            f"{c.meta.get('commit', 'unknown')} (the jobs'; report code as of this file's commit).")
     add("")
     add(f"Seeds {', '.join(map(str, m.seeds))}; data " + "; ".join(
         f"{TITLES[d]} {m.data[d].get('n_train')}/{m.data[d].get('n_test')}" for d in datasets)

@@ -24,6 +24,7 @@ import numpy as np
 from labpnn.compare.benches import bench_dict, recipe_dict
 from labpnn.compare.jobs import job_id, run_jobs
 from labpnn.compare.methods import METHODS, Method, lr_grid
+from labpnn.provenance import git_commit, versions
 
 __all__ = ["FULL", "MODES", "QUICK", "Mode", "compare", "plan_runs", "plan_tuning"]
 
@@ -227,6 +228,7 @@ def compare(mode: Mode, out: Path, *, mnist: Path = DEFAULT_MNIST, workers: int 
             log: Callable[[str], None] = print) -> Comparison:
     """Tune, run every seed, summarise. Methods whose scheme is not registered are skipped."""
     t0 = time.perf_counter()
+    commit = git_commit()  # what runs the jobs (the tree may move on while they run)
     out.mkdir(parents=True, exist_ok=True)
     skipped = {n: f"scheme {METHODS[n].needs_scheme!r} is not registered (labpnn/schemes/) yet"
                for n in mode.methods if not registered(METHODS[n])}
@@ -248,7 +250,8 @@ def compare(mode: Mode, out: Path, *, mnist: Path = DEFAULT_MNIST, workers: int 
               for k, s in list(tuning.items()) + list(runs.items()) if not results.get(job_id(s), {}).get("ok")]
     jobs = [results[job_id(s)] for s in list(tuning.values()) + list(runs.values()) if job_id(s) in results]
     meta = {"load": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "workers": workers, "out": str(out),
-            "jobs": len(jobs), "cpu_s": sum(r.get("cpu_s", 0.0) for r in jobs), "wall_s": time.perf_counter() - t0}
+            "jobs": len(jobs), "cpu_s": sum(r.get("cpu_s", 0.0) for r in jobs), "wall_s": time.perf_counter() - t0,
+            "versions": versions(), "commit": commit}
     plan = hashlib.sha1(" ".join(sorted(job_id(s) for s in list(tuning.values()) + list(runs.values()))).encode())
     record = out / f"compare-{plan.hexdigest()[:12]}.json"  # this plan's jobs when they ran (a redrawn report)
     if any(r.get("id") in ran for r in jobs) or not record.exists():
