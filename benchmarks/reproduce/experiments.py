@@ -171,12 +171,14 @@ def summarise(jobs: list[Job], results: dict[str, dict[str, Any]]) -> dict[str, 
         for j, r in by_exp.get("adc", []):
             if r is None or j.labels["variant"] != variant:
                 continue
-            # the verification's record (the engine also records each broken-channel finding on its own)
+            # the verification's record: that of the first faulty unit, where the recovery starts (the
+            # engine also records each broken-channel finding on its own, and a later unit's channels
+            # fed by the broken ones may be recorded as recovered on the way)
             faults = [f for f in r["faults"] if f.get("accuracy_recovered") is not None]
             if not faults:
                 adc["no_fault_found"] += 1
                 continue
-            f = faults[0]
+            f = min(faults, key=lambda f: f["unit"])
             adc["before"].append(_pct(f["accuracy_before"]))
             adc["after_fault"].append(_pct(f["accuracy_after_fault"]))
             adc["recovered"].append(_pct(f["accuracy_recovered"]))
