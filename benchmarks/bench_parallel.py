@@ -24,8 +24,9 @@ work), `--repeat 2`: cascade 156.9 s, parallel 123.5 s, 1.27x (repeats 1.23x, 1.
 29.8 s apart), init pass 15.8 s, final pass 15.3 s, paris busy 105.3 s, beijing 69.3 s, test
 accuracy 92.70 % (cascade) and 93.18 % (parallel), 93.1 MB to the sites and 31.3 MB back. The
 commit before, same load, one run: 1.30x, 125.3 MB to the sites. docs/parallel.md ("Speed") has
-the profile (where the time goes), what changed, and why the speed-up under load says little;
-the lead re-measures on a quiet machine.
+the profile (where the time goes), what changed, and why the speed-up under load says little.
+On the quiet machine (load 1.3-1.5), `--repeat 2`: cascade 13.0 s, parallel 11.0 s, 1.18x
+(1.13x, 1.22x), start-up 3.0 s, init and final pass 1.9 s each, paris busy 8.6 s, beijing 5.3 s.
 """
 
 from __future__ import annotations
