@@ -7,8 +7,9 @@ sum of squares tau2 are exact (tr A and sum_ij A_ij^2 minus the kept part). The 
 models them as a gamma distribution with that mean and variance (closed form for
 g(x) = x^alpha and the von Neumann g(x) = -x log2 x); the bound brackets the sum over the
 tail by the two two-point spectra with those moments, one with an atom at 0 and one with an
-atom at b (the Chebyshev-Markov extremes for a g whose third derivative keeps its sign). The
-estimate is clipped into the bracket and its error bound is its distance to the farther end.
+atom at b (the Chebyshev-Markov extremes for a g whose third derivative keeps its sign); the
+true tail sum lies in that bracket, so the estimate's error bound is its distance to the
+bracket's farther end.
 docs/information.md has the details and the measured errors.
 """
 
