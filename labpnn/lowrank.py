@@ -43,38 +43,31 @@ class SpectralSum(tuple):
     half_width = property(lambda self: self[1])
 
 
-class _RitzValues(torch.autograd.Function):
-    """lambda_i = v_i^T A v_i for fixed orthonormal columns v_i: the values come precomputed,
-    the gradient is V diag(g) V^T (the first-order change of each eigenvalue)."""
+class _Statistics(torch.autograd.Function):
+    """(lambda, tr A, sum_ij A_ij^2) of a block A: lambda_i = v_i^T A v_i for fixed orthonormal
+    columns v_i (the values come precomputed), the moments summed in float64. Backward is one
+    n x n product, V diag(g_lambda) V^T + 2 g_s A + g_t I (the first-order change of each
+    eigenvalue and the moments' exact gradients), into one new matrix."""
 
     @staticmethod
-    def forward(ctx, A: torch.Tensor, V: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(V)
-        return lam.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (V,) = ctx.saved_tensors
-        return (V * grad.to(V.dtype)) @ V.T, None, None
-
-
-class _Moments(torch.autograd.Function):
-    """(tr A, sum_ij A_ij^2) in float64; backward is one n x n pass, g_t I + 2 g_s A."""
-
-    @staticmethod
-    def forward(ctx, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.save_for_backward(A)
-        # summed in float64 (each row's norm in A's precision, ~1e-8 relative in all): the
+    def forward(ctx, A: torch.Tensor, V: torch.Tensor, lam: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(A, V)
+        # each row's norm in A's precision (~1e-8 relative in all), summed in float64: the
         # tail's sum of squares is a small difference of this one
         rows = torch.linalg.vector_norm(A, dim=1).to(torch.float64)
-        return torch.diagonal(A).sum(dtype=torch.float64), torch.dot(rows, rows)
+        return lam.clone(), torch.diagonal(A).sum(dtype=torch.float64), torch.dot(rows, rows)
 
     @staticmethod
-    def backward(ctx, g_t: torch.Tensor, g_s: torch.Tensor):
-        (A,) = ctx.saved_tensors
-        out = A * (2.0 * g_s).to(A.dtype)
-        out.diagonal().add_(g_t.to(A.dtype))
-        return out
+    def backward(ctx, g_lam: torch.Tensor | None, g_t: torch.Tensor | None,
+                 g_s: torch.Tensor | None):
+        A, V = ctx.saved_tensors
+        Vg = V * (torch.zeros(V.shape[1], dtype=V.dtype, device=V.device) if g_lam is None
+                  else g_lam.to(V.dtype))
+        out = torch.addmm(A, Vg, V.T, beta=0.0 if g_s is None else 2.0 * float(g_s))
+        if g_t is not None:
+            out.diagonal().add_(g_t.to(A.dtype))
+        return out, None, None
 
 
 @torch.no_grad()
@@ -175,25 +168,26 @@ def spectral_sum(blocks: list[torch.Tensor], alpha: float, rank: int, seed: int 
     spectrum is theirs times the other's near-constant top eigenvector), used without power
     steps in place of random columns."""
     g = power(alpha)
-    moments = [_Moments.apply(b) for b in blocks]
-    s = sum(t for t, _ in moments)
-    total = torch.zeros((), dtype=torch.float64, device=s.device)
-    half, vectors = 0.0, []
+    stats, vectors = [], []
     for i, blk in enumerate(blocks):
         cols = rank + OVERSAMPLE if start is None else max(rank + OVERSAMPLE, start[i].shape[1])
         lam_all, V_all = _ritz_pairs(blk.detach(), cols, seed, None if start is None else start[i])
         vectors.append(V_all)
         k = lam_all.shape[0] if lam_all.shape[0] == blk.shape[0] else rank  # all: keep all
-        lam_top, V = lam_all[-k:], V_all[:, -k:]
-        lam = _RitzValues.apply(blk, V, lam_top.to(blk.dtype)).to(torch.float64) / s
+        stats.append(_Statistics.apply(blk, V_all[:, -k:], lam_all[-k:].to(blk.dtype)))
+    s = sum(t for _, t, _ in stats)
+    total = torch.zeros((), dtype=torch.float64, device=s.device)
+    half = 0.0
+    for i, blk in enumerate(blocks):
+        lam = stats[i][0].to(torch.float64) / s
         tol = lam.detach().max() * blk.shape[0] * torch.finfo(torch.float64).eps  # as info's
         keep = lam > tol
         total = total + g(torch.where(keep, lam, 1.0)).where(keep, 0.0).sum()
         m = blk.shape[0] - lam.shape[0]
         if m == 0:
             continue
-        tau = (moments[i][0] / s - lam.sum()).clamp_min(0.0)
-        tau2 = (moments[i][1] / s ** 2 - (lam * lam).sum()).clamp_min(0.0)
+        tau = (stats[i][1] / s - lam.sum()).clamp_min(0.0)
+        tau2 = (stats[i][2] / s ** 2 - (lam * lam).sum()).clamp_min(0.0)
         if float(tau.detach()) <= 0.0 or float(tau2.detach()) <= 0.0:
             continue
         lo, hi = _tail_bracket(g, m, tau, tau2, lam.min())
