@@ -11,12 +11,16 @@ hardware. Prints a table and saves the running-average curves (docs/img/rl-cartp
 With --in-turns acting and learning take turns (overlap off): the learner then does exactly
 `updates_per_step` steps per environment step whatever the machine's load, so a run on a busy
 machine learns as one on a quiet machine would (overlapped, a starved learner falls behind).
+--scheme, --objective and --env override the recipe's settings (JSON objects), for the tuning
+runs of docs/rl.md.
 Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--in-turns] [--png docs/img/rl-cartpole.png]
+     [--scheme '{"lr": 1e-3}'] [--objective '{"gamma": 0.95}'] [--env '{"levels": 128}']
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -79,11 +83,14 @@ def main() -> None:
     p.add_argument("--png", type=Path, default=Path("docs/img/rl-cartpole.png"))
     p.add_argument("--only", choices=["pnn", "dqn"], default=None)
     p.add_argument("--in-turns", action="store_true", help="overlap off: the learner's pace fixed per step")
+    for part in ("scheme", "objective", "env"):
+        p.add_argument(f"--{part}", type=json.loads, default={}, help=f"the recipe's {part} settings to override")
     args = p.parse_args()
     torch.set_num_threads(1)
     recipe = load_recipe("rl-cartpole-opu")
-    if args.in_turns:
-        recipe = recipe.model_copy(update={"scheme": {**recipe.scheme_spec(), "overlap": False}})
+    scheme = {**recipe.scheme_spec(), **args.scheme, **({"overlap": False} if args.in_turns else {})}
+    recipe = recipe.model_copy(update={"scheme": scheme, "objective": {**recipe.objective_spec(0), **args.objective},
+                                       "env": recipe.env.model_copy(update=args.env)})
     seeds = range(1 if args.quick else args.seeds)
     episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
     makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
@@ -93,6 +100,9 @@ def main() -> None:
     for name, make in makers.items():
         for seed in seeds:
             run = make(recipe, seed, episodes)
+            run.on_episode = lambda row, seed=seed: row["episode"] % 50 == 49 and print(
+                f"  seed {seed}, episode {row['episode'] + 1}: mean of the last 100 {row['average']:.1f}, "
+                f"{row['env_steps']} env steps, {row['learner_steps']} learner steps", flush=True)
             started, cpu = time.perf_counter(), time.process_time()
             progress = run.run()
             r = {"seed": seed, "solved_at": progress.solved_at, "returns": progress.returns,

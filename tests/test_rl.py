@@ -113,6 +113,23 @@ def test_pib_td_bootstraps_from_a_target_copy_refreshed_on_schedule():
         PIBTDObjective(PIBTDOptions(), 3, 2, last=True, seed=0)
 
 
+def test_pib_td_polyak_target_moves_by_tau_each_step():
+    model = torch.nn.Linear(6, 2)
+    objective = PIBTDObjective(PIBTDOptions(tau=0.25, target_every=1), 2, 2, last=True, seed=0)
+    objective.loss(model, _batch())
+    start = objective.target[0].weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    objective.loss(model, _batch())  # a quarter of the way to the online weights, not a copy
+    assert torch.allclose(objective.target[0].weight, start + 0.25)
+
+
+def test_learning_rates_decay_linearly_to_their_end_fraction():
+    options = OnlineOptions(lr_decay_steps=100, lr_end=0.2)
+    assert [options.lr_factor(s) for s in (0, 50, 100, 1000)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    assert OnlineOptions().lr_factor(10**6) == 1.0
+
+
 def _run(overlap: bool, episodes: int = 4, **callbacks) -> OnlineRun:
     from labpnn.sim_devices.opu import SimOPUDevice
     from labpnn.units.scattering import ScatteringUnit

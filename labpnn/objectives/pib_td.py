@@ -42,6 +42,8 @@ class PIBTDOptions(BaseModel):
     label: Literal["greedy", "action"] = Field("greedy", description="what plays Y: the target copy's "
                                                "greedy action at the state, or the action taken")
     target_every: int = Field(250, ge=1, description="optimisation steps between target-copy refreshes")
+    tau: float | None = Field(None, gt=0, le=1, description="Polyak averaging of the target copy: after every "
+                              "step target <- tau * online + (1 - tau) * target (target_every then unused)")
 
 
 class PIBTDObjective:
@@ -69,8 +71,12 @@ class PIBTDObjective:
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         o, t = self.options, batch.targets
-        if self.target is None or self.steps % o.target_every == 0:
+        if self.target is None or (o.tau is None and self.steps % o.target_every == 0):
             self.target = copy.deepcopy(nn.Sequential(model, self.head)).requires_grad_(False)
+        elif o.tau is not None:
+            with torch.no_grad():
+                for target, online in zip(self.target.parameters(), nn.Sequential(model, self.head).parameters()):
+                    target.lerp_(online, o.tau)
         self.steps += 1
         z = model(batch.h)
         q = self.head(z)

@@ -133,7 +133,7 @@ class Agent:
 
 class Learner:
     """Trains copies of the units' models, each on its own objective (no gradient crosses
-    units) at its own learning rate (lrs), on replay minibatch `step` (drawn by (seed, step));
+    units) at its own learning rate (lrs, times lr_factor(step)), on replay minibatch `step` (drawn by (seed, step));
     thread-safe snapshots.
 
     With `remeasure` (Agent.features) the inputs of every unit after the first are measured
@@ -144,8 +144,8 @@ class Learner:
     observation) never go stale."""
 
     def __init__(self, models: list[nn.Module], objectives: list[PIBTDObjective], replay: ReplayBuffer,
-                 batch_size: int, lrs: list[float], seed: int, remeasure=None):
-        self.remeasure = remeasure
+                 batch_size: int, lrs: list[float], seed: int, remeasure=None, lr_factor=lambda step: 1.0):
+        self.remeasure, self.lr_factor, self.lrs = remeasure, lr_factor, lrs
         self.models = [copy.deepcopy(m) for m in models]
         self.objectives, self.replay, self.batch_size, self.seed = objectives, replay, batch_size, seed
         self.optimisers = [torch.optim.Adam(list(m.parameters()) + list(o.parameters()), lr=lr)
@@ -162,6 +162,8 @@ class Learner:
                 batches = self._remeasured(batches)
             for i, (model, objective, opt, batch) in enumerate(zip(self.models, self.objectives, self.optimisers,
                                                                     batches)):
+                for group in opt.param_groups:
+                    group["lr"] = self.lrs[i] * self.lr_factor(self.steps)
                 loss, values = objective.loss(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

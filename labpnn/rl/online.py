@@ -38,6 +38,9 @@ class OnlineOptions(BaseModel):
     lr: float = Field(1e-3, gt=0, description="learning rate of the last unit (the Q-values)")
     lr_upstream: float = Field(1e-4, ge=0, description="learning rate of the other units: slower, since "
                                "the inputs of every unit after them drift with their outputs")
+    lr_decay_steps: int | None = Field(None, ge=1, description="learner steps over which every learning rate "
+                                       "falls linearly to lr_end times its start (None: constant)")
+    lr_end: float = Field(0.1, ge=0, le=1, description="the learning rates' final fraction (lr_decay_steps)")
     warmup: int = Field(1000, ge=1, description="transitions collected before learning starts")
     updates_per_step: float = Field(0.25, gt=0, description="learner steps per environment step, at most")
     deploy_every: int = Field(25, ge=1, description="learner steps between deployments")
@@ -50,6 +53,12 @@ class OnlineOptions(BaseModel):
     calibration: int = Field(500, ge=2, description="random-policy observations the units' input and "
                                                    "feature scales are fixed on")
     checkpoint_every: int = Field(25, ge=1, description="episodes between checkpoints (replay included)")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rates' fraction of their start at learner step `step`."""
+        if self.lr_decay_steps is None:
+            return 1.0
+        return 1.0 - (1.0 - self.lr_end) * min(1.0, step / self.lr_decay_steps)
 
 
 @dataclass
@@ -89,7 +98,8 @@ class OnlineRun:
         agent = Agent(units, env.encoder, env.n_actions, seed, deploy)
         lrs = [options.lr_upstream] * (len(units) - 1) + [options.lr]
         learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, lrs, seed,
-                          remeasure=agent.features if options.remeasure and len(units) > 1 else None)
+                          remeasure=agent.features if options.remeasure and len(units) > 1 else None,
+                          lr_factor=options.lr_factor)
         return cls(agent, learner, env, replay, options, **callbacks)
 
     # -- schedule ------------------------------------------------------------------------------
