@@ -165,8 +165,8 @@ def spectral_sum(blocks: list[torch.Tensor], alpha: float, rank: int, seed: int 
     tail modelled and bracketed (module docstring); differentiable in the blocks. vectors: each
     block's rank + OVERSAMPLE Ritz vectors (no gradient). start: per block, columns spanning
     nearly its top eigenspace (for a Hadamard product A o B, the factors' vectors: its top
-    spectrum is theirs times the other's near-constant top eigenvector), used without power
-    steps in place of random columns."""
+    spectrum is theirs times the other's near-constant top eigenvector), used with START_STEPS
+    power steps in place of random columns with POWER_STEPS."""
     g = power(alpha)
     stats, vectors = [], []
     for i, blk in enumerate(blocks):
