@@ -30,9 +30,10 @@ STRONG_AUGMENT = {"augment": [{"name": "crop", "min_scale": 0.6}, {"name": "rota
 TUNED = {"pib": {"lr": 0.01, "width_z": "knn"}}  # the recipe's defaults since the tuning below
 
 
-def units(last_activation: str = "relu", last_pib: dict | None = None) -> dict:
-    """The recipe's two units, the last one's activation and per-unit pib overrides changed."""
-    return {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": 64, "activation": "relu", "clip": 2},
+def units(last_activation: str = "relu", last_pib: dict | None = None, first: int = 64) -> dict:
+    """The recipe's two units, the first one's width, the last one's activation and per-unit pib
+    overrides changed."""
+    return {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": first, "activation": "relu", "clip": 2},
                       {"kind": "crossbar", "instrument": "crossbar", "out": 32, "activation": last_activation,
                        "clip": 2, "pib": last_pib or {}}]}
 
@@ -78,6 +79,7 @@ VARIANTS: dict[str, tuple[int, dict]] = {
     "lr 0.01, knn Z, unit 1 lr 0.001": (200, {**TUNED, **units(last_pib={"lr": 0.001})}),
     "lr 0.01, knn Z, unit 1 lr 0.001, 1000 steps": (1000, {**TUNED, **units(last_pib={"lr": 0.001})}),
     "lr 0.01, knn Z, unit 1 linear, lr 0.001": (200, {**TUNED, **units("none", {"lr": 0.001})}),
+    "lr 0.01, knn Z, first unit 128 wide": (200, {**TUNED, **units(first=128)}),
 }
 
 
