@@ -80,6 +80,8 @@ VARIANTS: dict[str, tuple[int, dict]] = {
     "lr 0.01, knn Z, unit 1 lr 0.001, 1000 steps": (1000, {**TUNED, **units(last_pib={"lr": 0.001})}),
     "lr 0.01, knn Z, unit 1 linear, lr 0.001": (200, {**TUNED, **units("none", {"lr": 0.001})}),
     "lr 0.01, knn Z, first unit 128 wide": (200, {**TUNED, **units(first=128)}),
+    "lr 0.01, knn Z, beta 0.05": (200, {"pib": {**TUNED["pib"], "beta": 0.05}}),
+    "lr 0.01, knn Z, beta 0.05, 1000 steps": (1000, {"pib": {**TUNED["pib"], "beta": 0.05}}),
 }
 
 
