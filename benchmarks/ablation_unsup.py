@@ -27,6 +27,17 @@ LINEAR_LAST = {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": 6
 WEAK_AUGMENT = {"augment": [{"name": "shift", "pixels": 2}, {"name": "pixel_noise", "std": 0.05}]}
 STRONG_AUGMENT = {"augment": [{"name": "crop", "min_scale": 0.6}, {"name": "rotate", "degrees": 20},
                               {"name": "pixel_noise", "std": 0.3}]}
+TUNED = {"pib": {"lr": 0.01, "width_z": "knn"}}  # the recipe's defaults since the tuning below
+
+
+def units(last_activation: str = "relu", last_pib: dict | None = None, first: int = 64) -> dict:
+    """The recipe's two units, the first one's width, the last one's activation and per-unit pib
+    overrides changed."""
+    return {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": first, "activation": "relu", "clip": 2},
+                      {"kind": "crossbar", "instrument": "crossbar", "out": 32, "activation": last_activation,
+                       "clip": 2, "pib": last_pib or {}}]}
+
+
 # name: (PIB iterations per unit, changes to the recipe as it was before)
 VARIANTS: dict[str, tuple[int, dict]] = {
     "random units": (0, {}),
@@ -63,6 +74,14 @@ VARIANTS: dict[str, tuple[int, dict]] = {
     "lr 0.01, knn Z, linear last unit": (300, {"pib": {"lr": 0.01, "width_z": "knn"}, **LINEAR_LAST}),
     "lr 0.01, knn Z, linear last unit, 1000 steps": (1000, {"pib": {"lr": 0.01, "width_z": "knn"}, **LINEAR_LAST}),
     "lr 0.03, knn Z, linear last unit": (300, {"pib": {"lr": 0.03, "width_z": "knn"}, **LINEAR_LAST}),
+    "lr 0.01, knn Z, 50 steps": (50, TUNED),
+    "lr 0.01, knn Z, 200 steps": (200, TUNED),
+    "lr 0.01, knn Z, unit 1 lr 0.001": (200, {**TUNED, **units(last_pib={"lr": 0.001})}),
+    "lr 0.01, knn Z, unit 1 lr 0.001, 1000 steps": (1000, {**TUNED, **units(last_pib={"lr": 0.001})}),
+    "lr 0.01, knn Z, unit 1 linear, lr 0.001": (200, {**TUNED, **units("none", {"lr": 0.001})}),
+    "lr 0.01, knn Z, first unit 128 wide": (200, {**TUNED, **units(first=128)}),
+    "lr 0.01, knn Z, beta 0.05": (200, {"pib": {**TUNED["pib"], "beta": 0.05}}),
+    "lr 0.01, knn Z, beta 0.05, 1000 steps": (1000, {"pib": {**TUNED["pib"], "beta": 0.05}}),
 }
 
 

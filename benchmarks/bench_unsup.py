@@ -78,8 +78,9 @@ def _recipe(name: str, seed: int, steps: int, folder: Path | None, dataset: str 
     return data
 
 
-def job(args: tuple) -> dict:
-    """One engine run (or, at 0 iterations, the units deployed untrained); its probe accuracy.
+def unit_features(args: tuple) -> tuple:
+    """One engine run (or, at 0 iterations, the units deployed untrained): (recipe, dataset,
+    [(train, test) measured features of every unit], run file or None, readout or None, seconds).
     args: (what, recipe name, seed, steps, data folder, out folder[, recipe changes])."""
     import torch
 
@@ -87,7 +88,6 @@ def job(args: tuple) -> dict:
     from labpnn import data
     from labpnn.bench import Bench
     from labpnn.engine import Run
-    from labpnn.linear_eval import group_probe, linear_probe
     from labpnn.recipe import parse_recipe
     from labpnn.runlog import RunReader
     from labpnn.units import build_units
@@ -98,27 +98,37 @@ def job(args: tuple) -> dict:
                    seed=recipe.dataset.seed, path=recipe.dataset.path)
     bench = Bench.load(_bench(out, seed))
     t0 = time.time()
+    path = readout = None
     try:
-        path = out / f"{what}-{name}-steps{steps}-seed{seed}.h5"
         if steps == 0:  # untrained: as the engine initialises them, deployed and measured
             bench["crossbar"].connect()
-            h_train, h_test = ds.x_train, ds.x_test
+            h_train, h_test, feats = ds.x_train, ds.x_test, []
             for unit in build_units(recipe, bench, ds.x_train.shape[1]):
                 unit.deploy()
                 h_train, h_test = unit.measure(h_train), unit.measure(h_test)
-            f_train, f_test = h_train, h_test
+                feats.append((h_train, h_test))
         else:
+            path = out / f"{what}-{name}-steps{steps}-seed{seed}.h5"
             if path.exists():
                 path.unlink()
             Run(recipe, bench, path).execute()
             with RunReader(path) as reader:
-                last = reader.units[-1]
-                f_train, f_test = last.features("train"), last.features("test")
+                feats = [(u.features("train"), u.features("test")) for u in reader.units]
                 readout = reader.test_accuracy
     finally:
         bench.close()
+    return recipe, ds, feats, path, readout, time.time() - t0
+
+
+def job(args: tuple) -> dict:
+    """unit_features' run; the last unit's probe accuracy (args as there)."""
+    from labpnn.linear_eval import group_probe, linear_probe
+
+    what, name, seed, steps = args[:4]
+    _, ds, feats, path, readout, seconds = unit_features(args)
+    f_train, f_test = feats[-1]
     result = {"what": what, "recipe": name, "seed": seed, "steps": steps,
-              "probe": linear_probe(f_train, ds.y_train, f_test, ds.y_test), "seconds": time.time() - t0}
+              "probe": linear_probe(f_train, ds.y_train, f_test, ds.y_test), "seconds": seconds}
     if steps:
         result |= {"file": str(path), "readout": readout}
     if what == "fashion":
