@@ -19,14 +19,17 @@ tasks ran. Bytes: the array and parameter payloads between the coordinator and t
 (labpnn.sites.payload_bytes: data rows, measured features, parameters, optimiser states), not
 dask's framing. Accuracy: the digital readout's test accuracy on the last unit's features.
 
-Measured on the shared 2-core development machine at 1-minute load average 8-10 (other agents'
-work), `--repeat 2`: cascade 156.9 s, parallel 123.5 s, 1.27x (repeats 1.23x, 1.32x; start-up
-29.8 s apart), init pass 15.8 s, final pass 15.3 s, paris busy 105.3 s, beijing 69.3 s, test
-accuracy 92.70 % (cascade) and 93.18 % (parallel), 93.1 MB to the sites and 31.3 MB back. The
-commit before, same load, one run: 1.30x, 125.3 MB to the sites. docs/parallel.md ("Speed") has
-the profile (where the time goes), what changed, and why the speed-up under load says little.
-On the quiet machine (load 1.3-1.5), `--repeat 2`: cascade 13.0 s, parallel 11.0 s, 1.18x
-(1.13x, 1.22x), start-up 3.0 s, init and final pass 1.9 s each, paris busy 8.6 s, beijing 5.3 s.
+The network is balanced (--unit-steps, default 270 + 330 PIB steps: the OPU site also runs the
+optical passes); both schemes train the same one. CPU: seconds of the cascade's process, and of
+the coordinator and both site processes for the parallel run. Every run checks that each site is
+its own process with one torch thread and glibc's default malloc (no MALLOC_TRIM_THRESHOLD_).
+The cascade runs with one torch thread (--cascade-threads): a second spin-waits for a core on
+this shared machine and made 256 x 256 eigendecompositions 18-75x slower.
+
+Measured (shared machine, 1-minute load average 4.7-5.2, one repeat): cascade 45.2 s, parallel
+32.5 s, 1.39x; CPU 29.5 s against 30.7 s; init pass 3.7 s, final pass 5.1 s; paris busy 27.0 s,
+beijing 23.9 s; test accuracy 92.70 % (cascade) and 93.80 % (parallel); 93.1 MB to the sites and
+29.8 MB back. docs/parallel.md ("Speed") has what changed, and why wall clocks under load say little.
 """
 
 from __future__ import annotations
