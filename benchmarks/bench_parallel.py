@@ -19,14 +19,17 @@ tasks ran. Bytes: the array and parameter payloads between the coordinator and t
 (labpnn.sites.payload_bytes: data rows, measured features, parameters, optimiser states), not
 dask's framing. Accuracy: the digital readout's test accuracy on the last unit's features.
 
-Measured on the shared 2-core development machine at 1-minute load average 8-10 (other agents'
-work), `--repeat 2`: cascade 156.9 s, parallel 123.5 s, 1.27x (repeats 1.23x, 1.32x; start-up
-29.8 s apart), init pass 15.8 s, final pass 15.3 s, paris busy 105.3 s, beijing 69.3 s, test
-accuracy 92.70 % (cascade) and 93.18 % (parallel), 93.1 MB to the sites and 31.3 MB back. The
-commit before, same load, one run: 1.30x, 125.3 MB to the sites. docs/parallel.md ("Speed") has
-the profile (where the time goes), what changed, and why the speed-up under load says little.
-On the quiet machine (load 1.3-1.5), `--repeat 2`: cascade 13.0 s, parallel 11.0 s, 1.18x
-(1.13x, 1.22x), start-up 3.0 s, init and final pass 1.9 s each, paris busy 8.6 s, beijing 5.3 s.
+The network is balanced (--unit-steps, default 270 + 330 PIB steps: the OPU site also runs the
+optical passes); both schemes train the same one. CPU: seconds of the cascade's process, and of
+the coordinator and both site processes for the parallel run. Every run checks that each site is
+its own process with one torch thread and glibc's default malloc (no MALLOC_TRIM_THRESHOLD_).
+The cascade runs with one torch thread (--cascade-threads): a second spin-waits for a core on
+this shared machine and made 256 x 256 eigendecompositions 18-75x slower.
+
+Measured (shared machine, 1-minute load average 4.7-5.2, one repeat): cascade 45.2 s, parallel
+32.5 s, 1.39x; CPU 29.5 s against 30.7 s; init pass 3.7 s, final pass 5.1 s; paris busy 27.0 s,
+beijing 23.9 s; test accuracy 92.70 % (cascade) and 93.80 % (parallel); 93.1 MB to the sites and
+29.8 MB back. docs/parallel.md ("Speed") has what changed, and why wall clocks under load say little.
 """
 
 from __future__ import annotations
@@ -41,10 +44,13 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+BALANCED = [270, 330]  # OPU unit, crossbar unit: the OPU site also runs the optical passes
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 
 
-def run_cascade(recipe, out: Path) -> dict:
+def run_cascade(recipe, out: Path, threads: int) -> dict:
+    import torch
+
     from labpnn.bench import Bench
     from labpnn.engine import Run
     from labpnn.runlog import RunReader
@@ -52,11 +58,17 @@ def run_cascade(recipe, out: Path) -> dict:
 
     warm_up()
     bench = Bench.load()
-    start = time.perf_counter()
-    Run(recipe.model_copy(update={"scheme": None}), bench, out).execute()
-    wall = time.perf_counter() - start
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        Run(recipe.model_copy(update={"scheme": None}), bench, out).execute()
+    finally:
+        torch.set_num_threads(before)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     bench.close()
-    return {"wall_s": wall, "accuracy": RunReader(out).test_accuracy, "sites": {}, "init_s": None, "final_s": None}
+    return {"wall_s": wall, "cpu_s": cpu, "accuracy": RunReader(out).test_accuracy, "sites": {}, "init_s": None,
+            "final_s": None}
 
 
 def run_parallel(recipe, sites, out: Path) -> dict:
@@ -66,19 +78,48 @@ def run_parallel(recipe, sites, out: Path) -> dict:
 
     before = {name: t.as_dict() for name, t in sites.traffic.items()}
     bench = ClusterBench(sites)
-    start = time.perf_counter()
+    site_cpu = at_sites(sites, _cpu)
+    start, cpu = time.perf_counter(), time.process_time()
     Run(recipe, bench, out).execute()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    site_cpu = {name: t - site_cpu[name] for name, t in at_sites(sites, _cpu).items()}
     reader = RunReader(out)
     records = [r for r in reader.site_records if r.get("revision") is not None]
     last = max(r["revision"] for r in records)
     busy = {name: {k: t.as_dict()[k] - before.get(name, {}).get(k, 0) for k in ("busy_s", "bytes_sent", "bytes_received")}
             for name, t in sites.traffic.items()}
-    return {"wall_s": wall, "accuracy": reader.test_accuracy, "sites": busy,
+    return {"wall_s": wall, "cpu_s": cpu + sum(site_cpu.values()), "accuracy": reader.test_accuracy, "sites": busy,
             # unit l's revision 0 waits for unit l-1's: the last unit's rev-0 wall is the whole pass
             "init_s": max(r["wall_s"] for r in records if r["revision"] == 0),
             # the trained network measured unit after unit: the sum of the units' last measurements
             "final_s": sum(r.get("measure_s", float("nan")) for r in records if r["revision"] == last)}
+
+
+def _cpu() -> float:
+    """At a site: its process's CPU seconds so far (every thread: its work and dask's)."""
+    return time.process_time()
+
+
+def _threads() -> dict:
+    """At a site: its process, torch's thread count and glibc's trim threshold (what check_sites checks)."""
+    import torch
+
+    return {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+def check_sites(sites) -> str:
+    """Each site its own process (not a thread of this one, sharing its GIL) with one torch thread, and
+    glibc's default malloc (dask's nanny sets MALLOC_TRIM_THRESHOLD_; labpnn's embedded cluster unsets it)."""
+    found = at_sites(sites, _threads)
+    pids = [f["pid"] for f in found.values()]
+    if os.getpid() in pids or len(set(pids)) != len(pids):
+        raise SystemExit(f"the sites are not separate processes: {found} (this process {os.getpid()})")
+    if any(f["torch_threads"] != 1 for f in found.values()):
+        raise SystemExit(f"a site runs more than one torch thread: {found}")
+    if any(f["malloc_trim"] for f in found.values()):  # labpnn.sites.cluster.start_cluster unsets it
+        raise SystemExit(f"a site runs with MALLOC_TRIM_THRESHOLD_ (every large buffer mapped anew): {found}")
+    return ", ".join(f"{name} pid {f['pid']}, {f['torch_threads']} torch thread" for name, f in found.items())
 
 
 def _profile_start() -> None:
@@ -120,6 +161,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="hybrid-parallel-digits with 60 PIB steps per unit")
     parser.add_argument("--data", default=os.environ.get("LABPNN_DATA", str(DATA)), help="MNIST IDX folder")
     parser.add_argument("--steps", type=int, help="PIB steps per unit (default: the recipe's)")
+    parser.add_argument("--unit-steps", type=int, nargs=2, metavar=("OPU", "CROSSBAR"), default=BALANCED,
+                        help="PIB steps of each unit: the balanced network (default %(default)s: both sites as "
+                             "busy, 600 steps in all as the recipe's 300 + 300); 0 0: the recipe's (or --steps)")
+    parser.add_argument("--cascade-threads", type=int, default=1,
+                        help="torch threads of the cascade (default 1: measured fastest, see the docstring)")
     parser.add_argument("--rounds", type=int, nargs="+", default=[1], help="parallel rounds to compare")
     parser.add_argument("--profile", action="store_true",
                         help="also print each site's CPU seconds per task (cProfile in its compute thread; it slows "
@@ -138,6 +184,9 @@ def main() -> None:
         data["dataset"]["path"] = args.data
     if args.steps or args.quick:
         data["pib"]["steps"] = args.steps or 60
+    if any(args.unit_steps) and not (args.quick or args.steps):
+        for unit, steps in zip(data["units"], args.unit_steps):
+            unit["pib"] = {**unit.get("pib", {}), "steps": steps}
     base = parse_recipe(data)
     loads = [os.getloadavg()]
     rows = []
@@ -147,10 +196,11 @@ def main() -> None:
             start = time.perf_counter()
             with open_sites(spec, layout=parallel_options(spec).sites) as sites:
                 startup = time.perf_counter() - start
+                processes = check_sites(sites)
                 cascades, parallels = [], []
                 for i in range(args.repeat):  # interleaved: both see the same load
                     if rounds == args.rounds[0] or not rows:
-                        cascades.append(run_cascade(base, Path(tmp) / f"cascade-{rounds}-{i}.h5"))
+                        cascades.append(run_cascade(base, Path(tmp) / f"cascade-{rounds}-{i}.h5", args.cascade_threads))
                     if args.profile:
                         at_sites(sites, _profile_start)
                     parallels.append(run_parallel(spec, sites, Path(tmp) / f"parallel-{rounds}-{i}.h5"))
@@ -162,13 +212,15 @@ def main() -> None:
             rows.append(("parallel", rounds, startup, parallels))
     cascade = statistics.median(r["wall_s"] for r in rows[0][3])
     lo, hi = min(x[0] for x in loads), max(x[0] for x in loads)
-    print(f"\n{base.name}: {base.dataset.name}, {base.pib.steps} PIB steps per unit and round, measure batch "
+    steps = " + ".join(str(base.unit_pib(i).steps) for i in range(len(base.units)))
+    print(f"\n{base.name}: {base.dataset.name}, {steps} PIB steps (per unit and round), measure batch "
           f"{base.measure.batch_size}, {os.cpu_count()} cores, 1-min load average {lo:.1f}-{hi:.1f} during the runs; "
-          f"medians of {args.repeat} interleaved repeat(s)\n")
-    print("| scheme | rounds | wall clock (s) | speed-up over cascade | per-repeat speed-ups | cluster start-up (s) "
-          "| init pass (s) | final pass (s) | busy per site (s) | test accuracy (%) | bytes to sites (MB) "
-          "| bytes from sites (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"medians of {args.repeat} interleaved repeat(s); cascade: {args.cascade_threads} torch thread(s) in this "
+          f"process (pid {os.getpid()}); sites: {processes}\n")
+    print("| scheme | rounds | wall clock (s) | speed-up over cascade | per-repeat speed-ups | CPU (s) "
+          "| cluster start-up (s) | init pass (s) | final pass (s) | busy per site (s) | test accuracy (%) "
+          "| bytes to sites (MB) | bytes from sites (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for scheme, rounds, startup, runs in rows:
         med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
         wall = med("wall_s")
@@ -179,7 +231,8 @@ def main() -> None:
         sent = sum(s["bytes_sent"] for s in sites.values()) / 1e6
         received = sum(s["bytes_received"] for s in sites.values()) / 1e6
         passes = "- | -" if scheme == "cascade" else f"{med('init_s'):.1f} | {med('final_s'):.1f}"
-        print(f"| {scheme} | {rounds or '-'} | {wall:.1f} | {cascade / wall:.2f}x | {ratios} | {startup:.1f} | {passes} "
+        print(f"| {scheme} | {rounds or '-'} | {wall:.1f} | {cascade / wall:.2f}x | {ratios} | {med('cpu_s'):.1f} "
+              f"| {startup:.1f} | {passes} "
               f"| {busy} | {100 * med('accuracy'):.2f} | {sent:.1f} | {received:.1f} |")
 
     for scheme, rounds, _, runs in rows:

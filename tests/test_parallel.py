@@ -266,3 +266,12 @@ def test_a_site_keeps_the_rows_it_measured_for_the_next_round_and_answers_expect
     assert expected.shape == z.shape and np.abs(expected - z).mean() < 0.5 * np.abs(z).mean() + 1e-3
     crossbar.expected(h)  # asked again: computed at the site
     assert thread_sites.unit_traffic[1].calls == calls + 2
+
+
+def test_embedded_sites_are_processes_with_glibcs_default_malloc():
+    # dask's nanny sets MALLOC_TRIM_THRESHOLD_, which made every large buffer of a PIB step be mapped anew
+    with Sites.embedded([SiteFile(site="paris", instruments={"opu": OPU})], "test bench") as sites:
+        site = sites.sites["paris"]
+        got = sites.client.submit(lambda: (os.getpid(), os.environ.get("MALLOC_TRIM_THRESHOLD_")),
+                                  workers=[site.address], pure=False).result()
+    assert got[0] != os.getpid() and got[1] is None

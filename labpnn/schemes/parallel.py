@@ -77,49 +77,53 @@ class Parallel:
                                   f"{sorted(needs)}, which this scheme does not provide (it provides the labels)")
             ctx.log.site_record({"unit": index, "revision": None, "site": unit.site, "host": unit.host,
                                  "address": unit.address, "what": "assigned"})
-        ds = ctx.dataset
-        features = self._round(ctx, 0, None)
-        for rev in range(1, self.options.rounds + 1):
-            inputs = [(ds.x_train, ds.x_test)] + features[:-1]
-            features = self._round(ctx, rev, inputs)
-        ctx.readout(*features[-1], self.options.rounds)
+        features = self._revisions(ctx)
+        ctx.readout(*features[-1][self.options.rounds], self.options.rounds)
 
-    def _round(self, ctx: RunContext, rev: int, inputs: list | None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Revision `rev` of every unit, one thread per unit: optimise (rev > 0), deploy, then
-        measure as soon as the upstream unit's rev-`rev` features exist."""
-        units, ds = ctx.units, ctx.dataset
-        features: list[Any] = [None] * len(units)
-        ready = [threading.Event() for _ in units]
+    def _revisions(self, ctx: RunContext) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Every revision of every unit, one thread per unit going through its revisions: optimise
+        (rev > 0) as soon as its inputs of rev - 1 exist, deploy, then measure as soon as the
+        upstream unit's rev features exist. No barrier between units: unit 0 trains right after
+        its own initialisation measurement, while the later units are still measured.
+        Returns features[unit][rev] = (train, test)."""
+        units, ds, rounds = ctx.units, ctx.dataset, self.options.rounds
+        features: list[list[Any]] = [[None] * (rounds + 1) for _ in units]
+        ready = [[threading.Event() for _ in range(rounds + 1)] for _ in units]
         stop = threading.Event()
         errors: list[BaseException] = []
+
+        def upstream(index: int, rev: int) -> tuple[np.ndarray, np.ndarray]:
+            """Unit index's input at revision rev: the data, or unit index - 1's rev features."""
+            if index == 0:
+                return ds.x_train, ds.x_test
+            while not ready[index - 1][rev].wait(0.2):
+                if stop.is_set():
+                    raise _Stopped
+            return features[index - 1][rev]
 
         def work(index: int) -> None:
             unit = units[index]
             try:
-                before, started = unit.traffic(), time.perf_counter()
-                if rev == 0:
-                    if not ctx.done(index, 0, "measured"):
-                        ctx.inject(index)  # a recipe's simulated fault due before the unit's first deployment
-                    self._initial(ctx, index, unit)
-                else:
-                    self._optimise(ctx, index, rev, unit, inputs[index][0], stop)
-                if not ctx.done(index, rev, "measured"):  # measured already: nothing left to deploy it for
-                    ctx.deploy(index, rev, unit)
-                if index == 0:
-                    upstream = (ds.x_train, ds.x_test)
-                else:
-                    while not ready[index - 1].wait(0.2):
-                        if stop.is_set():
-                            raise _Stopped
-                    upstream = features[index - 1]
-                measuring = time.perf_counter()
-                features[index] = self._measure(ctx, index, rev, unit, upstream, keep=rev < self.options.rounds)
-                ready[index].set()
-                after, now = unit.traffic(), time.perf_counter()
-                ctx.log.site_record({"unit": index, "revision": rev, "site": unit.site, "host": unit.host,
-                                     "address": unit.address, "what": "trained" if rev else "initial",
-                                     "wall_s": now - started, "measure_s": now - measuring,
-                                     **{k: after[k] - before[k] for k in ("busy_s", "bytes_sent", "bytes_received")}})
+                for rev in range(rounds + 1):
+                    before, started = unit.traffic(), time.perf_counter()
+                    if rev == 0:
+                        if not ctx.done(index, 0, "measured"):
+                            ctx.inject(index)  # a recipe's simulated fault due before the unit's first deployment
+                        self._initial(ctx, index, unit)
+                    else:
+                        self._optimise(ctx, index, rev, unit, upstream(index, rev - 1)[0], stop)
+                    if not ctx.done(index, rev, "measured"):  # measured already: nothing left to deploy it for
+                        ctx.deploy(index, rev, unit)
+                    inputs = upstream(index, rev)
+                    measuring = time.perf_counter()
+                    features[index][rev] = self._measure(ctx, index, rev, unit, inputs, keep=rev < rounds)
+                    ready[index][rev].set()
+                    after, now = unit.traffic(), time.perf_counter()
+                    ctx.log.site_record({"unit": index, "revision": rev, "site": unit.site, "host": unit.host,
+                                         "address": unit.address, "what": "trained" if rev else "initial",
+                                         "wall_s": now - started, "measure_s": now - measuring,
+                                         **{k: after[k] - before[k] for k in ("busy_s", "bytes_sent",
+                                                                              "bytes_received")}})
             except BaseException as exc:  # the first failure stops the others, then is raised
                 if not isinstance(exc, _Stopped):
                     errors.append(exc)
