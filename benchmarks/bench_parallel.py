@@ -19,7 +19,7 @@ tasks ran. Bytes: the array and parameter payloads between the coordinator and t
 (labpnn.sites.payload_bytes: data rows, measured features, parameters, optimiser states), not
 dask's framing. Accuracy: the digital readout's test accuracy on the last unit's features.
 
-The network is balanced (--unit-steps, default 270 + 330 PIB steps: the OPU site also runs the
+The network is balanced (--unit-steps, default 245 + 355 PIB steps: the OPU site also runs the
 optical passes); both schemes train the same one. CPU: seconds of the cascade's process, and of
 the coordinator and both site processes for the parallel run. Every run checks that each site is
 its own process with one torch thread and glibc's default malloc (no MALLOC_TRIM_THRESHOLD_).
@@ -44,7 +44,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-BALANCED = [270, 330]  # OPU unit, crossbar unit: the OPU site also runs the optical passes
+BALANCED = [245, 355]  # OPU unit, crossbar unit: the OPU site also runs the optical passes
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 
 
