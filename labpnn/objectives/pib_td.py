@@ -4,7 +4,7 @@
   estimate: the last unit's outputs are the Q-values; every other unit reads its output Z
   through a small local head (Linear(out, n_actions)), trained with it. The bootstrap
   target comes from the unit's own target copy (model and head, refreshed every
-  `target_every` steps), evaluated at the greedy action of the online copy.
+  `target_every` steps, or Polyak-averaged by `tau` every step), evaluated at the greedy action of the online copy.
 - L_PIB: -(I(Y;Z) - beta * I(X;Z)) on the minibatch (labpnn.pib.pib_terms), X the scaled
   observation, Z the unit's output on the measured inputs. Y is the greedy action of the
   unit's target copy at the state (docs/rl.md says why): what Z must keep is what decides

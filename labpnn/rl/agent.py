@@ -133,8 +133,8 @@ class Agent:
 
 class Learner:
     """Trains copies of the units' models, each on its own objective (no gradient crosses
-    units) at its own learning rate (lrs, times lr_factor(step)), on replay minibatch `step` (drawn by (seed, step));
-    thread-safe snapshots.
+    units) at its own learning rate (lrs, times lr_factor(step)), on replay minibatch `step`
+    (drawn by (seed, step)); thread-safe snapshots.
 
     With `remeasure` (Agent.features) the inputs of every unit after the first are measured
     again through its optics from the learner's current upstream outputs, for the minibatch's
