@@ -7,6 +7,7 @@ sources are described in docs/crossbar.md.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from statistics import NormalDist
@@ -39,6 +40,18 @@ _NORMAL_QUANTILES = np.array([NormalDist().inv_cdf((i + 0.5) / (1 << 16)) for i 
 def gaussian(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Standard normal float32 samples (quantile lookup, see _NORMAL_QUANTILES)."""
     return np.take(_NORMAL_QUANTILES, rng.integers(0, 1 << 16, shape, dtype=np.uint16))
+
+
+@functools.cache
+def settle_blas() -> None:
+    """One float32 product of 128 x 1024 by 1024 x 1000, once per process, before any MVM.
+
+    OpenBLAS (0.3.31, Haswell kernels; seen on a 2-core AMD EPYC) runs the MVM's product,
+    n x rows @ rows x cols, 2.4x slower for the whole life of a process whose first large
+    sgemm has few output columns, and at full speed once a product with many has run (the
+    rows "fresh process" of benchmarks/bench_crossbar.py). Elsewhere it costs ~10 ms once.
+    """
+    np.ones((128, 1024), np.float32) @ np.ones((1024, 1000), np.float32)
 
 
 class PhysicsOptions(BaseModel):
@@ -101,6 +114,7 @@ class CrossbarPhysics:
     def __init__(self, clock: Callable[[], float] = time.monotonic, **options: Any):
         self.options = opts = PhysicsOptions(**options)
         self.clock = clock
+        settle_blas()
         setup, self._prog_rng, self._read_rng, self._fault_rng = (
             np.random.default_rng(s) for s in np.random.SeedSequence(opts.seed).spawn(4))
         shape = (opts.rows, opts.cols)
