@@ -7,7 +7,8 @@ bytes one pass of 10,000 MNIST images through the first unit of mnist-memristor 
 inputs, 64 outputs = 128 columns, batches of 500) puts on the wire, counted by a proxy,
 and their time at 921,600 baud (8N1: 92,160 bytes/s). The driver also talks to a null board
 (the twin's SCPI server whose MVMs return zeros at once): the link's own cost, without the
-board's compute.
+board's compute. Two rows time the same NumPy matmul in a new process whose first large
+product it is, with and without the twin's settle_blas() before it (see its docstring).
 
 Wall time is what the targets are about; CPU time (this process, plus the simulator
 process for the wire paths; Linux) is the work done, which a busy machine does not inflate.
@@ -31,7 +32,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from labpnn.drivers.crossbar import CrossbarBoard
-from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard
+from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard, settle_blas
 from labpnn.sim_devices.scpi_server import CrossbarSCPI, TcpServer
 
 ROWS, COLS, BATCH = 1024, 128, 1000
@@ -158,6 +159,24 @@ def null_board() -> None:
     threading.Event().wait()
 
 
+def inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The signed weights, the input batch and the conductances of the NumPy baseline."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((ROWS, COLS // 2)).astype(np.float32)
+    x = rng.standard_normal((BATCH, ROWS)).astype(np.float32)
+    g = rng.uniform(1e-6, 40e-6, (ROWS, COLS)).astype(np.float32)
+    return w, x, g
+
+
+def fresh_matmul(settle: bool, repeats: int) -> tuple[float, float, float]:
+    """(best, median wall, mean CPU) of the NumPy matmul in a new process whose first large
+    product it is; settle: after settle_blas()."""
+    out = subprocess.run([sys.executable, __file__, "--fresh-matmul", str(int(settle)),
+                          "--repeats", str(repeats)], capture_output=True, text=True, check=True)
+    best, median, cpu = map(float, out.stdout.split())
+    return best, median, cpu
+
+
 def counting_proxy(target: str) -> tuple[str, list[int]]:
     """A loopback TCP proxy in front of the VISA resource `target`: its own resource and
     [bytes to the board, bytes from it], counted as they pass."""
@@ -205,14 +224,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 repeats, no pty rows")
     parser.add_argument("--null-board", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fresh-matmul", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.null_board:
         return null_board()
     repeats = 3 if args.quick else args.repeats
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((ROWS, COLS // 2)).astype(np.float32)
-    x = rng.standard_normal((BATCH, ROWS)).astype(np.float32)
-    g = rng.uniform(1e-6, 40e-6, (ROWS, COLS)).astype(np.float32)
+    w, x, g = inputs()
+    if args.fresh_matmul is not None:
+        if args.fresh_matmul:
+            settle_blas()
+        return print(*timed({"": (lambda: x @ g, no_other_cpu)}, repeats)[""])
 
     with SimCrossbarBoard(seed=0) as twin:
         twin.program_weights(w)
@@ -220,6 +241,8 @@ def main() -> None:
                       "in-process twin, float32": (lambda: twin.matmul(x), no_other_cpu),
                       "in-process twin, codes": (lambda: twin.matmul(x, format="codes"),
                                                  no_other_cpu)}, repeats)
+    rows["NumPy matmul, a fresh process"] = fresh_matmul(False, repeats)
+    rows["NumPy matmul, a fresh process, settled"] = fresh_matmul(True, repeats)
     head = len(f"MEAS:MVM? {BATCH},0,{ROWS},0,{COLS},#7") + 7
     with driver("--tcp", "127.0.0.1:0") as (tcp, server_cpu):
         tcp.program_weights(w)

@@ -7,7 +7,7 @@ from labpnn.instruments.crossbar_mapping import differential_pairs, plan_tiles
 from labpnn.instruments.scpi import DataOutOfRange, DeviceSpecificError, SettingsConflict
 from labpnn.errors import DeviceError
 from labpnn.protocols import CrossbarArray, FaultInjectable
-from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard
+from labpnn.sim_devices.crossbar import CrossbarPhysics, SimCrossbarBoard, gaussian
 
 QUIET = dict(prog_noise=0.0, read_noise_rel=0.0, read_noise_abs=0.0, d2d=0.0)
 
@@ -68,6 +68,43 @@ def test_adc_quantises_and_clips_at_its_range():
     big = p.mvm(np.array([[0.2, 0.2]], np.float32), 0, 0, 2)[0]
     assert big[1] == pytest.approx(10e-6)  # 16 uA clips at the 10 uA range
     assert p.mvm(np.array([[-0.2, -0.2]], np.float32), 0, 0, 2)[0, 1] == pytest.approx(-10e-6)
+
+
+def test_read_noise_samples_are_standard_normal_cut_at_4_3_sigma():
+    z = gaussian(np.random.default_rng(0), (1000, 1000))
+    assert z.dtype == np.float32
+    assert abs(z.mean()) < 3e-3 and abs(z.std() - 1) < 3e-3
+    assert abs(np.mean(np.abs(z) < 1) - 0.6827) < 2e-3  # N(0, 1) within one sigma
+    assert abs(np.mean(np.abs(z) < 2) - 0.9545) < 1e-3
+    assert 4.2 < np.abs(z).max() < 4.34
+
+
+def test_mvm_noise_has_the_models_mean_and_spread():
+    """Per output: mean x @ G, sigma |x| sqrt(mean over the rows of (rel G)^2 + abs^2)."""
+    rng = np.random.default_rng(5)
+    p = programmed(CrossbarPhysics(seed=2, rows=256, cols=16, d2d=0.0, adc_bits=20),
+                   rng.uniform(2e-6, 38e-6, (256, 16)))
+    p.output = True
+    x = rng.uniform(-0.2, 0.2, (8, 256)).astype(np.float32)
+    out = np.stack([p.mvm(x, 0, 0, 16) for _ in range(400)])
+    g = p.conductance().astype(np.float64)
+    o = p.options
+    sigma = (np.linalg.norm(x.astype(np.float64), axis=1)[:, None]
+             * np.sqrt(((o.read_noise_rel * g) ** 2 + o.read_noise_abs ** 2).mean(axis=0)))
+    np.testing.assert_allclose(out.mean(axis=0), x.astype(np.float64) @ g,
+                               atol=4 * sigma.max() / np.sqrt(400))
+    np.testing.assert_allclose(out.std(axis=0), sigma, rtol=0.15)
+    assert abs(out.std(axis=0).mean() / sigma.mean() - 1) < 0.02
+
+
+def test_noiseless_mvm_is_the_float64_product_within_the_adc_step():
+    rng = np.random.default_rng(6)
+    p = programmed(CrossbarPhysics(rows=1024, cols=128, adc_bits=24, adc_range=10e-3, **QUIET),
+                   rng.uniform(1e-6, 40e-6, (1024, 128)))
+    p.output = True
+    x = rng.uniform(-0.2, 0.2, (300, 1024)).astype(np.float32)
+    exact = x.astype(np.float64) @ p.conductance().astype(np.float64)
+    assert np.abs(p.mvm(x, 0, 0, 128) - exact).max() <= p.adc_lsb
 
 
 def test_ir_drop_lowers_column_currents():
