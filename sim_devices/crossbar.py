@@ -46,10 +46,11 @@ def gaussian(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 def settle_blas() -> None:
     """One float32 product of 128 x 1024 by 1024 x 1000, once per process, before any MVM.
 
-    OpenBLAS (0.3.31, Haswell kernels; seen on a 2-core AMD EPYC) runs the MVM's product,
-    n x rows @ rows x cols, 2.4x slower for the whole life of a process whose first large
-    sgemm has few output columns, and at full speed once a product with many has run (the
-    rows "fresh process" of benchmarks/bench_crossbar.py). Elsewhere it costs ~10 ms once.
+    With OpenBLAS (0.3.31, Haswell kernels) on the 2-core AMD EPYC, a new process runs the
+    MVM's product (n x 1024 @ 1024 x 128, float32) 2.4x slower than it can for as long as no
+    product with many output columns has run in it; this one settles it in most processes
+    (18 of 21 tried; a cause we did not find: the same kernel, no page faults). Rows "a fresh
+    process" of `python benchmarks/bench_crossbar.py`. It costs 15-30 ms once.
     """
     np.ones((128, 1024), np.float32) @ np.ones((1024, 1000), np.float32)
 
