@@ -11,10 +11,12 @@ hardware. Prints a table and saves the running-average curves (docs/img/rl-cartp
 With --in-turns acting and learning take turns (overlap off): the learner then does exactly
 `updates_per_step` steps per environment step whatever the machine's load, so a run on a busy
 machine learns as one on a quiet machine would (overlapped, a starved learner falls behind).
---scheme, --objective and --env override the recipe's settings (JSON objects), for the tuning
-runs of docs/rl.md.
+--scheme, --objective and --env override the recipe's settings (JSON objects), --units its units'
+(a JSON list, one object per unit), for the tuning runs of docs/rl.md. The progress lines say what
+ended the last 50 episodes: the cart's position, the pole's angle, or the time limit.
 Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--in-turns] [--png docs/img/rl-cartpole.png]
      [--scheme '{"lr": 1e-3}'] [--objective '{"gamma": 0.95}'] [--env '{"levels": 128}']
+     [--units '[{"out": 8}, {"bits": 8}]']
 """
 
 from __future__ import annotations
@@ -75,6 +77,29 @@ def dqn_run(recipe, seed: int, episodes: int) -> OnlineRun:
     return OnlineRun.build([unit], env, scheme_options(recipe), [objective], seed)
 
 
+class Ends:
+    """What ended each episode of a CartPole run: 'x' (the cart past x_threshold), 'theta' (the
+    pole past theta_threshold_radians) or 'time' (truncated at the step limit)."""
+
+    def __init__(self, env: Environment):
+        self.causes: list[str] = []
+        self._step, cart = env.step, env.env.unwrapped
+        self._limits = (cart.x_threshold, cart.theta_threshold_radians)
+        env.step = self.step
+
+    def step(self, action: int):
+        obs, reward, terminated, truncated = self._step(action)
+        if terminated:
+            self.causes.append("x" if abs(obs[0]) > self._limits[0] else "theta")
+        elif truncated:
+            self.causes.append("time")
+        return obs, reward, terminated, truncated
+
+    def last(self, n: int) -> str:
+        recent = self.causes[-n:]
+        return ", ".join(f"{c} {recent.count(c)}" for c in ("x", "theta", "time"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 seed, 120 episodes at most (does not solve)")
@@ -85,12 +110,15 @@ def main() -> None:
     p.add_argument("--in-turns", action="store_true", help="overlap off: the learner's pace fixed per step")
     for part in ("scheme", "objective", "env"):
         p.add_argument(f"--{part}", type=json.loads, default={}, help=f"the recipe's {part} settings to override")
+    p.add_argument("--units", type=json.loads, default=[], help="the recipe's unit settings to override, per unit")
     args = p.parse_args()
     torch.set_num_threads(1)
     recipe = load_recipe("rl-cartpole-opu")
     scheme = {**recipe.scheme_spec(), **args.scheme, **({"overlap": False} if args.in_turns else {})}
     recipe = recipe.model_copy(update={"scheme": scheme, "objective": {**recipe.objective_spec(0), **args.objective},
-                                       "env": recipe.env.model_copy(update=args.env)})
+                                       "env": recipe.env.model_copy(update=args.env),
+                                       "units": [u.model_copy(update=d) for u, d in
+                                                 zip(recipe.units, args.units + [{}] * len(recipe.units))]})
     seeds = range(1 if args.quick else args.seeds)
     episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
     makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
@@ -100,9 +128,11 @@ def main() -> None:
     for name, make in makers.items():
         for seed in seeds:
             run = make(recipe, seed, episodes)
-            run.on_episode = lambda row, seed=seed: row["episode"] % 50 == 49 and print(
+            ends = Ends(run.env) if recipe.env.id.startswith("CartPole") else None
+            run.on_episode = lambda row, seed=seed, ends=ends: row["episode"] % 50 == 49 and print(
                 f"  seed {seed}, episode {row['episode'] + 1}: mean of the last 100 {row['average']:.1f}, "
-                f"{row['env_steps']} env steps, {row['learner_steps']} learner steps", flush=True)
+                f"{row['env_steps']} env steps, {row['learner_steps']} learner steps"
+                + (f"; the last 50 ended by {ends.last(50)}" if ends else ""), flush=True)
             started, cpu = time.perf_counter(), time.process_time()
             progress = run.run()
             r = {"seed": seed, "solved_at": progress.solved_at, "returns": progress.returns,
