@@ -27,6 +27,7 @@ LINEAR_LAST = {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": 6
 WEAK_AUGMENT = {"augment": [{"name": "shift", "pixels": 2}, {"name": "pixel_noise", "std": 0.05}]}
 STRONG_AUGMENT = {"augment": [{"name": "crop", "min_scale": 0.6}, {"name": "rotate", "degrees": 20},
                               {"name": "pixel_noise", "std": 0.3}]}
+AUGMENT = [{"name": "crop", "min_scale": 0.7}, {"name": "rotate", "degrees": 15}, {"name": "pixel_noise", "std": 0.2}]
 TUNED = {"pib": {"lr": 0.01, "width_z": "knn"}}  # the recipe's defaults since the tuning below
 
 
@@ -82,6 +83,12 @@ VARIANTS: dict[str, tuple[int, dict]] = {
     "lr 0.01, knn Z, first unit 128 wide": (200, {**TUNED, **units(first=128)}),
     "lr 0.01, knn Z, beta 0.05": (200, {"pib": {**TUNED["pib"], "beta": 0.05}}),
     "lr 0.01, knn Z, beta 0.05, 1000 steps": (1000, {"pib": {**TUNED["pib"], "beta": 0.05}}),
+    **{f"lr 0.01, knn Z, {v} views, {n} steps": (n, {**TUNED, "augment_views": v})
+       for v in (4, 8, 16) for n in (50, 200, 1000)},
+    **{f"lr 0.01, knn Z, stroke {a}, {n} steps": (n, {**TUNED, "augment": [*AUGMENT, {"name": "stroke", "amount": a}]})
+       for a in (0.5, 1.0) for n in (50, 200, 1000)},
+    **{f"lr 0.01, knn Z, elastic {a}, {n} steps": (n, {**TUNED, "augment": [{"name": "elastic", "alpha": a}, *AUGMENT]})
+       for a in (8, 16, 34) for n in (50, 200, 1000)},
 }
 
 

@@ -1,9 +1,11 @@
 """Why unsupervised PIB's probe stops rising (issue 13): the features of every unit along PIB iterations.
 
     python benchmarks/diagnose_unsup.py [--iterations 0 10 50 200 1000] [--seed 0] [--full] [--mnist DIR]
+                                        [--variant NAME]
 
-Recipe unsup-mnist-memristor as packaged, on the ablation's subset (2,000 / 1,000; --full: the
-8,000 / 2,000 split), one run per iteration count through bench_unsup.unit_features. Per unit
+Recipe unsup-mnist-memristor as packaged (--variant: with the changes of that variant of
+ablation_unsup.py instead, its iteration count ignored), on the ablation's subset (2,000 /
+1,000; --full: the 8,000 / 2,000 split), one run per iteration count through bench_unsup.unit_features. Per unit
 and count it prints: the linear probe (C = 1, as linear_eval), the probe with C chosen on a
 validation split of the training features (probe_cv), the effective rank of the centred
 training features (exp of the entropy of the normalised singular values), the fraction of dead
@@ -22,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_unsup import DEFAULT_MNIST, unit_features  # noqa: E402
+from ablation_unsup import BEFORE, VARIANTS  # noqa: E402
+from bench_unsup import DEFAULT_MNIST, merged, unit_features  # noqa: E402
 
 SUBSET = {"dataset": {"n_train": 2000, "n_test": 1000}}
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
@@ -80,16 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="the 8,000 / 2,000 split instead of the subset")
     p.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
     p.add_argument("--out", type=Path, default=Path("/tmp/labpnn-diagnose-unsup"))
+    p.add_argument("--variant", help="an ablation_unsup.py variant's recipe changes")
     args = p.parse_args(argv)
     if any(i < 0 for i in args.iterations):
         p.error("--iterations: must be >= 0")
+    if args.variant is not None and args.variant not in VARIANTS:
+        p.error(f"--variant: unknown {args.variant!r}; one of: {'; '.join(VARIANTS)}")
+    changes = {} if args.variant is None else merged(BEFORE, VARIANTS[args.variant][1])
+    if not args.full:
+        changes = merged(changes, SUBSET)
     args.out.mkdir(parents=True, exist_ok=True)
     print("| unit @ PIB iterations | probe C=1 (%) | probe, C on validation (%) | effective rank | dead | zeros "
           "| I(X;Z) bits | I(Z;Y) bits |\n|---|---|---|---|---|---|---|---|", flush=True)
     ds = width = None
     for steps in args.iterations:
-        job = ("diagnose", "unsup-mnist-memristor", args.seed, steps, args.mnist, args.out,
-               {} if args.full else SUBSET)
+        job = ("diagnose", "unsup-mnist-memristor", args.seed, steps, args.mnist, args.out, changes)
         _, ds, feats, *_ = unit_features(job)
         for k, (f_train, f_test) in enumerate(feats):
             print(row(f"unit {k} @ {steps}", ds, f_train, f_test), flush=True)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import gaussian_filter, gaussian_filter1d, grey_dilation, grey_erosion
 
 from labpnn.config_errors import validate
 from labpnn.errors import ConfigError
@@ -177,6 +177,42 @@ def _pixel_noise(x, o: PixelNoiseOptions, rng):
     return np.clip(x + rng.normal(0.0, o.std, x.shape), 0.0, 1.0)
 
 
+class StrokeOptions(Strengths):
+    amount: float = Field(0.5, ge=0, le=1, description="largest blend towards the dilated or eroded image")
+
+
+def _stroke(x, o: StrokeOptions, rng):
+    """Thicken or thin the strokes: blend each image with its grey dilation (a 3 x 3 cross) by a
+    factor uniform in [0, amount], or with its erosion by one in [-amount, 0)."""
+    side = _side(x)
+    images = x.reshape(len(x), side, side)
+    cross = np.zeros((1, 3, 3), bool)
+    cross[0, 1, :] = cross[0, :, 1] = True
+    t = rng.uniform(-o.amount, o.amount, (len(x), 1, 1))
+    toward = np.where(t > 0, grey_dilation(images, footprint=cross), grey_erosion(images, footprint=cross))
+    return (images + np.abs(t) * (toward - images)).reshape(len(x), -1)
+
+
+class ElasticOptions(Strengths):
+    alpha: float = Field(34.0, ge=0, le=60, description="scale of the displacement field, pixels")
+    sigma: float = Field(4.0, ge=1, le=10, description="smoothness of the displacement field, pixels")
+
+
+def _elastic(x, o: ElasticOptions, rng):
+    """Simard et al.'s elastic distortion: every pixel displaced by a random field (uniform in
+    [-1, 1] per pixel and axis, Gaussian-smoothed with sigma, times alpha), bilinear, zero outside."""
+    n, side = len(x), _side(x)
+    field = [gaussian_filter(rng.uniform(-1, 1, (n, side, side)), (0, o.sigma, o.sigma)) * o.alpha * 2.0 / side
+             for _ in range(2)]  # in normalised coordinates (the image spans [-1, 1])
+    base = np.linspace(-1 + 1.0 / side, 1 - 1.0 / side, side)
+    gx, gy = np.meshgrid(base, base)  # x along columns, y along rows
+    grid = np.stack([gx + field[0], gy + field[1]], axis=-1).astype(np.float32)
+    images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(n, 1, side, side)
+    out = torch.nn.functional.grid_sample(images, torch.from_numpy(grid), mode="bilinear", padding_mode="zeros",
+                                          align_corners=False)
+    return out.reshape(n, -1).numpy()
+
+
 # -- 1-D signals (MNIST-1D: its generator's translate, scale and noise, seeded) ------------
 
 class SignalShiftOptions(Strengths):
@@ -214,6 +250,7 @@ def _signal_noise(x, o: SignalNoiseOptions, rng):
 for _name, _kind, _options, _apply in (
         ("shift", "image", ShiftOptions, _shift), ("crop", "image", CropOptions, _crop),
         ("rotate", "image", RotateOptions, _rotate), ("pixel_noise", "image", PixelNoiseOptions, _pixel_noise),
+        ("stroke", "image", StrokeOptions, _stroke), ("elastic", "image", ElasticOptions, _elastic),
         ("signal_shift", "signal", SignalShiftOptions, _signal_shift),
         ("signal_scale", "signal", SignalScaleOptions, _signal_scale),
         ("signal_noise", "signal", SignalNoiseOptions, _signal_noise)):

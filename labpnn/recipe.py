@@ -127,6 +127,9 @@ class Recipe(Strict):
     faults: FaultPolicy = Field(default_factory=FaultPolicy)
     augment: list = Field(default_factory=list, description="the transforms that make an unsupervised "
                           "objective's two views, in order (labpnn.augment, docs/unsupervised.md)")
+    augment_views: int = Field(2, ge=2, le=64, description="augmented draws of every training input, each "
+                               "measured through every unit; each minibatch pairs two of them at random "
+                               "(2: one fixed pair of views)")
 
     _source: str = PrivateAttr("recipe")   # where it came from, for messages: parse_recipe()
 

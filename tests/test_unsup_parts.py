@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from labpnn import augment, data, embedding, info
+from labpnn import augment, data, embedding, info, views
 from labpnn.errors import ConfigError
 from labpnn.linear_eval import linear_probe
 from labpnn.objectives.two_view import TwoViewPIB, two_view_terms
@@ -61,10 +61,42 @@ def test_signal_augmentations_keep_the_shape():
     ([{"name": "shift"}], "mnist1d", "for signals use: signal_shift"),
     ([{"name": "shift", "px": 1}], "digits", "augment.0.px: unknown key"),
     (["shift"], "digits", "augment.0: expected a mapping"),
+    ([{"name": "stroke", "amount": 1.5}], "digits", "augment.0.amount"),
+    ([{"name": "elastic", "sigma": 0}], "mnist", "augment.0.sigma"),
+    ([{"name": "stroke"}], "mnist1d", "augment.0.name: 'stroke' applies to images"),
 ])
 def test_bad_augmentations_name_the_field(entries, dataset, says):
     with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace(")", r"\)")):
         augment.parse_pipeline(entries, dataset)
+
+
+def test_stroke_thickens_or_thins_and_elastic_bends(digits):
+    x = digits.x_train[:200]
+    thick = augment.parse_pipeline([{"name": "stroke", "amount": 1.0}], "digits")(x, 0, 1)
+    ink = thick.sum(1) / x.sum(1)
+    assert ink.min() < 0.8 and ink.max() > 1.2  # eroded and dilated images both
+    assert thick.min() >= 0 and thick.max() <= 1
+    np.testing.assert_allclose(augment.parse_pipeline([{"name": "stroke", "amount": 0}], "digits")(x, 0, 1), x)
+    bent = augment.parse_pipeline([{"name": "elastic", "alpha": 8, "sigma": 2}], "digits")(x, 0, 1)
+    assert bent.shape == x.shape and 0.02 < np.abs(bent - x).mean()
+    np.testing.assert_allclose(augment.parse_pipeline([{"name": "elastic", "alpha": 0}], "digits")(x, 0, 1), x,
+                               atol=1e-5)
+
+
+def test_the_view_pool_pairs_two_distinct_draws_of_each_row():
+    rows, draws = 50, 4
+    x = [np.full((rows, 3), v, np.float32) + np.arange(rows, dtype=np.float32)[:, None] * 10 for v in range(draws)]
+    h = [v[:, :2] for v in x]
+    sample = views.pair_sampler(x, h, 20, seed=3)
+    batch, again = sample(5), sample(5)
+    torch.testing.assert_close(batch.x, again.x)
+    first, second = batch.x[:, 0] % 10, batch.targets["x2"][:, 0] % 10  # which draw
+    assert torch.equal(batch.x[:, 0] // 10, batch.targets["x2"][:, 0] // 10)  # the same row
+    assert (first != second).all() and len(set(first.tolist()) | set(second.tolist())) == draws
+    torch.testing.assert_close(batch.h, batch.x[:, :2])
+    torch.testing.assert_close(batch.targets["h2"], batch.targets["x2"][:, :2])
+    with pytest.raises(ValueError, match="views: need the same number"):
+        views.pair_sampler(x[:1], h[:1], 20, seed=3)
 
 
 def test_a_user_registers_an_augmentation(monkeypatch):

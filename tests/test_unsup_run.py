@@ -16,6 +16,7 @@ from labpnn.engine import Run, State
 from labpnn.errors import ConfigError
 from labpnn.objectives.two_view import TwoViewPIB
 from labpnn.recipe import load_recipe
+from labpnn.run_context import RunContext
 from labpnn.runlog import RunReader
 
 AUGMENT = [{"name": "shift", "pixels": 1}, {"name": "rotate", "degrees": 10}, {"name": "pixel_noise", "std": 0.1}]
@@ -44,9 +45,10 @@ def test_run_and_inspect_report_the_linear_probe(tmp_path):
     assert last["I_XZ"] > 0 and last["I_YZ"] is None  # no labels: no I(Y;Z)
 
 
-def test_training_is_identical_with_labels_shuffled(tmp_path, monkeypatch):
+@pytest.mark.parametrize("draws", [2, 4])
+def test_training_is_identical_with_labels_shuffled(tmp_path, monkeypatch, draws):
     (tmp_path / "a").mkdir()
-    Run(unsup_recipe(), twin_bench(tmp_path / "a"), tmp_path / "a" / "run.h5").execute()
+    Run(unsup_recipe(augment_views=draws), twin_bench(tmp_path / "a"), tmp_path / "a" / "run.h5").execute()
     load = data.load
 
     def shuffled(*args, **kwargs):
@@ -60,7 +62,8 @@ def test_training_is_identical_with_labels_shuffled(tmp_path, monkeypatch):
     monkeypatch.setattr(TwoViewPIB, "loss", lambda self, model, batch: seen.append(set(batch.targets))
                         or loss(self, model, batch))
     (tmp_path / "b").mkdir()
-    assert Run(unsup_recipe(), twin_bench(tmp_path / "b"), tmp_path / "b" / "run.h5").execute() is State.DONE
+    assert Run(unsup_recipe(augment_views=draws), twin_bench(tmp_path / "b"),
+               tmp_path / "b" / "run.h5").execute() is State.DONE
     assert seen and all(keys == {"x2", "h2"} for keys in seen)
     for a, b in zip(trained(tmp_path / "a" / "run.h5"), trained(tmp_path / "b" / "run.h5")):
         assert a.keys() == b.keys()
@@ -82,6 +85,16 @@ def test_views_change_what_a_unit_learns(tmp_path):
     assert not np.allclose(a["0.weight"], b["0.weight"])
 
 
+def test_every_draw_of_the_pool_is_measured_through_every_unit(tmp_path, monkeypatch):
+    splits = []
+    measure = RunContext.measure
+    monkeypatch.setattr(RunContext, "measure", lambda self, index, rev, unit, h, split, **kw:
+                        splits.append((index, split)) or measure(self, index, rev, unit, h, split, **kw))
+    assert Run(unsup_recipe(augment_views=3), twin_bench(tmp_path), tmp_path / "run.h5").execute() is State.DONE
+    for index in (0, 1):
+        assert {s for i, s in splits if i == index} >= {f"train view {v}" for v in (1, 2, 3)}
+
+
 def test_recovery_retrains_on_both_views(tmp_path):
     """A broken ADC found at verification: unit 1 is retrained on the views as the faulty
     unit 0 measures them now, without labels, and a new linear evaluation is recorded."""
@@ -99,6 +112,8 @@ def test_recovery_retrains_on_both_views(tmp_path):
     ({"objective": "pib-2view"}, "augment: objective 'pib-2view'"),
     ({"objective": "pib-2view", "augment": [{"name": "blur"}]}, "augment.0.name: unknown augmentation 'blur'"),
     ({"objective": "pib-2view", "augment": [{"name": "rotate", "degrees": 60}]}, "augment.0.degrees"),
+    ({"objective": "pib-2view", "augment": AUGMENT, "augment_views": 1}, "augment_views: Input should be greater"),
+    ({"objective": "pib-2view", "augment": AUGMENT, "augment_views": "many"}, "augment_views"),
     ({"units": [{**TINY["units"][0], "objective": {"name": "pib-2view", "beta": -1}}]}, "units.0.objective"),
     ({"objective": "pib-2view", "augment": AUGMENT, "pib": {**TINY["pib"], "width_z": "class"}},
      "pib.width_z: 'class' reads the labels, which objective 'pib-2view' never sees"),
