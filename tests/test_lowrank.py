@@ -88,13 +88,43 @@ def test_tail_model_is_exact_for_a_flat_tail_and_inside_the_bracket(alpha):
 
 
 def test_the_joint_starts_from_its_factors_vectors(monkeypatch):
-    """The joint kernel's top pairs come from the factors' Ritz vectors with one power step:
-    its entropy is closer to the exact one than from random columns with two."""
+    """The joint kernel's top pairs come from one Nystrom step on products of the factors'
+    Ritz vectors: its entropy is closer to the exact one than from a random sketch with two
+    power steps. (At this rank the gamma tail itself errs by 1.1e-3 relative, measured with
+    the exact top eigenvalues.)"""
     monkeypatch.setattr(info, "FAST_RANK", 24)
     x, z = _data(200, 3, seed=4), _data(200, 4, seed=5)
     A, B = info.gram(x), info.gram(z)
     exact = info.joint_entropy(A, B, 1.01).item()
     fast = info.joint_entropy(A, B, 1.01, estimator="fast").item()
     alone = info._fast_entropy([A * B], 1.01, 48)[0].item()
-    assert fast == pytest.approx(exact, rel=2e-4)
+    assert fast == pytest.approx(exact, rel=1e-3)
     assert abs(fast - exact) < abs(alone - exact)
+
+
+def test_product_start_holds_the_products_of_the_largest_pairs():
+    va, vb = torch.eye(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64).flip(1)
+    la = torch.tensor([0.1, 0.2, 0.3, 4.0], dtype=torch.float64)
+    lb = torch.tensor([0.5, 0.6, 0.7, 2.0], dtype=torch.float64)
+    start = lowrank.product_start((la, va), (lb, vb), 3)
+    # the largest products: 4 * 2 (columns 3, 3), 4 * 0.7 (3, 2), 4 * 0.6 (3, 1)
+    expected = torch.stack([va[:, 3] * vb[:, 3], va[:, 3] * vb[:, 2], va[:, 3] * vb[:, 1]], 1)
+    assert torch.equal(start, expected)
+
+
+def test_the_sketch_is_a_product_with_a_sparse_sign_matrix():
+    A = info.gram(_data(50, 3, seed=6))
+    rows, signs = lowrank._sketch_pattern(50, 7, 0, A.device)
+    omega = torch.zeros(50, 7, dtype=A.dtype)
+    for k, (r, s) in enumerate(zip(rows.tolist(), signs.tolist())):
+        omega[r, k % 7] += s
+    assert (omega != 0).sum(0).min() > 0
+    assert torch.allclose(lowrank._sketch(A, 7, 0), A @ omega, atol=1e-12)
+
+
+def test_orthonormal_spans_its_input_and_survives_rank_deficiency():
+    y = _data(40, 6, seed=7)
+    for cols in (y, torch.cat([y, y[:, :2]], 1)):  # the second: Cholesky QR fails, Householder
+        q = lowrank._orthonormal(cols)
+        assert torch.allclose(q.T @ q, torch.eye(q.shape[1], dtype=q.dtype), atol=1e-8)
+        assert torch.allclose(q @ (q.T @ y), y, atol=1e-8)  # y lies in the span
