@@ -27,7 +27,7 @@ LN2 = 0.6931471805599453
 OVERSAMPLE = 8      # extra columns of the random start block
 MAX_SHAPE = 1e6     # the gamma model's shape mu^2 / var is capped here (var -> 0: all equal)
 POWER_STEPS = 2     # subspace iterations (products with A) before the Nystrom step
-SKETCH_NONZEROS = 8  # nonzeros per column of the sparse random start
+SKETCH_NONZEROS = 8  # nonzeros per column of the sparse random start (at least)
 START_STEPS = 0     # the same from a near-invariant start (0: Nystrom on it directly)
 
 
@@ -94,21 +94,30 @@ def _ritz_pairs(A: torch.Tensor, columns: int, seed: int,
 
 
 def _sketch(A: torch.Tensor, columns: int, seed: int) -> torch.Tensor:
-    """A Omega for a seeded sparse sign matrix Omega (n, columns), SKETCH_NONZEROS random
-    +-1 entries per column: a sum of signed rows of symmetric A, no n x n product (as good a
-    start as a Gaussian Omega for kernels, whose eigenvectors are spread over the samples)."""
-    rows, signs = _sketch_pattern(A.shape[0], columns, seed, A.device)
-    picked = A.index_select(0, rows).mul_(signs.to(A.dtype)[:, None])
-    return picked.view(SKETCH_NONZEROS, columns, -1).sum(0).T
+    """A Omega for a seeded sparse sign matrix Omega (n, columns): each row of Omega holds
+    one +-1 (more when n < SKETCH_NONZEROS * columns, so every column holds about that many),
+    in a random column; a sum of signed rows of symmetric A, one pass over A and no n x n
+    product. Every sample enters the sketch (an isolated one is an eigenvector by itself), and
+    for kernels, whose other eigenvectors are spread over the samples, it starts the subspace
+    iteration as well as a Gaussian Omega."""
+    cols, rows, signs = _sketch_pattern(A.shape[0], columns, seed)
+    omega_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), signs.to(A.dtype),
+                                      (columns, A.shape[0]), check_invariants=False)
+    return torch.sparse.mm(omega_t.to(A.device), A).T
 
 
-def _sketch_pattern(n: int, columns: int, seed: int, device: torch.device
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seeded rows (SKETCH_NONZEROS * columns) and signs of _sketch's Omega."""
+@functools.lru_cache(maxsize=32)
+def _sketch_pattern(n: int, columns: int, seed: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(columns, rows, signs) of the nonzeros of _sketch's Omega."""
     g = torch.Generator().manual_seed(seed)
-    rows = torch.randint(0, n, (SKETCH_NONZEROS * columns,), generator=g)
-    signs = torch.randint(0, 2, rows.shape, generator=g) * 2 - 1
-    return rows.to(device), signs.to(device)
+    hits = -(-SKETCH_NONZEROS * columns // n)      # entries per row
+    rows = torch.arange(n).repeat(hits)
+    # hit t of row r in column (c_r + t) mod columns: a row's hits in distinct columns, and
+    # every column with n * hits / columns of them (+-1)
+    cols = ((torch.randperm(n, generator=g) % columns) + torch.arange(hits)[:, None]).reshape(-1) % columns
+    signs = torch.randint(0, 2, (hits * n,), generator=g) * 2 - 1
+    return cols, rows, signs
 
 
 def _orthonormal(Y: torch.Tensor) -> torch.Tensor:
@@ -210,9 +219,11 @@ def spectral_sum(blocks: list[torch.Tensor], alpha: float, rank: int, seed: int 
         if m == 0:
             continue
         tau = (stats[i][1] / s - lam.sum()).clamp_min(0.0)
-        tau2 = (stats[i][2] / s ** 2 - (lam * lam).sum()).clamp_min(0.0)
-        if float(tau.detach()) <= 0.0 or float(tau2.detach()) <= 0.0:
+        if float(tau.detach()) <= 0.0:
             continue
+        # tau2 is a small difference, at most round-off when the tail is nearly flat (it can
+        # come out negative): at least tau^2 / m, its value for a flat tail
+        tau2 = torch.maximum(stats[i][2] / s ** 2 - (lam * lam).sum(), tau * tau / m)
         lo, hi = _tail_bracket(g, m, tau, tau2, lam.min())
         est = tail_model(alpha, m, tau, tau2)
         total = total + est

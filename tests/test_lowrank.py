@@ -112,13 +112,14 @@ def test_product_start_holds_the_products_of_the_largest_pairs():
     assert torch.equal(start, expected)
 
 
-def test_the_sketch_is_a_product_with_a_sparse_sign_matrix():
-    A = info.gram(_data(50, 3, seed=6))
-    rows, signs = lowrank._sketch_pattern(50, 7, 0, A.device)
-    omega = torch.zeros(50, 7, dtype=A.dtype)
-    for k, (r, s) in enumerate(zip(rows.tolist(), signs.tolist())):
-        omega[r, k % 7] += s
-    assert (omega != 0).sum(0).min() > 0
+@pytest.mark.parametrize("n", [50, 400])
+def test_the_sketch_is_a_product_with_a_sparse_sign_matrix_hitting_every_sample(n):
+    A = info.gram(_data(n, 3, seed=6))
+    cols, rows, signs = lowrank._sketch_pattern(n, 7, 0)
+    omega = torch.zeros(n, 7, dtype=A.dtype)
+    omega.index_put_((rows, cols), signs.to(A.dtype), accumulate=True)
+    assert (omega != 0).any(1).all()
+    assert (omega != 0).sum(0).min() >= min(lowrank.SKETCH_NONZEROS, n // 7)
     assert torch.allclose(lowrank._sketch(A, 7, 0), A @ omega, atol=1e-12)
 
 
@@ -128,3 +129,24 @@ def test_orthonormal_spans_its_input_and_survives_rank_deficiency():
         q = lowrank._orthonormal(cols)
         assert torch.allclose(q.T @ q, torch.eye(q.shape[1], dtype=q.dtype), atol=1e-8)
         assert torch.allclose(q @ (q.T @ y), y, atol=1e-8)  # y lies in the span
+
+
+
+def test_an_isolated_sample_is_found_whatever_the_seed():
+    """An isolated sample is an eigenvector by itself (eigenvalue 1 of K): every sample
+    enters the sketch, so the top pairs hold it."""
+    x = torch.cat([_data(300, 3, seed=9), torch.full((1, 3), 50.0, dtype=torch.float64)])
+    K = info.gram(x, 5.0)       # the bulk's spectrum falls fast: eigenvalue 1 is in the top
+    for seed in range(5):
+        lam, _ = lowrank._ritz_pairs(K, 32, seed, None)
+        assert (lam - 1.0).abs().min() < 1e-6
+
+
+def test_a_tail_whose_sum_of_squares_rounds_away_still_counts():
+    """Exact top pairs (a diagonal float32 block) and a flat tail far below round-off in the
+    sum of squares: the tail's mass is still counted (as a flat tail)."""
+    lam = torch.cat([torch.logspace(0, -2, 40), torch.full((360,), 1e-5)])
+    exact = info.entropy(torch.diag(lam.double()), 1.01).item()
+    top = [torch.eye(400)[:, :48]]          # the exact top eigenvectors as the start
+    est, _, _ = lowrank.spectral_sum([torch.diag(lam)], 1.01, 40, start=top)
+    assert (torch.log2(est.value) / (1 - 1.01)).item() == pytest.approx(exact, rel=1e-4)
