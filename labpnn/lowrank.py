@@ -76,7 +76,7 @@ def _ritz_pairs(A: torch.Tensor, columns: int, seed: int,
                 start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values ascending, vectors) of approximate top eigenpairs of symmetric positive
     semi-definite A on a subspace of `columns` dimensions: POWER_STEPS subspace iterations
-    from a sparse random sketch (the first, A Omega, costs a gather) and a Nystrom
+    from a sparse random sketch (the first, A Omega, one sparse pass over A) and a Nystrom
     approximation; or START_STEPS from A start (start a near-invariant subspace, see
     spectral_sum); all pairs when A is small."""
     n = A.shape[0]
@@ -115,7 +115,8 @@ def _sketch_pattern(n: int, columns: int, seed: int
     rows = torch.arange(n).repeat(hits)
     # hit t of row r in column (c_r + t) mod columns: a row's hits in distinct columns, and
     # every column with n * hits / columns of them (+-1)
-    cols = ((torch.randperm(n, generator=g) % columns) + torch.arange(hits)[:, None]).reshape(-1) % columns
+    first = torch.randperm(n, generator=g) % columns
+    cols = (first + torch.arange(hits)[:, None]).reshape(-1) % columns
     signs = torch.randint(0, 2, (hits * n,), generator=g) * 2 - 1
     return cols, rows, signs
 
@@ -191,7 +192,7 @@ def tail_model(alpha: float, m: int, tau: torch.Tensor, tau2: torch.Tensor) -> t
 
 def spectral_sum(blocks: list[torch.Tensor], alpha: float, rank: int, seed: int = 0,
                  start: list[torch.Tensor] | None = None
-                 ) -> tuple[SpectralSum, torch.Tensor, list[torch.Tensor]]:
+                 ) -> tuple[SpectralSum, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """(sum_i g(p_i), s, pairs), g = power(alpha): p the eigenvalues of the block-diagonal
     matrix diag(blocks) divided by s = its trace, each block's top `rank` pairs exact and its
     tail modelled and bracketed (module docstring); differentiable in the blocks. pairs: each
