@@ -411,12 +411,12 @@ def _outer(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def _fast_entropy(blocks: list[torch.Tensor], alpha: float, rank: int,
                   start: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list]:
-    """(S_alpha of diag(blocks) / trace, the blocks' Ritz vectors) by lowrank.spectral_sum
-    (top `rank` pairs per block, the tail modelled from its moments)."""
+    """(S_alpha of diag(blocks) / trace, the blocks' Ritz pairs (values, vectors)) by
+    lowrank.spectral_sum (top `rank` pairs per block, the tail modelled from its moments)."""
     vn = abs(alpha - 1.0) < VN_BAND
-    est, _, vectors = lowrank.spectral_sum(blocks, 1.0 if vn else alpha, rank, start=start)
+    est, _, pairs = lowrank.spectral_sum(blocks, 1.0 if vn else alpha, rank, start=start)
     h = est.value if vn else torch.log2(est.value) / (1.0 - alpha)
-    return h.to(blocks[0].dtype), vectors
+    return h.to(blocks[0].dtype), pairs
 
 
 def _entropy(A: torch.Tensor, alpha: float, estimator: str = "exact") -> torch.Tensor:
@@ -431,14 +431,15 @@ def _entropy(A: torch.Tensor, alpha: float, estimator: str = "exact") -> torch.T
 def _mi_entropies(A: torch.Tensor, B: torch.Tensor, alpha: float,
                   estimator: str = "exact") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(S(A), S(B), S(A o B)) of two kernels. The fast path computes the joint's 2 FAST_RANK
-    top pairs from the factors' Ritz vectors (lowrank.spectral_sum's start): the joint's top
-    spectrum holds both factors' top spectra."""
+    top pairs by a Nystrom step on products of the factors' Ritz vectors
+    (lowrank.product_start): the joint's top spectrum holds both factors' top spectra."""
     if alpha == 2.0 or estimator != "fast":
         return _entropy(A, alpha, estimator), _entropy(B, alpha, estimator), \
             _entropy(A * B, alpha, estimator)
-    s_a, va = _fast_entropy([A], alpha, FAST_RANK)
-    s_b, vb = _fast_entropy([B], alpha, FAST_RANK)
-    s_ab = _fast_entropy([A * B], alpha, 2 * FAST_RANK, [torch.cat([va[0], vb[0]], 1)])[0]
+    s_a, pa = _fast_entropy([A], alpha, FAST_RANK)
+    s_b, pb = _fast_entropy([B], alpha, FAST_RANK)
+    start = lowrank.product_start(pa[0], pb[0], 2 * (FAST_RANK + lowrank.OVERSAMPLE))
+    s_ab = _fast_entropy([A * B], alpha, 2 * FAST_RANK, [start])[0]
     return s_a, s_b, s_ab
 
 

@@ -26,8 +26,9 @@ LN2 = 0.6931471805599453
 
 OVERSAMPLE = 8      # extra columns of the random start block
 MAX_SHAPE = 1e6     # the gamma model's shape mu^2 / var is capped here (var -> 0: all equal)
-POWER_STEPS = 2     # subspace iterations before the Nystrom step
-START_STEPS = 1     # the same from a near-invariant start
+POWER_STEPS = 2     # subspace iterations (products with A) before the Nystrom step
+SKETCH_NONZEROS = 8  # nonzeros per column of the sparse random start (at least)
+START_STEPS = 0     # the same from a near-invariant start (0: Nystrom on it directly)
 
 
 class SpectralSum(tuple):
@@ -74,29 +75,61 @@ class _Statistics(torch.autograd.Function):
 def _ritz_pairs(A: torch.Tensor, columns: int, seed: int,
                 start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values ascending, vectors) of approximate top eigenpairs of symmetric positive
-    semi-definite A on a subspace of `columns` dimensions: from random columns, POWER_STEPS
-    subspace iterations and a Nystrom approximation; or Rayleigh-Ritz on A start (start a
-    near-invariant subspace, see spectral_sum); all pairs when A is small."""
+    semi-definite A on a subspace of `columns` dimensions: POWER_STEPS subspace iterations
+    from a sparse random sketch (the first, A Omega, one sparse pass over A) and a Nystrom
+    approximation; or START_STEPS from A start (start a near-invariant subspace, see
+    spectral_sum); all pairs when A is small."""
     n = A.shape[0]
     if n <= columns:
         return torch.linalg.eigh((A + A.T) * 0.5)
-    if start is not None:
-        Q, steps = start.to(A.dtype), START_STEPS
-    else:
-        Q, steps = _random_columns(n, columns, seed, A.dtype, A.device), POWER_STEPS
     # the range finder's products only steer the subspace: bfloat16 where it is fast
     P = A.to(torch.bfloat16) if A.device.type == "cpu" and _fast_bfloat16() else A
+    if start is None:
+        Y, steps = _sketch(A, columns, seed), POWER_STEPS - 1
+    else:
+        Y, steps = start.to(A.dtype), START_STEPS
     for _ in range(steps):
-        Q = torch.linalg.qr((P @ Q.to(P.dtype)).to(A.dtype))[0]
-    return _nystrom(A, Q)
+        Y = (P @ _orthonormal(Y).to(P.dtype)).to(A.dtype)
+    return _nystrom(A, _orthonormal(Y))
 
 
-@functools.lru_cache(maxsize=8)
-def _random_columns(n: int, columns: int, seed: int, dtype: torch.dtype,
-                    device: torch.device) -> torch.Tensor:
-    """The seeded Gaussian start block (kept: drawing it costs a tenth of a step)."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    return torch.randn(n, columns, generator=g, device=device, dtype=dtype)
+def _sketch(A: torch.Tensor, columns: int, seed: int) -> torch.Tensor:
+    """A Omega for a seeded sparse sign matrix Omega (n, columns): each row of Omega holds
+    one +-1 (more when n < SKETCH_NONZEROS * columns, so every column holds about that many),
+    in a random column; a sum of signed rows of symmetric A, one pass over A and no n x n
+    product. Every sample enters the sketch (an isolated one is an eigenvector by itself), and
+    for kernels, whose other eigenvectors are spread over the samples, it starts the subspace
+    iteration as well as a Gaussian Omega."""
+    cols, rows, signs = _sketch_pattern(A.shape[0], columns, seed)
+    omega_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), signs.to(A.dtype),
+                                      (columns, A.shape[0]), check_invariants=False)
+    return torch.sparse.mm(omega_t.to(A.device), A).T
+
+
+@functools.lru_cache(maxsize=32)
+def _sketch_pattern(n: int, columns: int, seed: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(columns, rows, signs) of the nonzeros of _sketch's Omega."""
+    g = torch.Generator().manual_seed(seed)
+    hits = -(-SKETCH_NONZEROS * columns // n)      # entries per row
+    rows = torch.arange(n).repeat(hits)
+    # hit t of row r in column (c_r + t) mod columns: a row's hits in distinct columns, and
+    # every column with n * hits / columns of them (+-1)
+    first = torch.randperm(n, generator=g) % columns
+    cols = (first + torch.arange(hits)[:, None]).reshape(-1) % columns
+    signs = torch.randint(0, 2, (hits * n,), generator=g) * 2 - 1
+    return cols, rows, signs
+
+
+def _orthonormal(Y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal columns spanning Y's: Cholesky QR (the Gram matrix in Y's precision, its
+    factor in float64), about twice as fast as Householder QR; Householder QR when the Gram
+    matrix is numerically singular. Orthogonality is lost as eps cond(Y)^2, harmless here:
+    the subspace iteration and the Nystrom step depend on the span only."""
+    L, failed = torch.linalg.cholesky_ex((Y.T @ Y).to(torch.float64))
+    if failed:
+        return torch.linalg.qr(Y)[0]
+    return torch.linalg.solve_triangular(L.T.to(Y.dtype), Y, upper=True, left=False)
 
 
 @functools.cache
@@ -120,7 +153,7 @@ def _nystrom(A: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     nu = torch.finfo(A.dtype).eps * float(torch.linalg.vector_norm(Y))
     Y.add_(Q, alpha=nu)
     L = torch.linalg.cholesky(_sym((Q.T @ Y).to(torch.float64)))
-    F = torch.linalg.solve_triangular(L.to(A.dtype), Y.T, upper=False).T   # Y L^-T
+    F = torch.linalg.solve_triangular(L.T.to(A.dtype), Y, upper=True, left=False)  # Y L^-T
     s2, W = torch.linalg.eigh(_sym(F.T @ F))  # in A's precision: errors ~ eps * lambda_max
     s2 = s2.to(torch.float64).clamp_min(0.0)
     U = F @ (W / s2.sqrt().clamp_min(1e-30).to(A.dtype))
@@ -159,20 +192,20 @@ def tail_model(alpha: float, m: int, tau: torch.Tensor, tau2: torch.Tensor) -> t
 
 def spectral_sum(blocks: list[torch.Tensor], alpha: float, rank: int, seed: int = 0,
                  start: list[torch.Tensor] | None = None
-                 ) -> tuple[SpectralSum, torch.Tensor, list[torch.Tensor]]:
-    """(sum_i g(p_i), s, vectors), g = power(alpha): p the eigenvalues of the block-diagonal
+                 ) -> tuple[SpectralSum, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(sum_i g(p_i), s, pairs), g = power(alpha): p the eigenvalues of the block-diagonal
     matrix diag(blocks) divided by s = its trace, each block's top `rank` pairs exact and its
-    tail modelled and bracketed (module docstring); differentiable in the blocks. vectors: each
-    block's rank + OVERSAMPLE Ritz vectors (no gradient). start: per block, columns spanning
-    nearly its top eigenspace (for a Hadamard product A o B, the factors' vectors: its top
-    spectrum is theirs times the other's near-constant top eigenvector), used with START_STEPS
-    power steps in place of random columns with POWER_STEPS."""
+    tail modelled and bracketed (module docstring); differentiable in the blocks. pairs: each
+    block's rank + OVERSAMPLE Ritz values (ascending) and vectors (no gradient). start: per
+    block, columns spanning nearly its top eigenspace (for a Hadamard product A o B,
+    product_start), used with START_STEPS power steps in place of a random sketch with
+    POWER_STEPS."""
     g = power(alpha)
-    stats, vectors = [], []
+    stats, pairs = [], []
     for i, blk in enumerate(blocks):
         cols = rank + OVERSAMPLE if start is None else max(rank + OVERSAMPLE, start[i].shape[1])
         lam_all, V_all = _ritz_pairs(blk.detach(), cols, seed, None if start is None else start[i])
-        vectors.append(V_all)
+        pairs.append((lam_all, V_all))
         k = lam_all.shape[0] if lam_all.shape[0] == blk.shape[0] else rank  # all: keep all
         stats.append(_Statistics.apply(blk, V_all[:, -k:], lam_all[-k:].to(blk.dtype)))
     s = sum(t for _, t, _ in stats)
@@ -187,14 +220,30 @@ def spectral_sum(blocks: list[torch.Tensor], alpha: float, rank: int, seed: int 
         if m == 0:
             continue
         tau = (stats[i][1] / s - lam.sum()).clamp_min(0.0)
-        tau2 = (stats[i][2] / s ** 2 - (lam * lam).sum()).clamp_min(0.0)
-        if float(tau.detach()) <= 0.0 or float(tau2.detach()) <= 0.0:
+        if float(tau.detach()) <= 0.0:
             continue
+        # tau2 is a small difference, at most round-off when the tail is nearly flat (it can
+        # come out negative): at least tau^2 / m, its value for a flat tail
+        tau2 = torch.maximum(stats[i][2] / s ** 2 - (lam * lam).sum(), tau * tau / m)
         lo, hi = _tail_bracket(g, m, tau, tau2, lam.min())
         est = tail_model(alpha, m, tau, tau2)
         total = total + est
         half += float(torch.maximum((est - lo).abs(), (hi - est).abs()).detach())
-    return SpectralSum(total, half), s, vectors
+    return SpectralSum(total, half), s, pairs
+
+
+def product_start(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor],
+                  columns: int) -> torch.Tensor:
+    """Columns spanning nearly the top eigenspace of A o B, from Ritz pairs a of A and b of B
+    (values, vectors): v_i o w_j for the `columns` largest lambda_i mu_j. A o B is the sum
+    over all i, j of lambda_i mu_j (v_i o w_j)(v_i o w_j)^T, so these products carry its top
+    spectrum: for Gaussian kernels (a nearly constant top vector) mu_1 lambda_i with v_i,
+    lambda_1 mu_j with w_j, then products of lower modes where they are large (low-dimensional
+    features)."""
+    (la, va), (lb, vb) = a, b
+    prod = la.clamp_min(0.0)[:, None] * lb.clamp_min(0.0)[None, :]
+    top = torch.topk(prod.reshape(-1), min(columns, prod.numel())).indices
+    return va.index_select(1, top // lb.shape[0]) * vb.index_select(1, top % lb.shape[0])
 
 
 def power(alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:

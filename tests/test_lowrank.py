@@ -88,13 +88,65 @@ def test_tail_model_is_exact_for_a_flat_tail_and_inside_the_bracket(alpha):
 
 
 def test_the_joint_starts_from_its_factors_vectors(monkeypatch):
-    """The joint kernel's top pairs come from the factors' Ritz vectors with one power step:
-    its entropy is closer to the exact one than from random columns with two."""
+    """The joint kernel's top pairs come from one Nystrom step on products of the factors'
+    Ritz vectors: its entropy is closer to the exact one than from a random sketch with two
+    power steps. (At this rank the gamma tail itself errs by 1.1e-3 relative, measured with
+    the exact top eigenvalues.)"""
     monkeypatch.setattr(info, "FAST_RANK", 24)
     x, z = _data(200, 3, seed=4), _data(200, 4, seed=5)
     A, B = info.gram(x), info.gram(z)
     exact = info.joint_entropy(A, B, 1.01).item()
     fast = info.joint_entropy(A, B, 1.01, estimator="fast").item()
     alone = info._fast_entropy([A * B], 1.01, 48)[0].item()
-    assert fast == pytest.approx(exact, rel=2e-4)
+    assert fast == pytest.approx(exact, rel=1e-3)
     assert abs(fast - exact) < abs(alone - exact)
+
+
+def test_product_start_holds_the_products_of_the_largest_pairs():
+    va, vb = torch.eye(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64).flip(1)
+    la = torch.tensor([0.1, 0.2, 0.3, 4.0], dtype=torch.float64)
+    lb = torch.tensor([0.5, 0.6, 0.7, 2.0], dtype=torch.float64)
+    start = lowrank.product_start((la, va), (lb, vb), 3)
+    # the largest products: 4 * 2 (columns 3, 3), 4 * 0.7 (3, 2), 4 * 0.6 (3, 1)
+    expected = torch.stack([va[:, 3] * vb[:, 3], va[:, 3] * vb[:, 2], va[:, 3] * vb[:, 1]], 1)
+    assert torch.equal(start, expected)
+
+
+@pytest.mark.parametrize("n", [50, 400])
+def test_the_sketch_is_a_product_with_a_sparse_sign_matrix_hitting_every_sample(n):
+    A = info.gram(_data(n, 3, seed=6))
+    cols, rows, signs = lowrank._sketch_pattern(n, 7, 0)
+    omega = torch.zeros(n, 7, dtype=A.dtype)
+    omega.index_put_((rows, cols), signs.to(A.dtype), accumulate=True)
+    assert (omega != 0).any(1).all()
+    assert (omega != 0).sum(0).min() >= min(lowrank.SKETCH_NONZEROS, n // 7)
+    assert torch.allclose(lowrank._sketch(A, 7, 0), A @ omega, atol=1e-12)
+
+
+def test_orthonormal_spans_its_input_and_survives_rank_deficiency():
+    y = _data(40, 6, seed=7)
+    for cols in (y, torch.cat([y, y[:, :2]], 1)):  # the second: Cholesky QR fails, Householder
+        q = lowrank._orthonormal(cols)
+        assert torch.allclose(q.T @ q, torch.eye(q.shape[1], dtype=q.dtype), atol=1e-8)
+        assert torch.allclose(q @ (q.T @ y), y, atol=1e-8)  # y lies in the span
+
+
+
+def test_an_isolated_sample_is_found_whatever_the_seed():
+    """An isolated sample is an eigenvector by itself (eigenvalue 1 of K): every sample
+    enters the sketch, so the top pairs hold it."""
+    x = torch.cat([_data(300, 3, seed=9), torch.full((1, 3), 50.0, dtype=torch.float64)])
+    K = info.gram(x, 5.0)       # the bulk's spectrum falls fast: eigenvalue 1 is in the top
+    for seed in range(5):
+        lam, _ = lowrank._ritz_pairs(K, 32, seed, None)
+        assert (lam - 1.0).abs().min() < 1e-6
+
+
+def test_a_tail_whose_sum_of_squares_rounds_away_still_counts():
+    """Exact top pairs (a diagonal float32 block) and a flat tail far below round-off in the
+    sum of squares: the tail's mass is still counted (as a flat tail)."""
+    lam = torch.cat([torch.logspace(0, -2, 40), torch.full((360,), 1e-5)])
+    exact = info.entropy(torch.diag(lam.double()), 1.01).item()
+    top = [torch.eye(400)[:, :48]]          # the exact top eigenvectors as the start
+    est, _, _ = lowrank.spectral_sum([torch.diag(lam)], 1.01, 40, start=top)
+    assert (torch.log2(est.value) / (1 - 1.01)).item() == pytest.approx(exact, rel=1e-4)
