@@ -571,6 +571,7 @@ def test_cli_pause_without_a_terminal_aborts_then_the_prompt_continues(tmp_path,
     recipe = write_yaml(tmp_path / "recipe.yaml", fault_recipe(adc_at_unit0("pause")).model_dump())
     path = tmp_path / "run.h5"
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # headless: nobody to ask
+    sigint = signal.getsignal(signal.SIGINT)  # SIG_IGN under a shell's `&`, else Python's default
     assert cli.main(["run", "--config", str(bench), "--recipe", str(recipe), "--out", str(path), "--quiet"]) == 3
     err = capsys.readouterr().err
     assert f"run aborted; continue it with: labpnn run --resume {path}" in err
@@ -586,7 +587,7 @@ def test_cli_pause_without_a_terminal_aborts_then_the_prompt_continues(tmp_path,
     reader = RunReader(path)
     assert reader.state == "done"
     assert_every_step_once(reader)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI put its handlers back
+    assert signal.getsignal(signal.SIGINT) is sigint  # the CLI put its handlers back
 
 
 # ---------------------------------------------------------------- a killed run process
