@@ -130,11 +130,12 @@ def test_learning_rates_decay_linearly_to_their_end_fraction():
     assert OnlineOptions().lr_factor(10**6) == 1.0
 
 
-def _run(overlap: bool, episodes: int = 4, **callbacks) -> OnlineRun:
+def _run(overlap: bool, episodes: int = 4, spec: EnvSpec = CARTPOLE, hold: int | None = None,
+         **callbacks) -> OnlineRun:
     from labpnn.sim_devices.opu import SimOPUDevice
     from labpnn.units.scattering import ScatteringUnit
 
-    env = Environment(CARTPOLE.model_copy(update={"episodes": episodes}), 0)
+    env = Environment(spec.model_copy(update={"episodes": episodes}), 0)
     units, n_in = [], env.encoder.n_bits
     for i, (out, act, enc, bits) in enumerate(((8, "sigmoid", "threshold", 1), (2, "none", "bitplane", 2))):
         opu = SimOPUDevice(name=f"opu{i}", n_components=32, max_n_features=16, seed=i)
@@ -142,7 +143,8 @@ def _run(overlap: bool, episodes: int = 4, **callbacks) -> OnlineRun:
         units.append(ScatteringUnit(f"unit{i}", opu, n_in, out, activation=act, encoding=enc, bits=bits, seed=i))
         n_in = out
     options = OnlineOptions(overlap=overlap, replay=500, batch_size=16, warmup=30, calibration=20,
-                            deploy_every=5, updates_per_step=1.0, epsilon_steps=100, checkpoint_every=2)
+                            deploy_every=5, updates_per_step=1.0, epsilon_steps=100, checkpoint_every=2,
+                            hold=hold)
     objectives = [PIBTDObjective(PIBTDOptions(), u.out_features, 2, i == 1, seed=i) for i, u in enumerate(units)]
     return OnlineRun.build(units, env, options, objectives, seed=0, **callbacks)
 
@@ -236,6 +238,31 @@ def test_a_checkpoint_resumes_the_run_where_it_stopped():
                                                   first.learner.models[0].state_dict().values()))
     resumed.run()
     assert [r["episode"] for r in rows] == [2, 3] and len(resumed.progress.returns) == 4
+
+
+def test_learning_pauses_while_the_last_episodes_reach_the_solved_return_and_owes_no_steps():
+    rows = []
+    spec = CARTPOLE.model_copy(update={"solved_return": 20.0, "window": 1000})
+    run = _run(False, episodes=12, spec=spec, hold=2, on_episode=rows.append)
+    run.run()
+    returns, before, held, resumed = [r["return"] for r in rows], 0, 0, 0
+    for k, r in enumerate(rows):
+        learnt = r["learner_steps"] - before
+        if k >= 2 and min(returns[k - 2:k]) >= 20:
+            assert learnt == 0  # paused for the whole episode
+            held += r["length"]
+        elif before:  # resumes at its own pace: no burst for the steps spent paused
+            assert learnt <= r["length"]
+            resumed += 1
+        before = r["learner_steps"]
+    assert held > 0 and resumed > 0 and run.progress.held_steps == held
+    assert _restored(run).progress.held_steps == held  # checkpointed
+
+
+def _restored(run: OnlineRun) -> OnlineRun:
+    other = _run(False, episodes=1)
+    other.load_state_bytes(run.state_bytes())
+    return other
 
 
 ENGINE_RECIPE = {

@@ -53,6 +53,9 @@ class OnlineOptions(BaseModel):
     calibration: int = Field(500, ge=2, description="random-policy observations the units' input and "
                                                    "feature scales are fixed on")
     checkpoint_every: int = Field(25, ge=1, description="episodes between checkpoints (replay included)")
+    hold: int | None = Field(None, ge=1, description="learning pauses while each of the last `hold` episodes "
+                             "returned at least the solved return, and resumes at the first that does not "
+                             "(None: never pauses): DQN unlearns a policy that works (docs/rl.md)")
 
     def lr_factor(self, step: int) -> float:
         """The learning rates' fraction of their start at learner step `step`."""
@@ -69,6 +72,7 @@ class Progress:
     env_steps: int = 0
     returns: list[float] = field(default_factory=list)
     solved_at: int | None = None
+    held_steps: int = 0  # environment steps taken while learning paused (`hold`)
 
 
 class OnlineRun:
@@ -108,8 +112,14 @@ class OnlineRun:
         return o.epsilon_start + (o.epsilon_end - o.epsilon_start) * min(1.0, step / o.epsilon_steps)
 
     def _learning_due(self) -> bool:
-        past = self.progress.env_steps - self.o.warmup
-        return len(self.replay) >= self.o.warmup and self.learner.steps < self.o.updates_per_step * past
+        past = self.progress.env_steps - self.progress.held_steps - self.o.warmup
+        return (not self.holding() and len(self.replay) >= self.o.warmup
+                and self.learner.steps < self.o.updates_per_step * past)
+
+    def holding(self) -> bool:
+        """Whether learning pauses: each of the last `hold` episodes reached the solved return."""
+        recent = self.progress.returns[-self.o.hold:] if self.o.hold else []
+        return len(recent) == self.o.hold and min(recent) >= self.env.solved_return
 
     def _learn_once(self) -> None:
         values = self.learner.step()
@@ -187,6 +197,7 @@ class OnlineRun:
             features2, q = agent.measure(obs2)
             self.replay.add(self.env.encoder.scaled(obs), action, reward, terminated, features, features2)
             p.env_steps += 1
+            p.held_steps += self.holding()
             total, length, done = total + reward, length + 1, terminated or truncated
             obs, features = obs2, features2
             if not o.overlap:
@@ -220,6 +231,7 @@ class OnlineRun:
         consistent moment even while the learner thread runs."""
         with self.learner.lock:
             state = {"episode": self.progress.episode, "env_steps": self.progress.env_steps,
+                     "held_steps": self.progress.held_steps,
                      "returns": list(self.progress.returns), "learner": self.learner.state(),
                      "replay": self.replay.state()}
         return state_image.dump(state)
@@ -232,4 +244,5 @@ class OnlineRun:
             self.replay.load(state["replay"])
         except (state_image.StateError, KeyError, RuntimeError, ValueError) as exc:
             raise ValueError(f"the agent's checkpoint does not fit this run ({type(exc).__name__}: {exc})") from None
-        self.progress = Progress(int(state["episode"]), int(state["env_steps"]), [float(r) for r in state["returns"]])
+        self.progress = Progress(int(state["episode"]), int(state["env_steps"]), [float(r) for r in state["returns"]],
+                                 held_steps=int(state["held_steps"]))
