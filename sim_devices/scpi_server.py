@@ -42,6 +42,7 @@ STALL_TIMEOUT = 2.0  # s without bytes inside a block before it is dropped
 LINE_TIMEOUT = 10.0  # s a TCP client may take to finish a command line (a pty waits for ever)
 MAX_CONNECTIONS = 8  # TCP clients served at once
 QUEUE_DEPTH = 16
+KNOWN_HEADERS = 256  # header spellings whose command is remembered
 MESSAGES = {0: "No error", -100: "Command error", -102: "Syntax error", -109: "Missing parameter",
             -113: "Undefined header", -160: "Block data error", -200: "Execution error",
             -221: "Settings conflict", -222: "Data out of range", -223: "Too much data",
@@ -441,6 +442,7 @@ class CrossbarSCPI:
             "DIAGnostic:ADC?": ((), p.adc_health),
         }
         blocks = {"PROGram:CONDuctance": F32, "MEASure:MVM?": F32, "MEASure:MVM:CODE?": I8}
+        self._known: dict[str, Command] = {}  # header as sent (upper case) -> its command
         self._commands = []
         for header, (parsers, action) in table.items():
             query = header.endswith("?")
@@ -555,14 +557,22 @@ class CrossbarSCPI:
 
     def _lookup(self, text: str) -> tuple[Command, str]:
         header, _, rest = text.partition(" ")
-        header, rest = header.upper(), rest.strip()
+        return self._command(header.upper()), rest.strip()
+
+    def _command(self, header: str) -> Command:
+        """The command a header names (remembered: a pass looks its MVM header up twice)."""
+        command = self._known.get(header)
+        if command is not None:
+            return command
         if not _HEADER.match(header):
             raise CommandError(f"malformed header {header[:40]!r}", code=-102)
         query = header.endswith("?")
         words = header.lstrip(":").rstrip("?").split(":")
         for command in self._commands:
             if command.query == query and _match(command.nodes, words):
-                return command, rest
+                if len(self._known) < KNOWN_HEADERS:  # bounded: any spelling is a header
+                    self._known[header] = command
+                return command
         raise CommandError(f"{header[:40]!r}", code=-113)
 
     def _arguments(self, command: Command, rest: str, block: bool) -> list:
@@ -637,10 +647,10 @@ class CrossbarSCPI:
         if value is None:
             return None
         if isinstance(value, np.ndarray):
-            payload = (value if value.dtype == I16 else
-                       np.ascontiguousarray(value, dtype=F32)).tobytes()
-            size = str(len(payload)).encode()
-            return b"#" + str(len(size)).encode() + size + payload + b"\n"
+            array = np.ascontiguousarray(value, I16 if value.dtype == I16 else F32)
+            size = str(array.nbytes).encode()
+            # one copy of the payload (tobytes and concatenation made three)
+            return b"".join((b"#%d" % len(size), size, memoryview(array).cast("B"), b"\n"))
         return f"{value}\n".encode("ascii")
 
 

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labpnn.sim_devices.crossbar import CrossbarPhysics
+from labpnn.sim_devices import scpi_server
 from labpnn.sim_devices.scpi_server import CommandReader, CrossbarSCPI, Message, serve_pty, serve_tcp
 
 
@@ -55,6 +56,16 @@ def test_headers_in_short_long_and_any_case(front):
                          b"OUTP ON\noutput:state?\nOUTP:STAT OFF\nOUTPut?\nsyst:err:next?\n")
     assert replies == [b"LABPNN,XBAR-SIM,0001,1.0\n", b"8,4\n", b"8,4\n", b"8,4\n", b"0.2\n",
                        b"1\n", b"0\n", b'0,"No error"\n']
+
+
+def test_remembered_headers_are_bounded_and_answer_as_before(front, monkeypatch):
+    monkeypatch.setattr(scpi_server, "KNOWN_HEADERS", 3)
+    spellings = [b"ARR:SIZE?", b":ARR:SIZE?", b"ARRAY:SIZE?", b"arr:siz?", b":Array:SIZE?",
+                 b"ARRay:size?"]
+    replies = run(front, b"".join(h + b"\n" for h in spellings * 2))
+    assert replies == [b"8,4\n"] * 10  # four spellings of one header (case folded), twice
+    assert errors(front) == [-113, -113]  # 'ARR:SIZ?' is unknown each time, not remembered
+    assert len(front._known) == 3
 
 
 def test_settings_round_trip(front):
