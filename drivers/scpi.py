@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -289,7 +289,8 @@ class SCPISession:
         `reader`: on TCP, the socket reader (_replies()) to read with."""
         nbytes = count * dtype.itemsize
         take = reader.take if reader is not None else self.resource.read_bytes
-        with self.resource.read_termination_context(None):  # payload bytes may be 0x0A
+        # payload bytes may be 0x0A (the socket reader has no termination character)
+        with nullcontext() if reader is not None else self.resource.read_termination_context(None):
             first = take(1)
             values = None
             if first == b"#":
@@ -343,9 +344,10 @@ class SCPISession:
 
     def query_blocks(self, requests: list[tuple[str, np.ndarray | Callable[[], np.ndarray], int]],
                      dtype: np.dtype) -> list[np.ndarray]:
-        """Block queries (command, values, count of reply values) in a pipeline on TCP: a
-        thread makes (values may be a function, see _send_block) and sends request k+1 while
-        the board computes request k and its reply is read. Replies in order, `dtype`. Over
+        """Block queries (command, values, count of reply values) in a pipeline on TCP: the
+        first is sent from here, then a thread makes (values may be a function, see
+        _send_block) and sends request k+1 while the board computes request k and its reply
+        is read. Replies in order, `dtype`. Over
         serial, or for one request, one at a time."""
         if self._sock is None or len(requests) < 2:
             return [self.query_block(c, count, v, dtype) for c, v, count in requests]
@@ -353,7 +355,7 @@ class SCPISession:
 
         def send() -> None:
             try:
-                for command, values, _ in requests:
+                for command, values, _ in requests[1:]:
                     self._send_block(command, values, b"SYST:ERR?\n")
             except BaseException as exc:  # reported by the reader below
                 failure.append(exc)
@@ -361,6 +363,8 @@ class SCPISession:
         sender = threading.Thread(target=send, name=f"{self.instrument}-send", daemon=True)
         results, error = [], None
         with self._io(requests[0][0]):
+            # the first request from here: the board works on it while the sender starts
+            self._send_block(requests[0][0], requests[0][1], b"SYST:ERR?\n")
             sender.start()
             try:
                 with self._replies() as reader:
