@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from labpnn.instruments.crossbar_mapping import differential_pairs, plan_tiles
+from labpnn.instruments.crossbar_mapping import (CODE_ROWS, BoardConfig, dac_codes,
+                                                 differential_pairs, plan_tiles)
 from labpnn.instruments.scpi import DataOutOfRange, DeviceSpecificError, SettingsConflict
 from labpnn.errors import DeviceError
 from labpnn.protocols import CrossbarArray, FaultInjectable
@@ -291,6 +292,16 @@ def test_clipped_vectors_are_rerun_at_lower_voltage():
         assert board.matmul(x)[0, 0] < 40.0  # clipped
 
 
+def test_a_board_answering_nan_is_not_asked_again():
+    with SimCrossbarBoard(rows=8, cols=4, **QUIET) as board:
+        board.program_weights(np.ones((4, 2), np.float32))
+        calls = []
+        board.physics.mvm = lambda x, *_: calls.append(len(x)) or np.full((len(x), 4), np.nan,
+                                                                           np.float32)
+        assert np.isnan(board.matmul(np.ones((3, 4), np.float32))).all()
+        assert calls == [3]  # NaN is not a clipped output: no re-runs, none of no vectors
+
+
 def test_out_of_range_inputs_are_refused_and_leave_the_output_off():
     with SimCrossbarBoard(rows=8, cols=4, **QUIET) as board:
         board.program_conductances(0, 0, np.full((2, 2), 10e-6))
@@ -335,3 +346,18 @@ def test_reset_forgets_the_deployment():
         with pytest.raises(DeviceError, match="no weights programmed"):
             board.matmul(np.ones((1, 2)))
         np.testing.assert_allclose(board.physics.conductance(), 1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float32])
+def test_dac_codes_round_and_clip_every_vector_of_a_batch_of_several_steps(dtype):
+    cfg = BoardConfig(8, 8, 1e-6, 4e-5, 0.2, 10, 2e-4, 0.1, 30, 8, 0.2 / 127, 2e-4 / 512)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2 * CODE_ROWS + 5, 16)).astype(np.float32)
+    scale = (0.2 / np.abs(x).max(axis=1)).astype(np.float32)
+    scale[-1] *= 3  # this vector reaches beyond the DAC: clipped, not wrapped
+    codes = dac_codes(x, scale, cfg, dtype)
+    exact = np.clip(np.rint(x.astype(np.float64) * scale[:, None] * 127 / 0.2), -127, 127)
+    assert codes.dtype == dtype and codes.shape == x.shape
+    assert np.abs(codes - exact).max() <= 1  # float32 rounding at a half step at most
+    assert (np.abs(codes.astype(int)).max(axis=1) == 127).all()  # each vector spans the range
+    assert (np.sign(codes[-1]) == np.sign(np.rint(x[-1] * scale[-1] * 635))).all()

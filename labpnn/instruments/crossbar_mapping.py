@@ -150,13 +150,22 @@ def abs_max(x: np.ndarray) -> np.ndarray:
 FORMATS = ("float32", "codes")
 
 
+CODE_ROWS = 128  # vectors per step of dac_codes: its float32 temporary stays in a core's cache
+
+
 def dac_codes(x: np.ndarray, scale: np.ndarray, cfg: BoardConfig, dtype=np.int8) -> np.ndarray:
     """DAC codes of the read voltages x * scale[:, None] (rounded, within the range), as
     int8 for the wire or float32 for a caller that computes with them."""
-    codes = x * (scale / np.float32(cfg.dac_lsb))[:, None]
-    np.rint(codes, out=codes)
-    np.clip(codes, -cfg.dac_top, cfg.dac_top, out=codes)
-    return codes.astype(dtype, copy=False)
+    factor = (scale / np.float32(cfg.dac_lsb))[:, None]
+    codes = np.empty(x.shape, dtype)
+    temp = codes if codes.dtype == np.float32 else np.empty((CODE_ROWS, x.shape[1]), np.float32)
+    for start in range(0, len(x), CODE_ROWS):
+        rows = slice(start, start + CODE_ROWS)
+        step = temp[rows] if temp is codes else temp[:len(codes[rows])]
+        np.multiply(x[rows], factor[rows], out=step)
+        np.rint(step, out=step)
+        np.clip(step, -cfg.dac_top, cfg.dac_top, out=codes[rows], casting="unsafe")
+    return codes
 
 
 @dataclass
@@ -492,8 +501,10 @@ class MappedCrossbar(Instrument):
         for batch, scale, current in zip(batches, scales, currents):
             chunk, peak = xb[batch], amax[batch]
             for _ in range(self.options.bound_retries):
+                if max(current.max(), -current.min()) < clip_at:  # the usual case, cheaply
+                    break
                 hit = np.flatnonzero(abs_max(current) >= clip_at)
-                if hit.size == 0:
+                if hit.size == 0:  # NaN
                     break
                 scale[hit] /= 2
                 current[hit] = self._mvm(p.r0, p.c0, p.n_cols, chunk[hit], scale[hit], peak[hit],
@@ -502,5 +513,7 @@ class MappedCrossbar(Instrument):
             out, x0 = y[batch], 0
             for t in p.tiles:
                 w = t.width
-                out[:, t.outs] += (current[:, x0:x0 + w] - current[:, x0 + w:x0 + 2 * w]) * factor
+                diff = np.subtract(current[:, x0:x0 + w], current[:, x0 + w:x0 + 2 * w])
+                diff *= factor
+                out[:, t.outs] += diff
                 x0 += 2 * w
