@@ -344,10 +344,9 @@ class SCPISession:
 
     def query_blocks(self, requests: list[tuple[str, np.ndarray | Callable[[], np.ndarray], int]],
                      dtype: np.dtype) -> list[np.ndarray]:
-        """Block queries (command, values, count of reply values) in a pipeline on TCP: the
-        first is sent from here, then a thread makes (values may be a function, see
-        _send_block) and sends request k+1 while the board computes request k and its reply
-        is read. Replies in order, `dtype`. Over
+        """Block queries (command, values, count of reply values) in a pipeline on TCP: a
+        thread makes (values may be a function, see _send_block) and sends request k+1 while
+        the board computes request k and its reply is read. Replies in order, `dtype`. Over
         serial, or for one request, one at a time."""
         if self._sock is None or len(requests) < 2:
             return [self.query_block(c, count, v, dtype) for c, v, count in requests]
@@ -355,7 +354,7 @@ class SCPISession:
 
         def send() -> None:
             try:
-                for command, values, _ in requests[1:]:
+                for command, values, _ in requests:
                     self._send_block(command, values, b"SYST:ERR?\n")
             except BaseException as exc:  # reported by the reader below
                 failure.append(exc)
@@ -363,8 +362,6 @@ class SCPISession:
         sender = threading.Thread(target=send, name=f"{self.instrument}-send", daemon=True)
         results, error = [], None
         with self._io(requests[0][0]):
-            # the first request from here: the board works on it while the sender starts
-            self._send_block(requests[0][0], requests[0][1], b"SYST:ERR?\n")
             sender.start()
             try:
                 with self._replies() as reader:
