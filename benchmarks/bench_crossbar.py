@@ -8,11 +8,14 @@ inputs, 64 outputs = 128 columns, batches of 500) puts on the wire, counted by a
 and their time at 921,600 baud (8N1: 92,160 bytes/s). The driver also talks to a
 *precomputed board*, a stand-in local to this benchmark: the twin's SCPI server whose MVMs
 answer from memory (precomputed_board()), so the link is all real and the board's compute
-free, as on a board that computes in analog. Two rows time the same NumPy matmul in a new process whose first large
-product it is, with and without the twin's settle_blas() before it (see its docstring).
+free, as on a board that computes in analog; beside it, the raw round trip after the input
+scaling every driver does first (the ceiling of a driver that scales in NumPy). Two rows time
+the same NumPy matmul in a new process whose first large product it is, with and without the
+twin's settle_blas() before it (see its docstring).
 
 Wall time is what the targets are about; CPU time (this process, plus the simulator
-process for the wire paths; Linux) is the work done, which a busy machine does not inflate.
+process for the wire paths, whose share is shown; Linux) is the work done, which a busy
+machine inflates far less.
 Targets: in-process twin >= 0.5 x NumPy; TCP >= 0.5 x raw socket (float32 bytes).
 Run: python benchmarks/bench_crossbar.py [--repeats N] [--quick]
 """
