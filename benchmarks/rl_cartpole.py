@@ -7,7 +7,8 @@ reward threshold (475 for CartPole-v1); episodes to solve: the episodes run when
 The digital DQN has the same widths as the PNN (thermometer code 64 -> 256 -> 128 sigmoid ->
 256 -> 2 actions), every layer trained end to end by backprop on the TD loss alone (double DQN,
 the same replay, epsilon schedule, target refresh, optimiser and scheme), acting without
-hardware. Prints a table and saves the running-average curves (docs/img/rl-cartpole.png).
+hardware. `--only raw-dqn` runs the textbook DQN instead (the raw observation, 4 -> 128 -> 128
+ReLU -> 2), which checks the learner and the settings apart from the optics. Prints a table and saves the running-average curves (docs/img/rl-cartpole.png).
 With --in-turns acting and learning take turns (overlap off): the learner then does exactly
 `updates_per_step` steps per environment step whatever the machine's load, so a run on a busy
 machine learns as one on a quiet machine would (overlapped, a starved learner falls behind).
@@ -15,6 +16,7 @@ machine learns as one on a quiet machine would (overlapped, a starved learner fa
 (a JSON list, one object per unit), for the tuning runs of docs/rl.md. The progress lines say what
 ended the last 50 episodes: the cart's position, the pole's angle, or the time limit.
 Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--in-turns] [--png docs/img/rl-cartpole.png]
+     [--only pnn|dqn|raw-dqn]
      [--scheme '{"lr": 1e-3}'] [--objective '{"gamma": 0.95}'] [--env '{"levels": 128}']
      [--units '[{"out": 8}, {"bits": 8}]']
 """
@@ -39,15 +41,16 @@ from labpnn.objectives.pib_td import PIBTDObjective
 
 
 class DigitalUnit:
-    """The digital DQN as one 'unit': no physical stage, the whole MLP as its model."""
+    """The digital DQN as one 'unit': no physical stage, the whole MLP as its model (hidden
+    layers ReLU, or ReLU and sigmoid alternating as the PNN's)."""
 
     name = "digital"
 
-    def __init__(self, in_features: int, widths: list[int], n_actions: int, seed: int):
+    def __init__(self, in_features: int, widths: list[int], n_actions: int, seed: int, relu_only: bool = False):
         torch.manual_seed(seed)
         layers, n = [], in_features
         for i, w in enumerate(widths):
-            layers += [nn.Linear(n, w), nn.Sigmoid() if i % 2 else nn.ReLU()]
+            layers += [nn.Linear(n, w), nn.Sigmoid() if i % 2 and not relu_only else nn.ReLU()]
             n = w
         self._model = nn.Sequential(*layers, nn.Linear(n, n_actions))
         self.in_features = self.n_outputs = in_features
@@ -72,6 +75,26 @@ def dqn_run(recipe, seed: int, episodes: int) -> OnlineRun:
     env = Environment(recipe.env.model_copy(update={"episodes": episodes}), seed)
     widths = [256, recipe.units[0].out, 256]
     unit = DigitalUnit(env.encoder.n_bits, widths, env.n_actions, seed)
+    options = objective_options(recipe).model_copy(update={"pib": False})
+    objective = PIBTDObjective(options, env.n_actions, env.n_actions, True, seed)
+    return OnlineRun.build([unit], env, scheme_options(recipe), [objective], seed)
+
+
+class RawObservation:
+    """The scaled observation itself (-1..1 per dimension) as the DQN's input, no code."""
+
+    def __init__(self, code):
+        self.scaled, self.n_bits = code.scaled, len(code.bounds)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.scaled(np.atleast_2d(obs)) * 2 - 1
+
+
+def raw_dqn_run(recipe, seed: int, episodes: int) -> OnlineRun:
+    """The textbook DQN: the raw observation, two hidden ReLU layers of 128 (the learner's check)."""
+    env = Environment(recipe.env.model_copy(update={"episodes": episodes}), seed)
+    env.encoder = RawObservation(env.encoder)
+    unit = DigitalUnit(env.encoder.n_bits, [128, 128], env.n_actions, seed, relu_only=True)
     options = objective_options(recipe).model_copy(update={"pib": False})
     objective = PIBTDObjective(options, env.n_actions, env.n_actions, True, seed)
     return OnlineRun.build([unit], env, scheme_options(recipe), [objective], seed)
@@ -106,7 +129,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--episodes", type=int, default=None, help="at most, per run (default: the recipe's)")
     p.add_argument("--png", type=Path, default=Path("docs/img/rl-cartpole.png"))
-    p.add_argument("--only", choices=["pnn", "dqn"], default=None)
+    p.add_argument("--only", choices=["pnn", "dqn", "raw-dqn"], default=None)
     p.add_argument("--in-turns", action="store_true", help="overlap off: the learner's pace fixed per step")
     for part in ("scheme", "objective", "env"):
         p.add_argument(f"--{part}", type=json.loads, default={}, help=f"the recipe's {part} settings to override")
@@ -123,7 +146,8 @@ def main() -> None:
     episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
     makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
     if args.only:
-        makers = {k: v for k, v in makers.items() if k.startswith({"pnn": "optical", "dqn": "digital"}[args.only])}
+        makers = {"pnn": {"optical PNN, PIB + TD (twin)": pnn_run}, "dqn": {"digital DQN, backprop": dqn_run},
+                  "raw-dqn": {"DQN on the raw observation": raw_dqn_run}}[args.only]
     results: dict[str, list[dict]] = {}
     for name, make in makers.items():
         for seed in seeds:

@@ -113,6 +113,20 @@ def test_pib_td_bootstraps_from_a_target_copy_refreshed_on_schedule():
         PIBTDObjective(PIBTDOptions(), 3, 2, last=True, seed=0)
 
 
+def test_pib_td_value_label_pairs_the_greedy_action_with_equal_count_value_bins():
+    model = torch.nn.Linear(6, 2)
+    objective = PIBTDObjective(PIBTDOptions(label="value", value_bins=4), 2, 2, last=True, seed=0)
+    objective.loss(model, _batch(n=64))  # makes the target copy
+    h = _batch(n=64, seed=1).h
+    y = objective._label(h, torch.zeros(64, dtype=torch.long))
+    q = objective.target(h)
+    assert torch.equal(y // 4, q.argmax(1))  # the greedy action, then the value bin
+    bins = y % 4
+    assert torch.bincount(bins, minlength=4).tolist() == [16, 16, 16, 16]
+    value = q.max(1).values  # a higher bin holds higher values
+    assert all(value[bins == b].max() <= value[bins == b + 1].min() for b in range(3))
+
+
 def test_pib_td_polyak_target_moves_by_tau_each_step():
     model = torch.nn.Linear(6, 2)
     objective = PIBTDObjective(PIBTDOptions(tau=0.25, target_every=1), 2, 2, last=True, seed=0)

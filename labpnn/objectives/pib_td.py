@@ -39,8 +39,11 @@ class PIBTDOptions(BaseModel):
     beta: float = Field(0.01, ge=0, description="weight of the compression term I(X;Z)")
     alpha: float = Field(2.0, gt=0, description="Renyi order (2: the fast eigen-free path)")
     gamma: float = Field(0.99, gt=0, le=1, description="discount")
-    label: Literal["greedy", "action"] = Field("greedy", description="what plays Y: the target copy's "
-                                               "greedy action at the state, or the action taken")
+    label: Literal["greedy", "action", "value"] = Field("greedy", description="what plays Y: the target "
+                                                        "copy's greedy action at the state, the action taken, "
+                                                        "or the greedy action and the state's value bin")
+    value_bins: int = Field(4, ge=2, description="label value: the target copy's state values cut into this "
+                            "many equal-count bins of the minibatch")
     target_every: int = Field(250, ge=1, description="optimisation steps between target-copy refreshes")
     tau: float | None = Field(None, gt=0, le=1, description="Polyak averaging of the target copy: after every "
                               "step target <- tau * online + (1 - tau) * target (target_every then unused)")
@@ -85,13 +88,25 @@ class PIBTDObjective:
             greedy_next = self.q_values(model, t["h_next"]).argmax(1, keepdim=True)
             bootstrap = self.target(t["h_next"]).gather(1, greedy_next)[:, 0]
             target = t["reward"] + o.gamma * (1 - t["done"]) * bootstrap
-            y = self.target(batch.h).argmax(1) if o.label == "greedy" else action  # Y of L_PIB
+            y = self._label(batch.h, action)
         td = nn.functional.smooth_l1_loss(q.gather(1, action[:, None])[:, 0], target)
         values = {"td": td.item(), "q": q.detach().mean().item()}
         if not o.pib:
             return o.lambda_td * td, values
         pib = pib_terms(batch.x, y, z, beta=o.beta, alpha=o.alpha)
         return pib.loss + o.lambda_td * td, {**values, "I_XZ": pib.i_xz.item(), "I_YZ": pib.i_yz.item()}
+
+    def _label(self, h: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Y of L_PIB for the minibatch's states (docs/rl.md: what plays Y)."""
+        o = self.options
+        if o.label == "action":
+            return action
+        q = self.target(h)
+        if o.label == "greedy":
+            return q.argmax(1)
+        value = q.max(1).values
+        edges = torch.quantile(value, torch.linspace(0, 1, o.value_bins + 1)[1:-1])
+        return q.argmax(1) * o.value_bins + torch.bucketize(value, edges)
 
     def state(self) -> dict:
         """The head, the target copy and the step count, for a checkpoint."""
