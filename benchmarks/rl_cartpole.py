@@ -15,7 +15,7 @@ machine learns as one on a quiet machine would (overlapped, a starved learner fa
 --scheme, --objective and --env override the recipe's settings (JSON objects), --units its units'
 (a JSON list, one object per unit), for the tuning runs of docs/rl.md. The progress lines say what
 ended the last 50 episodes: the cart's position, the pole's angle, or the time limit.
-Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5] [--in-turns] [--png docs/img/rl-cartpole.png]
+Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5 | --seed K] [--in-turns] [--png docs/img/rl-cartpole.png]
      [--only pnn|dqn|raw-dqn]
      [--scheme '{"lr": 1e-3}'] [--objective '{"gamma": 0.95}'] [--env '{"levels": 128}']
      [--units '[{"out": 8}, {"bits": 8}]']
@@ -127,6 +127,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 seed, 120 episodes at most (does not solve)")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=None, help="this seed alone (one process per seed, run side by side)")
     p.add_argument("--episodes", type=int, default=None, help="at most, per run (default: the recipe's)")
     p.add_argument("--png", type=Path, default=Path("docs/img/rl-cartpole.png"))
     p.add_argument("--only", choices=["pnn", "dqn", "raw-dqn"], default=None)
@@ -134,7 +135,15 @@ def main() -> None:
     for part in ("scheme", "objective", "env"):
         p.add_argument(f"--{part}", type=json.loads, default={}, help=f"the recipe's {part} settings to override")
     p.add_argument("--units", type=json.loads, default=[], help="the recipe's unit settings to override, per unit")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, help="no runs: the table and curves of the "
+                   "results (.json beside each --png) of runs made one seed per process")
     args = p.parse_args()
+    if args.merge:
+        results: dict[str, list[dict]] = {}
+        for path in args.merge:
+            for name, rows in json.loads(path.read_text()).items():
+                results.setdefault(name, []).extend(rows)
+        return report(results, 100, 475.0, "as run", args.png)
     torch.set_num_threads(1)
     recipe = load_recipe("rl-cartpole-opu")
     scheme = {**recipe.scheme_spec(), **args.scheme, **({"overlap": False} if args.in_turns else {})}
@@ -142,7 +151,7 @@ def main() -> None:
                                        "env": recipe.env.model_copy(update=args.env),
                                        "units": [u.model_copy(update=d) for u, d in
                                                  zip(recipe.units, args.units + [{}] * len(recipe.units))]})
-    seeds = range(1 if args.quick else args.seeds)
+    seeds = [args.seed] if args.seed is not None else range(1 if args.quick else args.seeds)
     episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
     makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
     if args.only:
@@ -165,7 +174,12 @@ def main() -> None:
             print(f"{name}, seed {seed}: {'solved after ' + str(r['solved_at']) + ' episodes' if r['solved_at'] else 'not solved'}"
                   f" ({len(r['returns'])} episodes, {r['env_steps']} env steps, {r['wall_s']:.0f} s wall, "
                   f"{r['cpu_s']:.0f} s CPU)", flush=True)
-    window, threshold = recipe.env.window, 475.0
+    args.png.parent.mkdir(parents=True, exist_ok=True)
+    args.png.with_suffix(".json").write_text(json.dumps(results))
+    report(results, recipe.env.window, 475.0, episodes, args.png)
+
+
+def report(results: dict[str, list[dict]], window: int, threshold: float, episodes, png: Path) -> None:
     print(f"\nCartPole-v1, solved = mean return >= {threshold:g} over {window} consecutive episodes "
           f"(at most {episodes} episodes per run)")
     print("CPU s: the process's CPU time, what a quiet machine's wall time would be (one core each)")
@@ -173,13 +187,13 @@ def main() -> None:
           f"{'env steps (median)':>19} {'wall s':>7} {'CPU s':>7}")
     for name, rows in results.items():
         solved = [r["solved_at"] for r in rows if r["solved_at"]]
-        best = [max(np.convolve(r["returns"], np.ones(window) / window, "valid"), default=np.mean(r["returns"]))
-                for r in rows]
+        best = [max(np.convolve(r["returns"], np.ones(window) / window, "valid"))
+                if len(r["returns"]) >= window else np.mean(r["returns"]) for r in rows]
         span = f"{int(np.median(solved))} ({min(solved)}-{max(solved)})" if solved else "-"
         print(f"{name:<32} {len(solved):>3}/{len(rows):<4} {span:>36} {np.median(best):>17.1f} "
               f"{np.median([r['env_steps'] for r in rows]):>19.0f} {np.median([r['wall_s'] for r in rows]):>7.0f} "
               f"{np.median([r['cpu_s'] for r in rows]):>7.0f}")
-    plot(results, window, threshold, args.png)
+    plot(results, window, threshold, png)
 
 
 def plot(results, window: int, threshold: float, path: Path) -> None:
