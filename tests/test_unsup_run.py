@@ -115,6 +115,7 @@ def test_recovery_retrains_on_both_views(tmp_path):
     ({"objective": "pib-2view", "augment": AUGMENT, "augment_views": 1}, "augment_views: Input should be greater"),
     ({"objective": "pib-2view", "augment": AUGMENT, "augment_views": "many"}, "augment_views"),
     ({"units": [{**TINY["units"][0], "objective": {"name": "pib-2view", "beta": -1}}]}, "units.0.objective"),
+    ({"objective": {"name": "pib-2view", "keep": -1}, "augment": AUGMENT}, "objective.keep"),
     ({"objective": "pib-2view", "augment": AUGMENT, "pib": {**TINY["pib"], "width_z": "class"}},
      "pib.width_z: 'class' reads the labels, which objective 'pib-2view' never sees"),
     ({"objective": "pib-2view", "augment": AUGMENT,
