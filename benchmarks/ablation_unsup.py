@@ -92,6 +92,8 @@ VARIANTS: dict[str, tuple[int, dict]] = {
     **{f"lr {lr}, median Z, keep {k}, {n} steps": (n, {"pib": {"lr": lr, "width_z": "median"},
                                                      "objective": {"name": "pib-2view", "keep": k}})
        for lr in (0.01, 0.003) for k in (1, 3) for n in (10, 50, 200, 1000)},
+    "lr 0.003, median Z, keep 1, linear last unit, 1000 steps": (1000, {
+        "pib": {"lr": 0.003, "width_z": "median"}, "objective": {"name": "pib-2view", "keep": 1}, **LINEAR_LAST}),
 }
 
 

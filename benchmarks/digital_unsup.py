@@ -47,7 +47,6 @@ def clipped(layer, clip: float | None):
 
 def curve(changes: dict, iterations: list[int], seed: int, clip: float | None, mnist: Path) -> list[tuple]:
     """[(iterations, probe of unit 0, probe of unit 1)] for the recipe with `changes`."""
-    import numpy as np
     import torch
 
     from labpnn import data

@@ -14,6 +14,7 @@ from fault_helpers import fault_recipe
 from labpnn import data
 from labpnn.engine import Run, State
 from labpnn.errors import ConfigError
+from labpnn.objectives import OBJECTIVES
 from labpnn.objectives.two_view import TwoViewPIB
 from labpnn.recipe import load_recipe
 from labpnn.run_context import RunContext
@@ -129,5 +130,7 @@ def test_bad_unsupervised_recipes_name_the_field(changes, says):
 def test_packaged_unsupervised_recipes():
     for name in ("unsup-digits", "unsup-mnist-memristor"):
         recipe = load_recipe(name)
-        assert recipe.objective == "pib-2view" and recipe.augment
+        assert recipe.augment
+        for i in range(len(recipe.units)):
+            assert OBJECTIVES.parse(recipe.objective_spec(i), recipe.objective_field(i))[0] == "pib-2view"
         assert recipe.augmentations().steps
