@@ -89,6 +89,11 @@ VARIANTS: dict[str, tuple[int, dict]] = {
        for a in (0.5, 1.0) for n in (50, 200, 1000)},
     **{f"lr 0.01, knn Z, elastic {a}, {n} steps": (n, {**TUNED, "augment": [{"name": "elastic", "alpha": a}, *AUGMENT]})
        for a in (8, 16, 34) for n in (50, 200, 1000)},
+    **{f"lr {lr}, median Z, keep {k}, {n} steps": (n, {"pib": {"lr": lr, "width_z": "median"},
+                                                     "objective": {"name": "pib-2view", "keep": k}})
+       for lr in (0.01, 0.003) for k in (1, 3) for n in (10, 50, 200, 1000)},
+    "lr 0.003, median Z, keep 1, linear last unit, 1000 steps": (1000, {
+        "pib": {"lr": 0.003, "width_z": "median"}, "objective": {"name": "pib-2view", "keep": 1}, **LINEAR_LAST}),
 }
 
 

@@ -208,6 +208,8 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
 
     recipe = load_recipe("unsup-mnist-memristor")
     pib = recipe.pib
+    options = recipe.objective if isinstance(recipe.objective, dict) else {}
+    keep = f" with keep = {options['keep']} (the input terms' reward)" if options.get("keep") else ""
     last = iterations[-1]
     rows = ["| PIB iterations per unit | linear probe, test (%) |", "|---|---|"]
     rows += [f"| {i}{' (random deployed units)' if i == 0 else ''} | {fmt(curve[i])} |" for i in iterations]
@@ -219,7 +221,7 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         "## Unsupervised PIB: linear probe against PIB iterations (MNIST)",
         "",
         f"Recipe `unsup-mnist-memristor` ({base['in']} → 64 → {base['width']} on the crossbar twin, objective "
-        f"`pib-2view`, β = {pib.beta}, α = {pib.alpha}, Adam lr {pib.lr}, batch {pib.batch_size}, kernel widths: "
+        f"`pib-2view`{keep}, β = {pib.beta}, α = {pib.alpha}, Adam lr {pib.lr}, batch {pib.batch_size}, kernel widths: "
         f"X {pib.width_x}, Z {pib.width_z}" + (f" (k = {pib.width_k})" if "knn" in (pib.width_x, pib.width_z) else "")
         + f"; augmentations {recipe.augmentations().describe()}; both views of every sample measured through the "
         "twin; no label reaches training). Probe: scikit-learn logistic regression on the "

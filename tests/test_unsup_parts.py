@@ -123,6 +123,19 @@ def test_shared_features_carry_more_view_information():
         float(shared.i_z1z2 - 0.5 * (compressed.i_x1z1 + compressed.i_x2z2)), rel=1e-5)
 
 
+def test_keep_rewards_what_the_features_keep_of_their_inputs():
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.rand(64, 20, generator=g)
+    x2 = x1 + 0.05 * torch.randn(64, 20, generator=g)
+    z1, z2 = x1[:, :5], x2[:, :5]
+    plain = two_view_terms(x1, x2, z1, z2, beta=0.01)
+    kept = two_view_terms(x1, x2, z1, z2, beta=0.01, keep=1.0)
+    assert kept.objective == pytest.approx(float(plain.i_z1z2 + 0.99 * (plain.i_x1z1 + plain.i_x2z2)), rel=1e-5)
+    assert kept.objective > plain.objective + 1  # bits: the inputs' terms count as a reward
+    with pytest.raises(ValueError, match="keep: must be finite and >= 0"):
+        two_view_terms(x1, x2, z1, z2, beta=0.01, keep=-1.0)
+
+
 def test_a_knn_width_lifts_the_cap_of_the_median_width():
     """Views that agree on which of 16 tight clusters a sample is in: under the median width
     most pairs (of different clusters) keep exp(-1/2), which caps I(Z1;Z2) near 2 bits; the knn

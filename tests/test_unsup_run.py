@@ -14,6 +14,7 @@ from fault_helpers import fault_recipe
 from labpnn import data
 from labpnn.engine import Run, State
 from labpnn.errors import ConfigError
+from labpnn.objectives import OBJECTIVES
 from labpnn.objectives.two_view import TwoViewPIB
 from labpnn.recipe import load_recipe
 from labpnn.run_context import RunContext
@@ -115,6 +116,7 @@ def test_recovery_retrains_on_both_views(tmp_path):
     ({"objective": "pib-2view", "augment": AUGMENT, "augment_views": 1}, "augment_views: Input should be greater"),
     ({"objective": "pib-2view", "augment": AUGMENT, "augment_views": "many"}, "augment_views"),
     ({"units": [{**TINY["units"][0], "objective": {"name": "pib-2view", "beta": -1}}]}, "units.0.objective"),
+    ({"objective": {"name": "pib-2view", "keep": -1}, "augment": AUGMENT}, "objective.keep"),
     ({"objective": "pib-2view", "augment": AUGMENT, "pib": {**TINY["pib"], "width_z": "class"}},
      "pib.width_z: 'class' reads the labels, which objective 'pib-2view' never sees"),
     ({"objective": "pib-2view", "augment": AUGMENT,
@@ -128,5 +130,7 @@ def test_bad_unsupervised_recipes_name_the_field(changes, says):
 def test_packaged_unsupervised_recipes():
     for name in ("unsup-digits", "unsup-mnist-memristor"):
         recipe = load_recipe(name)
-        assert recipe.objective == "pib-2view" and recipe.augment
+        assert recipe.augment
+        for i in range(len(recipe.units)):
+            assert OBJECTIVES.parse(recipe.objective_spec(i), recipe.objective_field(i))[0] == "pib-2view"
         assert recipe.augmentations().steps
