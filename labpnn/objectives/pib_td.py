@@ -7,8 +7,9 @@
   `target_every` steps, or Polyak-averaged by `tau` every step), evaluated at the greedy action of the online copy.
 - L_PIB: -(I(Y;Z) - beta * I(X;Z)) on the minibatch (labpnn.pib.pib_terms), X the scaled
   observation, Z the unit's output on the measured inputs. Y is the greedy action of the
-  unit's target copy at the state (docs/rl.md says why): what Z must keep is what decides
-  the action; the rest of the observation, and the hardware noise on top, it may forget.
+  unit's target copy at the state, or (label value) that action with the state's value bin
+  (docs/rl.md says why): what Z must keep is what decides the action and the value; the
+  rest of the observation, and the hardware noise on top, it may forget.
 
 Gradients stay inside the unit: its inputs are measurements (no graph behind them), the
 targets are computed without gradient.
