@@ -3,8 +3,9 @@
     python benchmarks/ablation_unsup.py [VARIANT ...] [--seed 0] [--mnist DIR] [--out DIR] [--workers 2]
 
 Each variant is recipe unsup-mnist-memristor with a few keys changed (VARIANTS, relative to the
-recipe as it was before issue 13's tuning: lr 0.0003, median widths), on a stratified subset
-of MNIST (2,000 training, 1,000 test images), one seed, through benchmarks/bench_unsup.job (the
+recipe as it was before issue 13's tuning: lr 0.0003, median widths, keep 0, 1 read, relu last
+unit), on a stratified subset of MNIST (2,000 training, 1,000 test images; --full: the
+8,000 / 2,000 split, as the fifth round's "round 4 ..." rows were run), one seed, through benchmarks/bench_unsup.job (the
 real engine on the crossbar twin). Prints the last unit's linear probe (test %) per variant.
 No arguments: every variant.
 """
@@ -21,14 +22,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_unsup import DEFAULT_MNIST, job, merged  # noqa: E402
 
 SUBSET = {"dataset": {"n_train": 2000, "n_test": 1000}}
-BEFORE = {"pib": {"lr": 0.0003, "width_z": "median"}}
+AUGMENT = [{"name": "crop", "min_scale": 0.7}, {"name": "rotate", "degrees": 15}, {"name": "pixel_noise", "std": 0.2}]
 LINEAR_LAST = {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": 64, "activation": "relu", "clip": 2},
                          {"kind": "crossbar", "instrument": "crossbar", "out": 32, "activation": "none", "clip": 2}]}
+BEFORE = {"pib": {"lr": 0.0003, "width_z": "median", "width_scale_z": 1}, "objective": {"name": "pib-2view", "keep": 0},
+          "augment": AUGMENT, "measure": {"repeats": 1},
+          "units": [{**LINEAR_LAST["units"][0]}, {**LINEAR_LAST["units"][1], "activation": "relu"}]}
 WEAK_AUGMENT = {"augment": [{"name": "shift", "pixels": 2}, {"name": "pixel_noise", "std": 0.05}]}
 STRONG_AUGMENT = {"augment": [{"name": "crop", "min_scale": 0.6}, {"name": "rotate", "degrees": 20},
                               {"name": "pixel_noise", "std": 0.3}]}
-AUGMENT = [{"name": "crop", "min_scale": 0.7}, {"name": "rotate", "degrees": 15}, {"name": "pixel_noise", "std": 0.2}]
-TUNED = {"pib": {"lr": 0.01, "width_z": "knn"}}  # the recipe's defaults since the tuning below
+MILD_AUGMENT = {"augment": [{"name": "crop", "min_scale": 0.85}, {"name": "rotate", "degrees": 8},
+                            {"name": "pixel_noise", "std": 0.1}]}
+TUNED = {"pib": {"lr": 0.01, "width_z": "knn"}}  # the recipe's defaults after the first tuning below
+ROUND4 = {"pib": {"lr": 0.003}, "objective": {"name": "pib-2view", "keep": 1}}  # the recipe of the fourth round
+READS4 = {"measure": {"repeats": 4}}
+IDEAL_TWIN = {"prog_noise": 0, "read_noise_rel": 0, "read_noise_abs": 0, "d2d": 0}
+
+
+def round4(*changes: dict) -> dict:
+    """The fourth round's recipe with `changes` merged in, in order."""
+    out = ROUND4
+    for c in changes:
+        out = merged(out, c)
+    return out
 
 
 def units(last_activation: str = "relu", last_pib: dict | None = None, first: int = 64) -> dict:
@@ -94,6 +110,28 @@ VARIANTS: dict[str, tuple[int, dict]] = {
        for lr in (0.01, 0.003) for k in (1, 3) for n in (10, 50, 200, 1000)},
     "lr 0.003, median Z, keep 1, linear last unit, 1000 steps": (1000, {
         "pib": {"lr": 0.003, "width_z": "median"}, "objective": {"name": "pib-2view", "keep": 1}, **LINEAR_LAST}),
+    # the fifth round (run with --full): from the fourth round's recipe, 1000 steps
+    "round 4": (1000, round4()),
+    "round 4, 4 reads": (1000, round4(READS4)),
+    "round 4, linear last unit": (1000, round4(LINEAR_LAST)),
+    "round 4, 3000 steps": (3000, round4()),
+    "round 4, batch 256": (1000, round4({"pib": {"batch_size": 256}})),
+    "round 4, keep 3": (1000, round4({"objective": {"keep": 3}})),
+    "round 4, milder augmentations": (1000, round4(MILD_AUGMENT)),
+    "round 4, lr 0.01": (1000, round4({"pib": {"lr": 0.01}})),
+    "round 4, beta 0": (1000, round4({"pib": {"beta": 0}})),
+    "round 4, clip 3": (1000, round4({"units": [{**u, "clip": 3} for u in BEFORE["units"]]})),
+    **{f"round 4, X width x {k}": (1000, round4({"pib": {"width_scale_x": k}})) for k in (0.3, 0.5, 2, 4)},
+    "round 4, X and Z width x 0.5": (1000, round4({"pib": {"width_scale_x": 0.5, "width_scale_z": 0.5}})),
+    "round 4, Z width x 2": (1000, round4({"pib": {"width_scale_z": 2}})),
+    "round 4, ideal twin": (1000, round4({"board": IDEAL_TWIN})),
+    "round 4, no programming noise": (1000, round4({"board": {"prog_noise": 0}})),
+    "round 4, no read noise": (1000, round4({"board": {"read_noise_rel": 0, "read_noise_abs": 0}})),
+    "linear last unit, milder augmentations, 4 reads": (1000, round4(LINEAR_LAST, MILD_AUGMENT, READS4)),
+    "... and X width x 2": (1000, round4(LINEAR_LAST, MILD_AUGMENT, READS4, {"pib": {"width_scale_x": 2}})),
+    "... and Z width x 2 (packaged)": (1000, round4(LINEAR_LAST, MILD_AUGMENT, READS4, {"pib": {"width_scale_z": 2}})),
+    "... and Z width x 3": (1000, round4(LINEAR_LAST, MILD_AUGMENT, READS4, {"pib": {"width_scale_z": 3}})),
+    "packaged, 1 read": (1000, round4(LINEAR_LAST, MILD_AUGMENT, {"pib": {"width_scale_z": 2}})),
 }
 
 
@@ -104,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
     p.add_argument("--out", type=Path, default=Path("/tmp/labpnn-ablation-unsup"))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--full", action="store_true", help="the full 8,000 / 2,000 split instead of the subset")
     args = p.parse_args(argv)
     names = args.variants or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -111,18 +150,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown variant {unknown[0]!r}; one of: {'; '.join(VARIANTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(f"ablation{i}", "unsup-mnist-memristor", args.seed, VARIANTS[n][0], args.mnist, args.out,
-             merged_changes(VARIANTS[n][1])) for i, n in enumerate(names)]
-    print("| variant (MNIST 2,000 / 1,000, seed {}) | PIB iterations per unit | linear probe, last unit (%) |\n"
-          "|---|---|---|".format(args.seed), flush=True)
+             merged_changes(VARIANTS[n][1], args.full)) for i, n in enumerate(names)]
+    split = "8,000 / 2,000" if args.full else "2,000 / 1,000"
+    print(f"| variant (MNIST {split}, seed {args.seed}) | PIB iterations per unit | linear probe, last unit (%) |\n"
+          "|---|---|---|", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
         for n, r in zip(names, pool.map(job, jobs)):
             print(f"| {n} | {r['steps']} | {100 * r['probe']:.1f} |", flush=True)
     return 0
 
 
-def merged_changes(changes: dict) -> dict:
-    """The variant's changes over the recipe as it was before, on the subset."""
-    return merged(merged(BEFORE, SUBSET), changes)
+def merged_changes(changes: dict, full: bool = False) -> dict:
+    """The variant's changes over the recipe as it was before, on the subset unless full."""
+    return merged(BEFORE if full else merged(BEFORE, SUBSET), changes)
 
 
 if __name__ == "__main__":

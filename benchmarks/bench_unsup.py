@@ -47,10 +47,11 @@ IDX_DATASETS = ("mnist", "fashion-mnist")
 DATASET_OF = {"fashion": "fashion-mnist"}  # a job's `what` -> the dataset it runs on (else the recipe's)
 
 
-def _bench(out: Path, seed: int) -> Path:
+def _bench(out: Path, seed: int, board: dict | None = None) -> Path:
+    """The bench file: the crossbar twin, seed 100 + seed, its options changed by `board`."""
     path = out / f"bench-seed{seed}.yaml"
-    path.write_text(yaml.safe_dump({"instruments": {"crossbar": {"driver": "sim-crossbar",
-                                                                  "options": {"seed": 100 + seed}}}}))
+    options = {"seed": 100 + seed, **(board or {})}
+    path.write_text(yaml.safe_dump({"instruments": {"crossbar": {"driver": "sim-crossbar", "options": options}}}))
     return path
 
 
@@ -81,7 +82,8 @@ def _recipe(name: str, seed: int, steps: int, folder: Path | None, dataset: str 
 def unit_features(args: tuple) -> tuple:
     """One engine run (or, at 0 iterations, the units deployed untrained): (recipe, dataset,
     [(train, test) measured features of every unit], run file or None, readout or None, seconds).
-    args: (what, recipe name, seed, steps, data folder, out folder[, recipe changes])."""
+    args: (what, recipe name, seed, steps, data folder, out folder[, recipe changes]); the changes'
+    "board" key, if any, changes the crossbar twin's options instead."""
     import torch
 
     torch.set_num_threads(1)
@@ -93,10 +95,12 @@ def unit_features(args: tuple) -> tuple:
     from labpnn.units import build_units
 
     what, name, seed, steps, folder, out, *changes = args
-    recipe = parse_recipe(_recipe(name, seed, steps, folder, DATASET_OF.get(what), *changes))
+    changes = dict(changes[0]) if changes else {}
+    board = changes.pop("board", None)
+    recipe = parse_recipe(_recipe(name, seed, steps, folder, DATASET_OF.get(what), changes))
     ds = data.load(recipe.dataset.name, n_train=recipe.dataset.n_train, n_test=recipe.dataset.n_test,
                    seed=recipe.dataset.seed, path=recipe.dataset.path)
-    bench = Bench.load(_bench(out, seed))
+    bench = Bench.load(_bench(out, seed, board))
     t0 = time.time()
     path = readout = None
     try:
@@ -202,6 +206,11 @@ def versions() -> str:
     return ", ".join(f"{k} {x}" for k, x in v().items()) + f"; labpnn commit {commit}"
 
 
+def times(k: float) -> str:
+    """' × k' for a width scale other than 1."""
+    return f" × {k:g}" if k != 1 else ""
+
+
 def markdown(args, iterations, curve, base, supervised, readouts, wall: float, load, made_by: str,
              map_png: str, fashion: list[str]) -> str:
     from labpnn.recipe import load_recipe
@@ -222,8 +231,10 @@ def markdown(args, iterations, curve, base, supervised, readouts, wall: float, l
         "",
         f"Recipe `unsup-mnist-memristor` ({base['in']} → 64 → {base['width']} on the crossbar twin, objective "
         f"`pib-2view`{keep}, β = {pib.beta}, α = {pib.alpha}, Adam lr {pib.lr}, batch {pib.batch_size}, kernel widths: "
-        f"X {pib.width_x}, Z {pib.width_z}" + (f" (k = {pib.width_k})" if "knn" in (pib.width_x, pib.width_z) else "")
-        + f"; augmentations {recipe.augmentations().describe()}; both views of every sample measured through the "
+        f"X {pib.width_x}{times(pib.width_scale_x)}, Z {pib.width_z}{times(pib.width_scale_z)}"
+        + (f" (k = {pib.width_k})" if "knn" in (pib.width_x, pib.width_z) else "")
+        + f"; last unit's activation {recipe.units[-1].activation}; {recipe.measure.repeats} measurement(s) "
+        f"averaged per input; augmentations {recipe.augmentations().describe()}; both views of every sample measured through the "
         "twin; no label reaches training). Probe: scikit-learn logistic regression on the "
         "last unit's measured features (standardised), trained on the 8,000 training images, scored on the "
         f"2,000 test images; {len(args.seeds)} seeds (mean ± std, ddof 1).",
