@@ -5,14 +5,15 @@
 Each variant is recipe unsup-mnist-memristor with a few keys changed (VARIANTS, relative to the
 recipe as it was before issue 13's tuning: lr 0.0003, median widths, keep 0, 1 read, relu last
 unit), on a stratified subset of MNIST (2,000 training, 1,000 test images; --full: the
-8,000 / 2,000 split, as the fifth round's "round 4 ..." rows were run), one seed, through benchmarks/bench_unsup.job (the
-real engine on the crossbar twin). Prints the last unit's linear probe (test %) per variant.
+8,000 / 2,000 split, as the fifth round's rows were run), one seed, through
+benchmarks/bench_unsup.job (the real engine on the crossbar twin). Prints the last unit's linear probe (test %) per variant.
 No arguments: every variant.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -23,11 +24,19 @@ from bench_unsup import DEFAULT_MNIST, job, merged  # noqa: E402
 
 SUBSET = {"dataset": {"n_train": 2000, "n_test": 1000}}
 AUGMENT = [{"name": "crop", "min_scale": 0.7}, {"name": "rotate", "degrees": 15}, {"name": "pixel_noise", "std": 0.2}]
-LINEAR_LAST = {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": 64, "activation": "relu", "clip": 2},
-                         {"kind": "crossbar", "instrument": "crossbar", "out": 32, "activation": "none", "clip": 2}]}
+
+
+def units(last_activation: str = "relu", last_pib: dict | None = None, first: int = 64) -> dict:
+    """The recipe's two units, the first one's width, the last one's activation and per-unit pib
+    overrides changed."""
+    return {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": first, "activation": "relu", "clip": 2},
+                      {"kind": "crossbar", "instrument": "crossbar", "out": 32, "activation": last_activation,
+                       "clip": 2, "pib": last_pib or {}}]}
+
+
+LINEAR_LAST = units("none")
 BEFORE = {"pib": {"lr": 0.0003, "width_z": "median", "width_scale_z": 1}, "objective": {"name": "pib-2view", "keep": 0},
-          "augment": AUGMENT, "measure": {"repeats": 1},
-          "units": [{**LINEAR_LAST["units"][0]}, {**LINEAR_LAST["units"][1], "activation": "relu"}]}
+          "augment": AUGMENT, "measure": {"repeats": 1}, **units()}
 WEAK_AUGMENT = {"augment": [{"name": "shift", "pixels": 2}, {"name": "pixel_noise", "std": 0.05}]}
 STRONG_AUGMENT = {"augment": [{"name": "crop", "min_scale": 0.6}, {"name": "rotate", "degrees": 20},
                               {"name": "pixel_noise", "std": 0.3}]}
@@ -41,18 +50,7 @@ IDEAL_TWIN = {"prog_noise": 0, "read_noise_rel": 0, "read_noise_abs": 0, "d2d": 
 
 def round4(*changes: dict) -> dict:
     """The fourth round's recipe with `changes` merged in, in order."""
-    out = ROUND4
-    for c in changes:
-        out = merged(out, c)
-    return out
-
-
-def units(last_activation: str = "relu", last_pib: dict | None = None, first: int = 64) -> dict:
-    """The recipe's two units, the first one's width, the last one's activation and per-unit pib
-    overrides changed."""
-    return {"units": [{"kind": "crossbar", "instrument": "crossbar", "out": first, "activation": "relu", "clip": 2},
-                      {"kind": "crossbar", "instrument": "crossbar", "out": 32, "activation": last_activation,
-                       "clip": 2, "pib": last_pib or {}}]}
+    return functools.reduce(merged, changes, ROUND4)
 
 
 # name: (PIB iterations per unit, changes to the recipe as it was before)
