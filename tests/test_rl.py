@@ -197,6 +197,24 @@ def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
         before = r["learner_steps"]
 
 
+def test_actor_and_learner_compute_on_one_thread_each_and_the_setting_is_restored():
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    run = _run(True, episodes=2)
+    step = run.learner.step
+    run.learner.step = lambda: (seen.append((torch.get_num_threads(),
+                                             max(p["num_threads"] for p in threadpool_info()))), step())[1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run.run()
+        assert seen and set(seen) == {(1, 1)}  # torch and BLAS, in the learner's thread too
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_downstream_units_learn_on_inputs_measured_from_the_current_upstream_model():
     run = _run(False, episodes=2)
     run.run()

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
+from threadpoolctl import threadpool_limits
 
 from labpnn import state_image
 from labpnn.rl.agent import Agent, Learner
@@ -161,7 +163,19 @@ class OnlineRun:
         return np.stack(rows)
 
     def run(self) -> Progress:
-        """Act until solved or out of episodes; returns the progress (solved_at: episodes taken)."""
+        """Act until solved or out of episodes; returns the progress (solved_at: episodes taken).
+        Actor and learner each compute on one thread (BLAS and torch): their small products
+        gain nothing from a pool, and two pools on 2 cores busy-wait against each other (a
+        run took 4x the CPU time per step with the libraries' default threads)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with threadpool_limits(1):
+                return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> Progress:
         self.agent.calibrate(self.calibration_observations())
         for i in range(len(self.agent.units)):
             self.agent.deploy(i, self.learner.snapshot(i) if self.learner.steps else None)
