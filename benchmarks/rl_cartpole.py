@@ -8,7 +8,8 @@ The digital DQN has the same widths as the PNN (thermometer code 64 -> 256 -> 12
 256 -> 2 actions), every layer trained end to end by backprop on the TD loss alone (double DQN,
 the same replay, epsilon schedule, target refresh, optimiser and scheme), acting without
 hardware. `--only raw-dqn` runs the textbook DQN instead (the raw observation, 4 -> 128 -> 128
-ReLU -> 2), which checks the learner and the settings apart from the optics. Prints a table and saves the running-average curves (docs/img/rl-cartpole.png).
+ReLU -> 2), which checks the learner and the settings apart from the optics; `--only code-dqn` the
+same network on the thermometer code. Prints a table and saves the running-average curves (docs/img/rl-cartpole.png).
 With --in-turns acting and learning take turns (overlap off): the learner then does exactly
 `updates_per_step` steps per environment step whatever the machine's load, so a run on a busy
 machine learns as one on a quiet machine would (overlapped, a starved learner falls behind).
@@ -16,7 +17,7 @@ machine learns as one on a quiet machine would (overlapped, a starved learner fa
 (a JSON list, one object per unit), for the tuning runs of docs/rl.md. The progress lines say what
 ended the last 50 episodes: the cart's position, the pole's angle, or the time limit.
 Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5 | --seed K] [--in-turns] [--png docs/img/rl-cartpole.png]
-     [--only pnn|dqn|raw-dqn]
+     [--only pnn|dqn|raw-dqn|code-dqn]
      [--scheme '{"lr": 1e-3}'] [--objective '{"gamma": 0.95}'] [--env '{"levels": 128}']
      [--units '[{"out": 8}, {"bits": 8}]']
 """
@@ -24,6 +25,7 @@ Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5 | --seed K] [--in-tur
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -90,10 +92,12 @@ class RawObservation:
         return self.scaled(np.atleast_2d(obs)) * 2 - 1
 
 
-def raw_dqn_run(recipe, seed: int, episodes: int) -> OnlineRun:
-    """The textbook DQN: the raw observation, two hidden ReLU layers of 128 (the learner's check)."""
+def raw_dqn_run(recipe, seed: int, episodes: int, raw: bool = True) -> OnlineRun:
+    """The textbook DQN, two hidden ReLU layers of 128 (the learner's check), on the raw
+    observation or (raw False) on the thermometer code the PNN's first optics see."""
     env = Environment(recipe.env.model_copy(update={"episodes": episodes}), seed)
-    env.encoder = RawObservation(env.encoder)
+    if raw:
+        env.encoder = RawObservation(env.encoder)
     unit = DigitalUnit(env.encoder.n_bits, [128, 128], env.n_actions, seed, relu_only=True)
     options = objective_options(recipe).model_copy(update={"pib": False})
     objective = PIBTDObjective(options, env.n_actions, env.n_actions, True, seed)
@@ -130,7 +134,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=None, help="this seed alone (one process per seed, run side by side)")
     p.add_argument("--episodes", type=int, default=None, help="at most, per run (default: the recipe's)")
     p.add_argument("--png", type=Path, default=Path("docs/img/rl-cartpole.png"))
-    p.add_argument("--only", choices=["pnn", "dqn", "raw-dqn"], default=None)
+    p.add_argument("--only", choices=["pnn", "dqn", "raw-dqn", "code-dqn"], default=None)
     p.add_argument("--in-turns", action="store_true", help="overlap off: the learner's pace fixed per step")
     for part in ("scheme", "objective", "env"):
         p.add_argument(f"--{part}", type=json.loads, default={}, help=f"the recipe's {part} settings to override")
@@ -144,7 +148,6 @@ def main() -> None:
             for name, rows in json.loads(path.read_text()).items():
                 results.setdefault(name, []).extend(rows)
         return report(results, 100, 475.0, "as run", args.png)
-    torch.set_num_threads(1)
     recipe = load_recipe("rl-cartpole-opu")
     scheme = {**recipe.scheme_spec(), **args.scheme, **({"overlap": False} if args.in_turns else {})}
     recipe = recipe.model_copy(update={"scheme": scheme, "objective": {**recipe.objective_spec(0), **args.objective},
@@ -156,7 +159,8 @@ def main() -> None:
     makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
     if args.only:
         makers = {"pnn": {"optical PNN, PIB + TD (twin)": pnn_run}, "dqn": {"digital DQN, backprop": dqn_run},
-                  "raw-dqn": {"DQN on the raw observation": raw_dqn_run}}[args.only]
+                  "raw-dqn": {"DQN on the raw observation": raw_dqn_run},
+                  "code-dqn": {"DQN on the thermometer code": functools.partial(raw_dqn_run, raw=False)}}[args.only]
     results: dict[str, list[dict]] = {}
     for name, make in makers.items():
         for seed in seeds:

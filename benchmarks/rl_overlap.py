@@ -15,7 +15,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 
 from labpnn.bench import Bench, default_path
@@ -55,7 +54,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     args.episodes = args.episodes or (15 if args.quick else 60)
-    torch.set_num_threads(1)
     rows = {name: measure(overlap, args) for name, overlap in (("in turns", False), ("overlapped", True))}
     print(f"OPU twins: {args.frametime_us:g} us per frame, {args.reconfigure_us / 1000:g} ms per "
           f"reconfiguration; {args.episodes} episodes of CartPole-v1, seed {args.seed}")

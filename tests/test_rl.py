@@ -197,19 +197,23 @@ def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
         before = r["learner_steps"]
 
 
-def test_actor_and_learner_compute_on_one_thread_each_and_the_setting_is_restored():
+@pytest.mark.parametrize("threads", [1, None])
+def test_actor_and_learner_compute_on_the_threads_asked_and_the_setting_is_restored(threads):
     from threadpoolctl import threadpool_info
 
     seen = []
     run = _run(True, episodes=2)
-    step = run.learner.step
-    run.learner.step = lambda: (seen.append((torch.get_num_threads(),
-                                             max(p["num_threads"] for p in threadpool_info()))), step())[1]
+    run.o = run.o.model_copy(update={"threads": threads})
+    step, blas = run.learner.step, []
+    run.learner.step = lambda: (seen.append(torch.get_num_threads()),
+                                blas.append(max(p["num_threads"] for p in threadpool_info())), step())[2]
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         run.run()
-        assert seen and set(seen) == {(1, 1)}  # torch and BLAS, in the learner's thread too
+        assert seen and set(seen) == ({1} if threads else {2})  # in the learner's thread too
+        if threads:
+            assert set(blas) == {1}
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

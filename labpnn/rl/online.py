@@ -55,6 +55,9 @@ class OnlineOptions(BaseModel):
     calibration: int = Field(500, ge=2, description="random-policy observations the units' input and "
                                                    "feature scales are fixed on")
     checkpoint_every: int = Field(25, ge=1, description="episodes between checkpoints (replay included)")
+    threads: int | None = Field(1, ge=1, description="torch and BLAS threads of the actor and the learner "
+                                "each (None: the libraries' defaults, which busy-wait against each other "
+                                "on a small machine)")
     hold: int | None = Field(None, ge=1, description="learning pauses while each of the last `hold` episodes "
                              "returned at least the solved return, and resumes at the first that does not "
                              "(None: never pauses): DQN unlearns a policy that works (docs/rl.md)")
@@ -164,13 +167,15 @@ class OnlineRun:
 
     def run(self) -> Progress:
         """Act until solved or out of episodes; returns the progress (solved_at: episodes taken).
-        Actor and learner each compute on one thread (BLAS and torch): their small products
-        gain nothing from a pool, and two pools on 2 cores busy-wait against each other (a
-        run took 4x the CPU time per step with the libraries' default threads)."""
+        Actor and learner each compute on `threads` threads (BLAS and torch; one by default):
+        their small products gain little from a pool, and two pools on 2 cores busy-wait
+        against each other (docs/rl.md, fifth round)."""
+        if self.o.threads is None:
+            return self._run()
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(self.o.threads)
         try:
-            with threadpool_limits(1):
+            with threadpool_limits(self.o.threads):
                 return self._run()
         finally:
             torch.set_num_threads(threads)
