@@ -178,9 +178,10 @@ def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
     report = run.report()
     assert report["learner_steps"] > 0
     # one measurement per unit for each state seen (the first of each episode, then one per step);
-    # unit 1 also measures each minibatch again from the learner's unit-0 outputs (remeasure)
+    # unit 1 also measures each minibatch again from the learner's unit-0 outputs (remeasure),
+    # overlapped one ahead: the minibatch after the last step is measured too
     assert calls.count("unit0") == 1 + steps + 4  # 1: calibration
-    assert calls.count("unit1") == calls.count("unit0") + report["learner_steps"]
+    assert calls.count("unit1") == calls.count("unit0") + report["learner_steps"] + overlap
     # 2: each unit deployed at the start; in turns, the learner's snapshots follow on schedule
     # (overlapped, a learner slower than the actor may hand over none before the run ends)
     assert run.agent.deployments >= 2 + 2 * (not overlap) * (report["learner_steps"] // 5)
@@ -205,8 +206,8 @@ def test_actor_and_learner_compute_on_the_threads_asked_and_the_setting_is_resto
     run = _run(True, episodes=2)
     run.o = run.o.model_copy(update={"threads": threads})
     step, blas = run.learner.step, []
-    run.learner.step = lambda: (seen.append(torch.get_num_threads()),
-                                blas.append(max(p["num_threads"] for p in threadpool_info())), step())[2]
+    run.learner.step = lambda *args: (seen.append(torch.get_num_threads()),
+                                      blas.append(max(p["num_threads"] for p in threadpool_info())), step(*args))[2]
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -219,7 +220,10 @@ def test_actor_and_learner_compute_on_the_threads_asked_and_the_setting_is_resto
         torch.set_num_threads(before)
 
 
-def test_downstream_units_learn_on_inputs_measured_from_the_current_upstream_model():
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_downstream_units_learn_on_inputs_measured_from_the_current_upstream_model(pipelined):
+    from concurrent.futures import ThreadPoolExecutor
+
     run = _run(False, episodes=2)
     run.run()
     learner, agent = run.learner, run.agent
@@ -230,11 +234,34 @@ def test_downstream_units_learn_on_inputs_measured_from_the_current_upstream_mod
     h0 = torch.cat([stored[0].h, stored[0].targets["h_next"]])
     with torch.no_grad():
         upstream = learner.models[0](h0).numpy()
-    measured = learner._remeasured(stored)[1]
+    seen, update = [], learner._update
+    learner._update = lambda i, batch: (seen.append(batch), update(i, batch))[1]
+    with ThreadPoolExecutor(1) as executor:
+        learner.step(executor if pipelined else None)
+    measured = seen[1]
     again = torch.from_numpy(agent.features(1, upstream))  # shot noise: close, not equal
     stale = torch.cat([stored[1].h, stored[1].targets["h_next"]])
     fresh = torch.cat([measured.h, measured.targets["h_next"]])
     assert (fresh - again).abs().mean() < 0.5 * (stale - again).abs().mean()
+
+
+def test_a_pipelined_step_measures_the_next_minibatch_from_the_upstream_unit_as_updated():
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = _run(False, episodes=2)
+    run.run()
+    learner = run.learner
+    sent, remeasure = [], learner.remeasure
+    learner.remeasure = lambda i, z: (sent.append(z), remeasure(i, z))[1]
+    with ThreadPoolExecutor(1) as executor:
+        learner.step(executor)          # measures its own minibatch, then the next one's
+        assert len(sent) == 2
+        with torch.no_grad():
+            nxt = learner.replay.batches(learner.steps, 16)[0]
+            expected = learner.models[0](torch.cat([nxt.h, nxt.targets["h_next"]])).numpy()
+        np.testing.assert_array_equal(sent[1], expected)
+        learner.step(executor)          # uses it, and measures one more ahead
+    assert len(sent) == 3
 
 
 def test_the_hardware_meter_counts_overlapping_busy_spells_once():

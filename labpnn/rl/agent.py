@@ -14,6 +14,7 @@ import contextlib
 import copy
 import threading
 import time
+from concurrent.futures import Executor
 
 import numpy as np
 import torch
@@ -131,6 +132,16 @@ class Agent:
         return int(np.argmax(q))
 
 
+class _Done:
+    """A result already in hand, read like a future's."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
 class Learner:
     """Trains copies of the units' models, each on its own objective (no gradient crosses
     units) at its own learning rate (lrs, times lr_factor(step)), on replay minibatch `step`
@@ -151,40 +162,61 @@ class Learner:
         self.optimisers = [torch.optim.Adam(list(m.parameters()) + list(o.parameters()), lr=lr)
                            for m, o, lr in zip(self.models, objectives, lrs)]
         self.steps = 0
+        self._ahead: tuple[list[Batch], list] | None = None  # next step's minibatch, being measured
         self.lock = threading.Lock()
         self.last: list[dict[str, float]] = [{} for _ in models]
 
-    def step(self) -> list[dict[str, float]]:
-        """One optimisation step of every unit on the same minibatch."""
+    def step(self, executor: Executor | None = None) -> list[dict[str, float]]:
+        """One optimisation step of every unit on the same minibatch. With `remeasure`, unit
+        i + 1's inputs are measured from unit i's outputs as unit i stands before this step's
+        update (no gradient: the measurement cuts the graph). With an `executor` the
+        measurements run there while the digital side computes: next step's minibatch is
+        measured through unit i + 1 as soon as unit i's update is done (the same inputs it
+        would get at the start of the next step), so the optics work through this step's
+        remaining updates; without one each measurement runs in turn."""
         with self.lock:
-            batches = self.replay.batches(self.steps, self.batch_size)  # no torch RNG used past this
-            if self.remeasure is not None:
-                batches = self._remeasured(batches)
-            for i, (model, objective, opt, batch) in enumerate(zip(self.models, self.objectives, self.optimisers,
-                                                                    batches)):
-                for group in opt.param_groups:
-                    group["lr"] = self.lrs[i] * self.lr_factor(self.steps)
-                loss, values = objective.loss(model, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], _GRAD_CLIP)
-                opt.step()
-                self.last[i] = {"loss": loss.item(), **values}
+            batches, inputs = self._ahead or self._draw(self.steps)
+            self._ahead = self._draw(self.steps + 1) if executor is not None else None
+            n = len(batches[0].h)
+            for i, b in enumerate(batches):
+                h = inputs[i].result()
+                downstream = self.remeasure is not None and i + 1 < len(batches)
+                if downstream and inputs[i + 1] is None:
+                    inputs[i + 1] = self._measure(i, h, executor)
+                self._update(i, Batch(b.x, h[:n], {**b.targets, "h_next": h[n:]}))
+                if downstream and self._ahead is not None:
+                    ahead = self._ahead[1]
+                    ahead[i + 1] = self._measure(i, ahead[i].result(), executor)
             self.steps += 1
             return self.last
 
-    def _remeasured(self, batches: list[Batch]) -> list[Batch]:
-        """Each downstream unit's inputs (state, next state) measured from the current
-        upstream models' outputs; no gradient: the measurement cuts the graph."""
-        out, n = [batches[0]], len(batches[0].h)
-        h = torch.cat([batches[0].h, batches[0].targets["h_next"]])
-        for i in range(1, len(batches)):
-            with torch.no_grad():
-                z = self.models[i - 1](h).numpy()
-            h = torch.from_numpy(self.remeasure(i, z))
-            b = batches[i]
-            out.append(Batch(b.x, h[:n], {**b.targets, "h_next": h[n:]}))
-        return out
+    def _draw(self, step: int) -> tuple[list[Batch], list]:
+        """Replay minibatch `step` (drawn by (seed, step)) and each unit's inputs, states and
+        next states stacked, as results to read: the stored ones, or None for a unit whose
+        inputs are to be measured again."""
+        batches = self.replay.batches(step, self.batch_size)  # no torch RNG used past this
+        return batches, [_Done(torch.cat([b.h, b.targets["h_next"]]))
+                         if i == 0 or self.remeasure is None else None for i, b in enumerate(batches)]
+
+    def _measure(self, i: int, h: torch.Tensor, executor: Executor | None):
+        """Unit i + 1's inputs measured from unit i's current outputs on h, as a result to read."""
+        with torch.no_grad():
+            z = self.models[i](h).numpy()
+        if executor is None:
+            return _Done(torch.from_numpy(self.remeasure(i + 1, z)))
+        return executor.submit(lambda: torch.from_numpy(self.remeasure(i + 1, z)))
+
+    def _update(self, i: int, batch: Batch) -> None:
+        """Unit i's optimisation step on its own objective."""
+        model, objective, opt = self.models[i], self.objectives[i], self.optimisers[i]
+        for group in opt.param_groups:
+            group["lr"] = self.lrs[i] * self.lr_factor(self.steps)
+        loss, values = objective.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], _GRAD_CLIP)
+        opt.step()
+        self.last[i] = {"loss": loss.item(), **values}
 
     def snapshot(self, index: int) -> dict:
         """A copy of unit `index`'s model state, for the agent to deploy."""
@@ -199,7 +231,7 @@ class Learner:
 
     def load_state(self, state: dict) -> None:
         with self.lock:
-            self.steps = int(state["steps"])
+            self.steps, self._ahead = int(state["steps"]), None
             for m, o, obj, ms, os_, objs in zip(self.models, self.optimisers, self.objectives,
                                                  state["models"], state["optimisers"], state["objectives"]):
                 m.load_state_dict(ms)

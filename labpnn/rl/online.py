@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,8 +127,8 @@ class OnlineRun:
         recent = self.progress.returns[-self.o.hold:] if self.o.hold else []
         return len(recent) == self.o.hold and min(recent) >= self.env.solved_return
 
-    def _learn_once(self) -> None:
-        values = self.learner.step()
+    def _learn_once(self, executor: Executor | None = None) -> None:
+        values = self.learner.step(executor)
         for i, v in enumerate(values):
             self._losses[i].append(v["loss"])
         if self.learner.steps % self.o.deploy_every == 0:
@@ -142,12 +143,15 @@ class OnlineRun:
             self.agent.deploy(i, state)
 
     def _learner_thread(self) -> None:
+        """Learn while the actor acts; each step's re-measurements go to the optics from a
+        thread of their own while the upstream unit's update computes (Learner.step)."""
         try:
-            while not self._stop.is_set():
-                if self._learning_due():
-                    self._learn_once()
-                else:
-                    time.sleep(2e-4)
+            with ThreadPoolExecutor(1, thread_name_prefix="labpnn-remeasure") as executor:
+                while not self._stop.is_set():
+                    if self._learning_due():
+                        self._learn_once(executor)
+                    else:
+                        time.sleep(2e-4)
         except BaseException as exc:  # reported by the actor, which stops the run
             self.learner_error = exc
 
