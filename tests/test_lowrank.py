@@ -38,7 +38,11 @@ def test_fast_is_close_to_exact_and_its_bracket_holds(monkeypatch):
         total = (lam ** alpha).sum().item()
         est, _, _ = lowrank.spectral_sum([A], alpha, 48)
         assert 0 < est.half_width < 1e-3 * abs(1 - total)
-        assert abs(est.value.item() - total) <= est.half_width
+        # the bracket bounds the tail's model; the computed eigenvalues, the kept ones and
+        # eigvalsh's, each carry float64 round-off of about n eps (|A| <= 1): 2.8e-13 past a
+        # half width of 1e-12 at alpha 2.5 on one CPU (AMD EPYC), within it on another
+        roundoff = 2 * 48 * A.shape[0] * torch.finfo(torch.float64).eps
+        assert abs(est.value.item() - total) <= est.half_width + roundoff
 
 
 def test_fast_mutual_information_and_gradient_follow_the_exact_path(monkeypatch):
