@@ -198,6 +198,22 @@ def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
         before = r["learner_steps"]
 
 
+def test_a_fault_in_the_learners_measurement_stops_an_overlapped_run_with_that_error():
+    run = _run(True, episodes=50)
+    unit = run.agent.units[1]
+    project = unit.projector.project
+
+    def faulty(x):  # the learner's re-measurements are batches; the actor's single frames
+        if len(x) > 1 and run.learner.steps >= 3:
+            raise OSError("opu1: camera timed out")
+        return project(x)
+
+    unit.projector.project = faulty
+    with pytest.raises(OSError, match="camera timed out"):
+        run.run()
+    assert run.progress.episode < 50 and run.learner.steps >= 3
+
+
 @pytest.mark.parametrize("threads", [1, None])
 def test_actor_and_learner_compute_on_the_threads_asked_and_the_setting_is_restored(threads):
     from threadpoolctl import threadpool_info
