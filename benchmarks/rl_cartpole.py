@@ -19,7 +19,7 @@ ended the last 50 episodes: the cart's position, the pole's angle, or the time l
 Run: python benchmarks/rl_cartpole.py [--quick] [--seeds 5 | --seed K] [--in-turns] [--png docs/img/rl-cartpole.png]
      [--only pnn|dqn|raw-dqn|code-dqn]
      [--scheme '{"lr": 1e-3}'] [--objective '{"gamma": 0.95}'] [--env '{"levels": 128}']
-     [--units '[{"out": 8}, {"bits": 8}]']
+     [--units '[{"out": 8}, {"bits": 8}]'] [--bench instruments.yaml]
 """
 
 from __future__ import annotations
@@ -39,20 +39,21 @@ from labpnn.recipe import load_recipe
 from labpnn.rl.build import build_online_run, objective_options, scheme_options
 from labpnn.rl.env import Environment
 from labpnn.rl.online import OnlineRun
+from labpnn.units.base import Activation
 from labpnn.objectives.pib_td import PIBTDObjective
 
 
 class DigitalUnit:
     """The digital DQN as one 'unit': no physical stage, the whole MLP as its model (hidden
-    layers ReLU, or ReLU and sigmoid alternating as the PNN's)."""
+    layers ReLU, or ReLU and `middle` alternating as the PNN's, middle its unit 0's activation)."""
 
     name = "digital"
 
-    def __init__(self, in_features: int, widths: list[int], n_actions: int, seed: int, relu_only: bool = False):
+    def __init__(self, in_features: int, widths: list[int], n_actions: int, seed: int, middle: str = "relu"):
         torch.manual_seed(seed)
         layers, n = [], in_features
         for i, w in enumerate(widths):
-            layers += [nn.Linear(n, w), nn.Sigmoid() if i % 2 and not relu_only else nn.ReLU()]
+            layers += [nn.Linear(n, w), Activation(middle) if i % 2 else nn.ReLU()]
             n = w
         self._model = nn.Sequential(*layers, nn.Linear(n, n_actions))
         self.in_features = self.n_outputs = in_features
@@ -68,15 +69,15 @@ class DigitalUnit:
         return {}
 
 
-def pnn_run(recipe, seed: int, episodes: int) -> OnlineRun:
-    bench = Bench.load()
+def pnn_run(recipe, seed: int, episodes: int, bench_path: Path | None = None) -> OnlineRun:
+    bench = Bench.load(bench_path)
     return build_online_run(recipe, bench, recipe.env.model_copy(update={"episodes": episodes}), seed=seed)
 
 
 def dqn_run(recipe, seed: int, episodes: int) -> OnlineRun:
     env = Environment(recipe.env.model_copy(update={"episodes": episodes}), seed)
     widths = [256, recipe.units[0].out, 256]
-    unit = DigitalUnit(env.encoder.n_bits, widths, env.n_actions, seed)
+    unit = DigitalUnit(env.encoder.n_bits, widths, env.n_actions, seed, recipe.units[0].activation)
     options = objective_options(recipe).model_copy(update={"pib": False})
     objective = PIBTDObjective(options, env.n_actions, env.n_actions, True, seed)
     return OnlineRun.build([unit], env, scheme_options(recipe), [objective], seed)
@@ -98,7 +99,7 @@ def raw_dqn_run(recipe, seed: int, episodes: int, raw: bool = True) -> OnlineRun
     env = Environment(recipe.env.model_copy(update={"episodes": episodes}), seed)
     if raw:
         env.encoder = RawObservation(env.encoder)
-    unit = DigitalUnit(env.encoder.n_bits, [128, 128], env.n_actions, seed, relu_only=True)
+    unit = DigitalUnit(env.encoder.n_bits, [128, 128], env.n_actions, seed)
     options = objective_options(recipe).model_copy(update={"pib": False})
     objective = PIBTDObjective(options, env.n_actions, env.n_actions, True, seed)
     return OnlineRun.build([unit], env, scheme_options(recipe), [objective], seed)
@@ -138,6 +139,7 @@ def main() -> None:
     p.add_argument("--in-turns", action="store_true", help="overlap off: the learner's pace fixed per step")
     for part in ("scheme", "objective", "env"):
         p.add_argument(f"--{part}", type=json.loads, default={}, help=f"the recipe's {part} settings to override")
+    p.add_argument("--bench", type=Path, default=None, help="the instruments file (default: the twins' bench)")
     p.add_argument("--units", type=json.loads, default=[], help="the recipe's unit settings to override, per unit")
     p.add_argument("--merge", type=Path, nargs="+", default=None, help="no runs: the table and curves of the "
                    "results (.json beside each --png) of runs made one seed per process")
@@ -156,9 +158,10 @@ def main() -> None:
                                                  zip(recipe.units, args.units + [{}] * len(recipe.units))]})
     seeds = [args.seed] if args.seed is not None else range(1 if args.quick else args.seeds)
     episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
-    makers = {"optical PNN, PIB + TD (twin)": pnn_run, "digital DQN, backprop": dqn_run}
+    pnn = functools.partial(pnn_run, bench_path=args.bench)
+    makers = {"optical PNN, PIB + TD (twin)": pnn, "digital DQN, backprop": dqn_run}
     if args.only:
-        makers = {"pnn": {"optical PNN, PIB + TD (twin)": pnn_run}, "dqn": {"digital DQN, backprop": dqn_run},
+        makers = {"pnn": {"optical PNN, PIB + TD (twin)": pnn}, "dqn": {"digital DQN, backprop": dqn_run},
                   "raw-dqn": {"DQN on the raw observation": raw_dqn_run},
                   "code-dqn": {"DQN on the thermometer code": functools.partial(raw_dqn_run, raw=False)}}[args.only]
     results: dict[str, list[dict]] = {}

@@ -58,7 +58,7 @@ class UnitSpec(Strict):
     kind: Literal["crossbar", "scattering"]
     instrument: str | list[str] = Field(description="bench name(s): one crossbar; an OPU; or [slm, camera]")
     out: int = Field(ge=1, description="output features of the unit")
-    activation: Literal["relu", "tanh", "sigmoid", "none"] = "relu"
+    activation: Literal["relu", "tanh", "sigmoid", "clip", "none"] = "relu"
     bias: bool = True
     encoding: Literal["threshold", "bitplane", "thermometer"] = "threshold"
     bits: int = Field(1, ge=1, le=8)

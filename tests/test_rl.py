@@ -198,6 +198,22 @@ def test_every_action_comes_from_the_hardware_while_the_units_learn(overlap):
         before = r["learner_steps"]
 
 
+@pytest.mark.parametrize("activation, scale", [("sigmoid", 1.0), ("clip", 1.0), ("relu", None)])
+def test_a_unit_after_a_bounded_activation_codes_its_inputs_over_0_to_1(activation, scale):
+    from labpnn.rl.agent import Agent
+
+    units = _run(False, episodes=1).agent.units
+    units[0].activation, units[1].input_scale = activation, None
+    Agent(units, lambda obs: obs, 2, seed=0)
+    assert units[1].input_scale == scale  # None: the largest value of the first batch, later
+
+
+def test_clip_is_a_relu_bounded_at_1():
+    from labpnn.units.base import Activation
+
+    assert Activation("clip")(torch.tensor([-9.0, 0.25, 9.0])).tolist() == [0.0, 0.25, 1.0]
+
+
 def test_a_fault_in_the_learners_measurement_stops_an_overlapped_run_with_that_error():
     run = _run(True, episodes=50)
     unit = run.agent.units[1]

@@ -22,6 +22,7 @@ from torch import nn
 
 from labpnn.objectives.pib_td import PIBTDObjective
 from labpnn.protocols import Batch
+from labpnn.units.base import BOUNDED
 from labpnn.rl.replay import ReplayBuffer
 
 _GRAD_CLIP = 10.0  # max gradient norm per unit and step: TD errors are heavy-tailed early on
@@ -68,8 +69,8 @@ class Agent:
     `features(i, h)` is what unit i's digital layer reads: its optical stage measured on h
     (`unit.prepare`), each feature standardised with a mean and scale fixed at calibration
     (speckle features differ in mean and spread feature by feature; one scale for all
-    leaves a linear layer badly conditioned). A unit fed by a sigmoid unit codes its input
-    over the sigmoid's fixed range 0..1, not over the largest value of its first batch. One
+    leaves a linear layer badly conditioned). A unit fed by a sigmoid (or clip) unit codes its
+    input over that activation's fixed range 0..1, not over the largest value of its first batch. One
     lock per unit: actor and learner take turns on an instrument."""
 
     def __init__(self, units, encoder, n_actions: int, seed: int, deploy=None):
@@ -81,7 +82,7 @@ class Agent:
         self._offset: list[np.ndarray | None] = [None] * len(units)
         self._scale: list[np.ndarray | None] = [None] * len(units)
         for before, unit in zip(units, units[1:]):
-            if getattr(before, "activation", None) == "sigmoid" and hasattr(unit, "input_scale"):
+            if getattr(before, "activation", None) in BOUNDED and hasattr(unit, "input_scale"):
                 unit.input_scale = 1.0
 
     def features(self, index: int, h: np.ndarray) -> np.ndarray:

@@ -11,8 +11,10 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu,
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
+    "clip": lambda t: t.clamp(0.0, 1.0),  # a ReLU bounded at 1: piecewise linear onto 0..1
     "none": lambda t: t,
 }
+BOUNDED = ("sigmoid", "clip")  # activations onto 0..1: a unit after one codes its inputs over that range
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
