@@ -214,6 +214,23 @@ def test_clip_is_a_relu_bounded_at_1():
     assert Activation("clip")(torch.tensor([-9.0, 0.25, 9.0])).tolist() == [0.0, 0.25, 1.0]
 
 
+@pytest.mark.parametrize("max_behind", [8, None])
+def test_an_overlapped_actor_waits_for_a_slow_learner_unless_told_not_to(max_behind):
+    import time
+
+    run = _run(True, episodes=6)
+    run.o = run.o.model_copy(update={"max_behind": max_behind})
+    step = run.learner.step
+    run.learner.step = lambda *args: (time.sleep(0.02), step(*args))[1]
+    progress = run.run()
+    quota = run.o.updates_per_step * (progress.env_steps - progress.held_steps - run.o.warmup)
+    behind = quota - run.learner.steps
+    if max_behind is None:     # the actor ran ahead: 20 ms a learner step, about 1 ms an action
+        assert behind > 20
+    else:
+        assert behind <= max_behind + 1
+
+
 def test_a_fault_in_the_learners_measurement_stops_an_overlapped_run_with_that_error():
     run = _run(True, episodes=50)
     unit = run.agent.units[1]

@@ -9,7 +9,8 @@ in turns (act, then learn, then deploy), the instruments idle while the digital 
 computes: the comparison of benchmarks/rl_overlap.py.
 
 The learner never runs more than `updates_per_step` optimisation steps per environment
-step past the warm-up, in either mode, so both do the same learning per experience.
+step past the warm-up, in either mode, and overlapped the actor waits while the learner is
+more than `max_behind` steps short of that, so both do the same learning per experience.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class OnlineOptions(BaseModel):
     warmup: int = Field(1000, ge=1, description="transitions collected before learning starts")
     updates_per_step: float = Field(0.25, gt=0, description="learner steps per environment step, at most")
     deploy_every: int = Field(25, ge=1, description="learner steps between deployments")
+    max_behind: int | None = Field(8, ge=1, description="overlapped: learner steps the learner may fall behind "
+                                   "its quota (updates_per_step) before the actor waits for it, so a run learns "
+                                   "as much per experience on any machine (None: never waits; a slow learner "
+                                   "then makes fewer steps)")
     epsilon_start: float = Field(1.0, ge=0, le=1)
     epsilon_end: float = Field(0.01, ge=0, le=1)
     epsilon_steps: int = Field(5000, ge=1, description="environment steps of the linear epsilon decay")
@@ -117,10 +122,23 @@ class OnlineRun:
         o = self.o
         return o.epsilon_start + (o.epsilon_end - o.epsilon_start) * min(1.0, step / o.epsilon_steps)
 
-    def _learning_due(self) -> bool:
+    def _owed(self) -> float:
+        """Learner steps due and not yet made (<= 0: none due)."""
+        if self.holding() or len(self.replay) < self.o.warmup:
+            return 0.0
         past = self.progress.env_steps - self.progress.held_steps - self.o.warmup
-        return (not self.holding() and len(self.replay) >= self.o.warmup
-                and self.learner.steps < self.o.updates_per_step * past)
+        return self.o.updates_per_step * past - self.learner.steps
+
+    def _learning_due(self) -> bool:
+        return self._owed() > 0
+
+    def _wait_for_learner(self) -> None:
+        """Overlapped: hold the actor while the learner is more than max_behind steps behind."""
+        while self.o.max_behind is not None and self._owed() > self.o.max_behind:
+            if self.learner_error is not None:
+                raise self.learner_error
+            self.between()
+            time.sleep(2e-4)
 
     def holding(self) -> bool:
         """Whether learning pauses: each of the last `hold` episodes reached the solved return."""
@@ -226,6 +244,8 @@ class OnlineRun:
             if not o.overlap:
                 while self._learning_due():
                     self._learn_once()
+            else:
+                self._wait_for_learner()
             self._deploy_pending()
         p.returns.append(total)
         p.episode += 1
