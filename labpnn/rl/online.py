@@ -101,6 +101,7 @@ class OnlineRun:
         self._pending: dict[int, dict] = {}
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
+        self._stepped = threading.Condition()
         self._losses: list[list[float]] = [[] for _ in agent.units]
         self.learner_error: BaseException | None = None
 
@@ -138,7 +139,8 @@ class OnlineRun:
             if self.learner_error is not None:
                 raise self.learner_error
             self.between()
-            time.sleep(2e-4)
+            with self._stepped:  # woken by the learner's next step (no polling against it)
+                self._stepped.wait(0.05)
 
     def holding(self) -> bool:
         """Whether learning pauses: each of the last `hold` episodes reached the solved return."""
@@ -147,6 +149,8 @@ class OnlineRun:
 
     def _learn_once(self, executor: Executor | None = None) -> None:
         values = self.learner.step(executor)
+        with self._stepped:
+            self._stepped.notify_all()
         for i, v in enumerate(values):
             self._losses[i].append(v["loss"])
         if self.learner.steps % self.o.deploy_every == 0:
