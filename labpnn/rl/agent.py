@@ -14,7 +14,7 @@ import contextlib
 import copy
 import threading
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 
 import numpy as np
 import torch
@@ -133,14 +133,11 @@ class Agent:
         return int(np.argmax(q))
 
 
-class _Done:
-    """A result already in hand, read like a future's."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
+def _done(value) -> Future:
+    """A future already holding `value` (a measurement made in turn)."""
+    future = Future()
+    future.set_result(value)
+    return future
 
 
 class Learner:
@@ -196,7 +193,7 @@ class Learner:
         next states stacked, as results to read: the stored ones, or None for a unit whose
         inputs are to be measured again."""
         batches = self.replay.batches(step, self.batch_size)  # no torch RNG used past this
-        return batches, [_Done(torch.cat([b.h, b.targets["h_next"]]))
+        return batches, [_done(torch.cat([b.h, b.targets["h_next"]]))
                          if i == 0 or self.remeasure is None else None for i, b in enumerate(batches)]
 
     def _measure(self, i: int, h: torch.Tensor, executor: Executor | None):
@@ -204,7 +201,7 @@ class Learner:
         with torch.no_grad():
             z = self.models[i](h).numpy()
         if executor is None:
-            return _Done(torch.from_numpy(self.remeasure(i + 1, z)))
+            return _done(torch.from_numpy(self.remeasure(i + 1, z)))
         return executor.submit(lambda: torch.from_numpy(self.remeasure(i + 1, z)))
 
     def _update(self, i: int, batch: Batch) -> None:
