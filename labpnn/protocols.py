@@ -194,7 +194,7 @@ class Batch:
     x: the global network input rows (float32, flattened), h: the unit's measured input rows (what
     model() takes), targets: named tensors the objective needs:
       "y" integer labels (supervised); "x2", "h2" a second augmented view (unsupervised);
-      "action", "reward", "h_next", "done" (TD learning)."""
+      "action", "reward", "steps", "h_next", "done" (TD learning)."""
 
     x: torch.Tensor
     h: torch.Tensor

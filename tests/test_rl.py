@@ -56,7 +56,7 @@ def _filled(n=50, seed=1) -> ReplayBuffer:
     rb = ReplayBuffer(40, 2, [3], seed)
     rng = np.random.default_rng(0)
     for i in range(n):
-        rb.add(rng.random(2), i % 2, 1.0, i % 7 == 0, [rng.random(3)], [rng.random(3)])
+        rb.add(rng.random(2), i % 2, [1.0], i % 7 == 0, [rng.random(3)], [rng.random(3)])
     return rb
 
 
@@ -76,7 +76,8 @@ def test_replay_minibatches_depend_on_seed_and_step_and_survive_a_checkpoint():
 def _batch(n=16, width=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(n, width, generator=g)
-    targets = {"action": torch.randint(0, 2, (n,), generator=g), "reward": torch.ones(n),
+    targets = {"action": torch.randint(0, 2, (n,), generator=g), "reward": torch.ones(n, 1),
+               "steps": torch.ones(n, dtype=torch.long),
                "h_next": torch.randn(n, width, generator=g), "done": (torch.rand(n, generator=g) < 0.2).float()}
     return Batch(torch.rand(n, 4, generator=g), h, targets)
 
@@ -113,6 +114,21 @@ def test_pib_td_bootstraps_from_a_target_copy_refreshed_on_schedule():
         PIBTDObjective(PIBTDOptions(), 3, 2, last=True, seed=0)
 
 
+def test_pib_td_n_step_targets_discount_the_rewards_and_the_bootstrap_by_their_steps():
+    model = torch.nn.Linear(6, 2)
+    objective = PIBTDObjective(PIBTDOptions(pib=False, gamma=0.5, lambda_td=1.0), 2, 2, last=True, seed=0)
+    b = _batch(n=3)
+    targets = {**b.targets, "reward": torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [2.0, 0.0, 0.0]]),
+               "steps": torch.tensor([3, 2, 1]), "done": torch.tensor([0.0, 0.0, 1.0])}
+    loss, _ = objective.loss(model, Batch(b.x, b.h, targets))
+    with torch.no_grad():  # the target copy is the model here (made at this first step)
+        q_next = model(targets["h_next"])
+        bootstrap = q_next.gather(1, q_next.argmax(1, keepdim=True))[:, 0]
+        q = model(b.h).gather(1, targets["action"][:, None])[:, 0]
+    expected = torch.stack([1.75 + 0.125 * bootstrap[0], 1.5 + 0.25 * bootstrap[1], torch.tensor(2.0)])
+    assert loss.item() == pytest.approx(torch.nn.functional.smooth_l1_loss(q, expected).item(), rel=1e-6)
+
+
 def test_pib_td_value_label_pairs_the_greedy_action_with_equal_count_value_bins():
     model = torch.nn.Linear(6, 2)
     objective = PIBTDObjective(PIBTDOptions(label="value", value_bins=4), 2, 2, last=True, seed=0)
@@ -144,7 +160,7 @@ def test_learning_rates_decay_linearly_to_their_end_fraction():
     assert OnlineOptions().lr_factor(10**6) == 1.0
 
 
-def _run(overlap: bool, episodes: int = 4, spec: EnvSpec = CARTPOLE, hold: int | None = None,
+def _run(overlap: bool, episodes: int = 4, spec: EnvSpec = CARTPOLE, hold: int | None = None, n_step: int = 1,
          **callbacks) -> OnlineRun:
     from labpnn.sim_devices.opu import SimOPUDevice
     from labpnn.units.scattering import ScatteringUnit
@@ -158,7 +174,7 @@ def _run(overlap: bool, episodes: int = 4, spec: EnvSpec = CARTPOLE, hold: int |
         n_in = out
     options = OnlineOptions(overlap=overlap, replay=500, batch_size=16, warmup=30, calibration=20,
                             deploy_every=5, updates_per_step=1.0, epsilon_steps=100, checkpoint_every=2,
-                            hold=hold)
+                            hold=hold, n_step=n_step)
     objectives = [PIBTDObjective(PIBTDOptions(), u.out_features, 2, i == 1, seed=i) for i, u in enumerate(units)]
     return OnlineRun.build(units, env, options, objectives, seed=0, **callbacks)
 
@@ -369,6 +385,22 @@ def test_learning_pauses_while_the_last_episodes_reach_the_solved_return_and_owe
         before = r["learner_steps"]
     assert held > 0 and resumed > 0 and run.progress.held_steps == held
     assert _restored(run).progress.held_steps == held  # checkpointed
+
+
+def test_n_step_transitions_hold_the_rewards_up_to_n_steps_ahead_and_fewer_at_an_episodes_end():
+    rows = []
+    run = _run(False, episodes=3, n_step=3, on_episode=rows.append)
+    run.run()
+    a, n = run.replay.arrays, run.replay.added
+    assert n == run.progress.env_steps  # one transition per step taken, the last ones at each end too
+    start = 0
+    for r in rows:  # every CartPole step pays 1; an episode that ends by falling ends in done
+        length, tail = r["length"], min(3, r["length"])
+        steps = a["steps"][start:start + length].tolist()
+        assert steps == [3] * (length - tail) + [3, 2, 1][-tail:]
+        assert a["reward"][start:start + length].sum(1).tolist() == steps
+        assert a["done"][start:start + length].tolist() == [0] * (length - tail) + [float(length < 500)] * tail
+        start += length
 
 
 def _restored(run: OnlineRun) -> OnlineRun:

@@ -1,6 +1,7 @@
 """The layer-local RL objective `pib-td`: L = L_PIB + lambda * L_TD for one unit.
 
-- L_TD: the Huber temporal-difference loss of double Q-learning on the unit's own Q
+- L_TD: the Huber temporal-difference loss of double Q-learning (over the replayed
+  transition's k steps: r_0 + gamma r_1 + ... + gamma^k Q(s_k)) on the unit's own Q
   estimate: the last unit's outputs are the Q-values; every other unit reads its output Z
   through a small local head (Linear(out, n_actions)), trained with it. The bootstrap
   target comes from the unit's own target copy (model and head, refreshed every
@@ -28,7 +29,7 @@ from torch import nn
 from labpnn.objectives import ObjectiveContext, register_objective
 from labpnn.pib import pib_terms
 
-NEEDS = frozenset({"action", "reward", "h_next", "done"})
+NEEDS = frozenset({"action", "reward", "steps", "h_next", "done"})
 
 
 class PIBTDOptions(BaseModel):
@@ -88,7 +89,8 @@ class PIBTDObjective:
         with torch.no_grad():
             greedy_next = self.q_values(model, t["h_next"]).argmax(1, keepdim=True)
             bootstrap = self.target(t["h_next"]).gather(1, greedy_next)[:, 0]
-            target = t["reward"] + o.gamma * (1 - t["done"]) * bootstrap
+            discounts = o.gamma ** torch.arange(t["reward"].shape[1], dtype=torch.float32)
+            target = t["reward"] @ discounts + o.gamma ** t["steps"].float() * (1 - t["done"]) * bootstrap
             y = self._label(batch.h, action)
         td = nn.functional.smooth_l1_loss(q.gather(1, action[:, None])[:, 0], target)
         values = {"td": td.item(), "q": q.detach().mean().item()}

@@ -52,6 +52,9 @@ class OnlineOptions(BaseModel):
                                    "its quota (updates_per_step) before the actor waits for it, so a run learns "
                                    "as much per experience on any machine (None: never waits; a slow learner "
                                    "then makes fewer steps)")
+    n_step: int = Field(1, ge=1, description="TD targets over this many environment steps: each replayed "
+                        "transition holds the rewards of up to n_step steps and bootstraps from the state "
+                        "after them (fewer at the episode's end)")
     epsilon_start: float = Field(1.0, ge=0, le=1)
     epsilon_end: float = Field(0.01, ge=0, le=1)
     epsilon_steps: int = Field(5000, ge=1, description="environment steps of the linear epsilon decay")
@@ -110,7 +113,7 @@ class OnlineRun:
               **callbacks) -> OnlineRun:
         """The run of `units` (their last one gives the Q-values) on `env`, each unit trained
         on its objective in `objectives`; deploy(index, unit) puts a unit on its instruments."""
-        replay = ReplayBuffer(options.replay, env.obs_dim, [u.n_outputs for u in units], seed)
+        replay = ReplayBuffer(options.replay, env.obs_dim, [u.n_outputs for u in units], seed, options.n_step)
         agent = Agent(units, env.encoder, env.n_actions, seed, deploy)
         lrs = [options.lr_upstream] * (len(units) - 1) + [options.lr]
         learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, lrs, seed,
@@ -232,6 +235,7 @@ class OnlineRun:
         obs = self.env.reset(p.episode)
         features, q = agent.measure(obs)
         total, length, done = 0.0, 0, False
+        waiting: list[tuple] = []  # (scaled observation, action, features, rewards) not yet stored
         while not done:
             if self.learner_error is not None:
                 raise self.learner_error
@@ -240,10 +244,16 @@ class OnlineRun:
             action = agent.act(q, epsilon, p.env_steps)
             obs2, reward, terminated, truncated = self.env.step(action)
             features2, q = agent.measure(obs2)
-            self.replay.add(self.env.encoder.scaled(obs), action, reward, terminated, features, features2)
+            waiting.append((self.env.encoder.scaled(obs), action, features, []))
+            for row in waiting:
+                row[3].append(reward)
+            done = terminated or truncated
+            while waiting and (done or len(waiting[0][3]) == o.n_step):
+                x, a, h, rewards = waiting.pop(0)
+                self.replay.add(x, a, rewards, terminated, h, features2)
             p.env_steps += 1
             p.held_steps += self.holding()
-            total, length, done = total + reward, length + 1, terminated or truncated
+            total, length = total + reward, length + 1
             obs, features = obs2, features2
             if not o.overlap:
                 while self._learning_due():

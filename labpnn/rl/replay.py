@@ -2,7 +2,8 @@
 
 Each transition holds, per unit, the unit's model input (its measured optical features,
 float16) for the state and for the next state, plus the scaled observation (the PIB
-term's X), the action, the reward and whether the episode terminated. Minibatch s is drawn
+term's X), the action, the rewards of the steps up to the next state (`n_step` at most:
+an n-step transition, zero-padded), their count, and whether the episode terminated. Minibatch s is drawn
 by (seed, s) alone, and the whole buffer is a dict of arrays (state()/load()), so a
 checkpoint holding it makes a resumed run continue the same trajectory.
 """
@@ -16,17 +17,18 @@ import torch
 
 from labpnn.protocols import Batch
 
-_SCALARS = {"action": np.int64, "reward": np.float32, "done": np.float32}
+_SCALARS = {"action": np.int64, "steps": np.int64, "done": np.float32}
 
 
 class ReplayBuffer:
     """Ring buffer of `capacity` transitions; thread-safe (the actor adds, the learner samples)."""
 
-    def __init__(self, capacity: int, obs_dim: int, feature_dims: list[int], seed: int):
+    def __init__(self, capacity: int, obs_dim: int, feature_dims: list[int], seed: int, n_step: int = 1):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         self.capacity, self.seed = int(capacity), int(seed)
-        self.arrays: dict[str, np.ndarray] = {"obs": np.zeros((capacity, obs_dim), np.float32)}
+        self.arrays: dict[str, np.ndarray] = {"obs": np.zeros((capacity, obs_dim), np.float32),
+                                              "reward": np.zeros((capacity, n_step), np.float32)}
         for name, dtype in _SCALARS.items():
             self.arrays[name] = np.zeros(capacity, dtype)
         self.n_units = len(feature_dims)
@@ -39,12 +41,15 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return min(self.added, self.capacity)
 
-    def add(self, obs, action: int, reward: float, done: bool, h: list[np.ndarray],
+    def add(self, obs, action: int, rewards: list[float], done: bool, h: list[np.ndarray],
             h_next: list[np.ndarray]) -> None:
+        """One transition: `rewards` those of the steps from the state to the next state."""
         with self._lock:
             i = self.added % self.capacity
             a = self.arrays
-            a["obs"][i], a["action"][i], a["reward"][i], a["done"][i] = obs, action, reward, done
+            a["obs"][i], a["action"][i], a["done"][i], a["steps"][i] = obs, action, done, len(rewards)
+            a["reward"][i] = 0.0
+            a["reward"][i, :len(rewards)] = rewards
             for unit, (u, u_next) in enumerate(zip(h, h_next)):
                 a[f"h{unit}"][i], a[f"h{unit}_next"][i] = u, u_next
             self.added += 1
@@ -61,9 +66,10 @@ class ReplayBuffer:
 
     def batches(self, step: int, batch_size: int) -> list[Batch]:
         """Minibatch `step` as one Batch per unit: x the scaled observations, h the unit's
-        inputs, targets action, reward, done and h_next (the unit's inputs at the next state)."""
+        inputs, targets action, reward (batch, n_step), steps, done and h_next (the unit's inputs
+        at the next state)."""
         s = {k: torch.from_numpy(v) for k, v in self.sample(step, batch_size).items()}
-        common = {"action": s["action"], "reward": s["reward"], "done": s["done"]}
+        common = {k: s[k] for k in ("action", "reward", "steps", "done")}
         return [Batch(s["obs"], s[f"h{i}"], {**common, "h_next": s[f"h{i}_next"]}) for i in range(self.n_units)]
 
     def state(self) -> dict:
