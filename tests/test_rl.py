@@ -459,3 +459,25 @@ def test_an_aborted_run_resumes_from_its_checkpoint_with_the_replay_buffer(tmp_p
     assert set(summary["episodes"][0]) == {"episode", "return", "length"}
     assert any("resumed at episode 2" in e["message"] for e in summary["events"])
     bench.close()
+
+
+def test_a_unit_on_the_slm_and_camera_twins_acts_and_learns_in_the_agent(tmp_path, monkeypatch):
+    from labpnn.bench import Bench
+    from labpnn.engine import Run, State
+    from labpnn.recipe import parse_recipe
+    from labpnn.runlog import RunReader
+    from labpnn.sim_devices.optics import SimSLM
+
+    shown = []
+    put = SimSLM._put
+    monkeypatch.setattr(SimSLM, "_put", lambda self, frames: (shown.append(len(frames)), put(self, frames))[1])
+    units = [ENGINE_RECIPE["units"][0], {**ENGINE_RECIPE["units"][1], "instrument": ["slm", "camera"],
+                                         "optical_features": 64}]
+    bench, path = Bench.load(None), tmp_path / "slm.h5"
+    assert Run(parse_recipe({**ENGINE_RECIPE, "units": units}), bench, path).execute() is State.DONE
+    with RunReader(path) as reader:
+        episodes = reader.episodes
+    assert len(episodes) == 4 and episodes[-1]["learner_steps"] > 0
+    # every state the agent acted on went through the SLM (and the learner's re-measurements too)
+    assert sum(shown) >= episodes[-1]["env_steps"] + episodes[-1]["learner_steps"] * 2 * 16
+    bench.close()
