@@ -46,6 +46,7 @@ class MainWindow(QMainWindow):
         self.bench = bench
         self.settings = settings if settings is not None else QSettings()
         self.data = RunData()
+        self._episodes_shown = False  # the Episodes dock brought to the front for this run
         self.progress: RunProgress | None = None
         self.worker: RunWorker | None = None
         self.reader: RunReader | None = None
@@ -145,6 +146,7 @@ class MainWindow(QMainWindow):
         for view in self.views:
             view.clear()
         self.data = data
+        self._episodes_shown = False
         self.redraw()
 
     def redraw(self) -> None:
@@ -153,6 +155,9 @@ class MainWindow(QMainWindow):
         for view in self.views:
             if view.sections & changed:
                 view.render(self.data)
+        if self.data.episodes and not self._episodes_shown:  # an RL run: its returns in front, once
+            self.episodes.raise_()
+            self._episodes_shown = True
         if self.progress is not None:
             self.run_dock.show_progress(self.progress)
 

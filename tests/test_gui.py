@@ -484,11 +484,15 @@ def test_episodes_dock_shows_returns_and_their_running_average_live(qtbot, windo
         returns = [e["return"] for e in reader.episodes]
     assert len(returns) == 4
     assert w.data.episodes == list(enumerate(returns))  # drawn from the live events, not the file
+    assert w.tabifiedDockWidgets(w.training) == [w.episodes]
+    assert not w.episodes.visibleRegion().isEmpty() and w.training.visibleRegion().isEmpty()  # in front
     x, y = w.episodes.returns.getData()
     np.testing.assert_array_equal(x, [0, 1, 2, 3])
     np.testing.assert_array_equal(y, returns)
     np.testing.assert_allclose(w.episodes.average.getData()[1], np.cumsum(returns) / np.arange(1, 5))
     np.testing.assert_allclose(running_average(np.array([1.0, 3.0, 5.0, 7.0]), window=2), [1, 2, 4, 6])
-    assert w.open_run(out)  # from the file: the same curve
+    w.training.raise_()
+    assert w.open_run(out)  # from the file: the same curve, again in front
     w.redraw()
     np.testing.assert_array_equal(w.episodes.returns.getData()[1], returns)
+    assert not w.episodes.visibleRegion().isEmpty()
