@@ -159,9 +159,10 @@ def main() -> None:
     seeds = [args.seed] if args.seed is not None else range(1 if args.quick else args.seeds)
     episodes = args.episodes or (120 if args.quick else recipe.env.episodes)
     pnn = functools.partial(pnn_run, bench_path=args.bench)
-    makers = {"optical PNN, PIB + TD (twin)": pnn, "digital DQN, backprop": dqn_run}
+    pnn_name = "optical PNN, " + ("PIB + TD" if args.objective.get("pib", True) else "TD alone") + " (twin)"
+    makers = {pnn_name: pnn, "digital DQN, backprop": dqn_run}
     if args.only:
-        makers = {"pnn": {"optical PNN, PIB + TD (twin)": pnn}, "dqn": {"digital DQN, backprop": dqn_run},
+        makers = {"pnn": {pnn_name: pnn}, "dqn": {"digital DQN, backprop": dqn_run},
                   "raw-dqn": {"DQN on the raw observation": raw_dqn_run},
                   "code-dqn": {"DQN on the thermometer code": functools.partial(raw_dqn_run, raw=False)}}[args.only]
     results: dict[str, list[dict]] = {}
