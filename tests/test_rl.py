@@ -452,12 +452,18 @@ def test_an_aborted_run_resumes_from_its_checkpoint_with_the_replay_buffer(tmp_p
         assert reader.unit(0).live_state is not None
     assert Run.reopen(path, bench).execute() is State.DONE
     with RunReader(path) as reader:
-        episodes = [e["episode"] for e in reader.episodes]
+        rows = reader.episodes
+        episodes = [e["episode"] for e in rows]
         summary = reader.summary()
     assert episodes == [0, 1, 2, 2, 3]  # episode 2 again: from the checkpoint after episode 1
     assert [e["episode"] for e in summary["episodes"]] == episodes
     assert set(summary["episodes"][0]) == {"episode", "return", "length"}
     assert any("resumed at episode 2" in e["message"] for e in summary["events"])
+    # the resumed execution's bill counts the optics' measurements: every state acted on, through
+    # both units (and the learner's re-measured minibatches through unit 1)
+    steps = [r["env_steps"] for r in rows]  # episodes 0, 1, 2, then 2 and 3 again
+    bill = summary["costs"][-1]
+    assert bill["samples"] >= 2 * (steps[4] - steps[1]) and bill["busy_s"] > 0
     bench.close()
 
 

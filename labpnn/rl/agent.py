@@ -64,7 +64,8 @@ class HardwareMeter:
 
 class Agent:
     """Epsilon-greedy actions from the deployed units. `deploy(i, state)` loads a learner
-    snapshot into unit i's model and deploys it (the instrument's reconfiguration).
+    snapshot into unit i's model and deploys it (the instrument's reconfiguration);
+    `measured(rows, out, repeats, seconds)` is told of every measurement (the run's costs).
 
     `features(i, h)` is what unit i's digital layer reads: its optical stage measured on h
     (`unit.prepare`), each feature standardised with a mean and scale fixed at calibration
@@ -73,10 +74,11 @@ class Agent:
     input over that activation's fixed range 0..1, not over the largest value of its first batch. One
     lock per unit: actor and learner take turns on an instrument."""
 
-    def __init__(self, units, encoder, n_actions: int, seed: int, deploy=None):
+    def __init__(self, units, encoder, n_actions: int, seed: int, deploy=None, measured=None):
         self.units, self.encoder, self.n_actions, self.seed = units, encoder, n_actions, int(seed)
         self.meter = HardwareMeter()
         self._deploy = deploy or (lambda index, unit: unit.deploy())
+        self._measured = measured or (lambda rows, out, repeats, seconds: None)
         self.deployments = 0
         self._locks = [threading.Lock() for _ in units]
         self._offset: list[np.ndarray | None] = [None] * len(units)
@@ -88,7 +90,9 @@ class Agent:
     def features(self, index: int, h: np.ndarray) -> np.ndarray:
         """Unit `index`'s measured, standardised features of its inputs h (n, in)."""
         with self._locks[index], self.meter.busy():
+            started = time.perf_counter()
             u = self.units[index].prepare(h)
+            self._measured(h, u, 1, time.perf_counter() - started)
         if self._offset[index] is None:
             self._offset[index] = u.mean(0)
             spread = u.std(0)  # floored: a feature still in calibration may vary later

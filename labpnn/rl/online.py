@@ -110,11 +110,12 @@ class OnlineRun:
 
     @classmethod
     def build(cls, units, env: Environment, options: OnlineOptions, objectives, seed: int, *, deploy=None,
-              **callbacks) -> OnlineRun:
+              measured=None, **callbacks) -> OnlineRun:
         """The run of `units` (their last one gives the Q-values) on `env`, each unit trained
-        on its objective in `objectives`; deploy(index, unit) puts a unit on its instruments."""
+        on its objective in `objectives`; deploy(index, unit) puts a unit on its instruments,
+        measured(rows, out, repeats, seconds) counts each measurement (Agent)."""
         replay = ReplayBuffer(options.replay, env.obs_dim, [u.n_outputs for u in units], seed, options.n_step)
-        agent = Agent(units, env.encoder, env.n_actions, seed, deploy)
+        agent = Agent(units, env.encoder, env.n_actions, seed, deploy, measured)
         lrs = [options.lr_upstream] * (len(units) - 1) + [options.lr]
         learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, lrs, seed,
                           remeasure=agent.features if options.remeasure and len(units) > 1 else None,

@@ -38,7 +38,7 @@ class Online:
                                   f"{sorted(objective.needs - NEEDS)}, which scheme 'online' does not provide "
                                   f"(it provides {sorted(NEEDS)}: use pib-td)")
         run = OnlineRun.build(ctx.units, env, self.options, objectives, ctx.seed,
-                              deploy=ctx.link.deploy, between=ctx.checkpoint,
+                              deploy=ctx.link.deploy, measured=ctx.link.costs.measured, between=ctx.checkpoint,
                               on_episode=lambda row: self._episode(ctx, run, row),
                               on_checkpoint=lambda blob: self._checkpoint(ctx, run, blob))
         saved = ctx.log.live_state(0, 0)
