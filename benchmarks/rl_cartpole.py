@@ -4,8 +4,9 @@ with backprop, over several seeds.
 
 Solved: the mean return of `window` (100) consecutive episodes reaches the environment's
 reward threshold (475 for CartPole-v1); episodes to solve: the episodes run when it does.
-The digital DQN has the same widths as the PNN (thermometer code 64 -> 256 -> 128 sigmoid ->
-256 -> 2 actions), every layer trained end to end by backprop on the TD loss alone (double DQN,
+The digital DQN has the same widths as the PNN (thermometer code 128 -> 256 ReLU -> 128 with unit
+0's activation -> 256 ReLU -> 2 actions), every layer trained
+end to end by backprop on the TD loss alone (double DQN,
 the same replay, epsilon schedule, target refresh, optimiser and scheme), acting without
 hardware. `--only raw-dqn` runs the textbook DQN instead (the raw observation, 4 -> 128 -> 128
 ReLU -> 2), which checks the learner and the settings apart from the optics; `--only code-dqn` the
