@@ -161,7 +161,7 @@ def test_learning_rates_decay_linearly_to_their_end_fraction():
 
 
 def _run(overlap: bool, episodes: int = 4, spec: EnvSpec = CARTPOLE, hold: int | None = None, n_step: int = 1,
-         **callbacks) -> OnlineRun:
+         remeasure: bool = True, **callbacks) -> OnlineRun:
     from labpnn.sim_devices.opu import SimOPUDevice
     from labpnn.units.scattering import ScatteringUnit
 
@@ -174,7 +174,7 @@ def _run(overlap: bool, episodes: int = 4, spec: EnvSpec = CARTPOLE, hold: int |
         n_in = out
     options = OnlineOptions(overlap=overlap, replay=500, batch_size=16, warmup=30, calibration=20,
                             deploy_every=5, updates_per_step=1.0, epsilon_steps=100, checkpoint_every=2,
-                            hold=hold, n_step=n_step)
+                            hold=hold, n_step=n_step, remeasure=remeasure)
     objectives = [PIBTDObjective(PIBTDOptions(), u.out_features, 2, i == 1, seed=i) for i, u in enumerate(units)]
     return OnlineRun.build(units, env, options, objectives, seed=0, **callbacks)
 
@@ -292,12 +292,14 @@ def test_downstream_units_learn_on_inputs_measured_from_the_current_upstream_mod
     run = _run(False, episodes=2)
     run.run()
     learner, agent = run.learner, run.agent
-    with torch.no_grad():  # unit 0 learns on: the replay's unit-1 inputs were measured before
-        weight = learner.models[0][0].weight
-        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    # the replay keeps unit 0's inputs only: unit 1's would go stale as unit 0 learns
+    assert sorted(k for k in learner.replay.arrays if k.startswith("h")) == ["h0", "h0_next"]
     stored = learner.replay.batches(learner.steps, 16)
     h0 = torch.cat([stored[0].h, stored[0].targets["h_next"]])
-    with torch.no_grad():
+    with torch.no_grad():  # unit 1's inputs from unit 0 as it stands, then unit 0 learns on
+        stale = torch.from_numpy(agent.features(1, learner.models[0](h0).numpy()))
+        weight = learner.models[0][0].weight
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
         upstream = learner.models[0](h0).numpy()
     seen, update = [], learner._update
     learner._update = lambda i, batch: (seen.append(batch), update(i, batch))[1]
@@ -305,9 +307,20 @@ def test_downstream_units_learn_on_inputs_measured_from_the_current_upstream_mod
         learner.step(executor if pipelined else None)
     measured = seen[1]
     again = torch.from_numpy(agent.features(1, upstream))  # shot noise: close, not equal
-    stale = torch.cat([stored[1].h, stored[1].targets["h_next"]])
     fresh = torch.cat([measured.h, measured.targets["h_next"]])
     assert (fresh - again).abs().mean() < 0.5 * (stale - again).abs().mean()
+
+
+def test_without_remeasure_every_unit_learns_on_its_inputs_as_measured_when_acting():
+    run = _run(False, episodes=2, remeasure=False)
+    run.run()
+    learner = run.learner
+    assert sorted(k for k in learner.replay.arrays if k.startswith("h")) == ["h0", "h0_next", "h1", "h1_next"]
+    stored = learner.replay.batches(learner.steps, 16)
+    seen, update = [], learner._update
+    learner._update = lambda i, batch: (seen.append(batch), update(i, batch))[1]
+    learner.step()
+    assert torch.equal(seen[1].h, stored[1].h) and torch.equal(seen[1].targets["h_next"], stored[1].targets["h_next"])
 
 
 def test_a_pipelined_step_measures_the_next_minibatch_from_the_upstream_unit_as_updated():

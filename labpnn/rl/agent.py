@@ -193,10 +193,12 @@ class Learner:
             return self.last
 
     def _draw(self, step: int) -> tuple[list[Batch], list]:
-        """Replay minibatch `step` (drawn by (seed, step)) and each unit's inputs, states and
-        next states stacked, as results to read: the stored ones, or None for a unit whose
-        inputs are to be measured again."""
-        batches = self.replay.batches(step, self.batch_size)  # no torch RNG used past this
+        """Replay minibatch `step` (drawn by (seed, step)) as one Batch per unit and each unit's
+        inputs, states and next states stacked, as results to read: the stored ones, or None for
+        a unit whose inputs are to be measured again (the replay keeps only the first unit's
+        then, and the others' Batches carry its x and targets, their inputs to be replaced)."""
+        stored = self.replay.batches(step, self.batch_size)  # no torch RNG used past this
+        batches = stored + stored[:1] * (len(self.models) - len(stored))
         return batches, [_done(torch.cat([b.h, b.targets["h_next"]]))
                          if i == 0 or self.remeasure is None else None for i, b in enumerate(batches)]
 

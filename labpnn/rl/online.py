@@ -114,12 +114,13 @@ class OnlineRun:
         """The run of `units` (their last one gives the Q-values) on `env`, each unit trained
         on its objective in `objectives`; deploy(index, unit) puts a unit on its instruments,
         measured(rows, out, repeats, seconds) counts each measurement (Agent)."""
-        replay = ReplayBuffer(options.replay, env.obs_dim, [u.n_outputs for u in units], seed, options.n_step)
+        remeasure = options.remeasure and len(units) > 1
+        kept = units[:1] if remeasure else units  # the later units' inputs are measured again
+        replay = ReplayBuffer(options.replay, env.obs_dim, [u.n_outputs for u in kept], seed, options.n_step)
         agent = Agent(units, env.encoder, env.n_actions, seed, deploy, measured)
         lrs = [options.lr_upstream] * (len(units) - 1) + [options.lr]
         learner = Learner([u.model() for u in units], objectives, replay, options.batch_size, lrs, seed,
-                          remeasure=agent.features if options.remeasure and len(units) > 1 else None,
-                          lr_factor=options.lr_factor)
+                          remeasure=agent.features if remeasure else None, lr_factor=options.lr_factor)
         return cls(agent, learner, env, replay, options, **callbacks)
 
     # -- schedule ------------------------------------------------------------------------------

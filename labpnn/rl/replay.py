@@ -1,7 +1,8 @@
 """A seeded replay buffer of transitions as the hardware measured them.
 
-Each transition holds, per unit, the unit's model input (its measured optical features,
-float16) for the state and for the next state, plus the scaled observation (the PIB
+Each transition holds, per unit kept (the first `len(feature_dims)`: a learner that measures
+the later units' inputs again needs only the first's), the unit's model input (its measured
+optical features, float16) for the state and for the next state, plus the scaled observation (the PIB
 term's X), the action, the rewards of the steps up to the next state (`n_step` at most:
 an n-step transition, zero-padded), their count, and whether the episode terminated. Minibatch s is drawn
 by (seed, s) alone, and the whole buffer is a dict of arrays (state()/load()), so a
@@ -50,8 +51,8 @@ class ReplayBuffer:
             a["obs"][i], a["action"][i], a["done"][i], a["steps"][i] = obs, action, done, len(rewards)
             a["reward"][i] = 0.0
             a["reward"][i, :len(rewards)] = rewards
-            for unit, (u, u_next) in enumerate(zip(h, h_next)):
-                a[f"h{unit}"][i], a[f"h{unit}_next"][i] = u, u_next
+            for unit in range(self.n_units):
+                a[f"h{unit}"][i], a[f"h{unit}_next"][i] = h[unit], h_next[unit]
             self.added += 1
 
     def sample(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
