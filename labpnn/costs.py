@@ -18,8 +18,9 @@ what "costs"; `labpnn inspect` prints it as its costs line), so every run carrie
 
 Calls made by a scheme straight on a unit, not through the context, and a scattering unit's
 optical stage (prepare) are not counted, except scheme online's, whose agent reports each
-measurement of a unit's optics (the actor's states and the learner's re-measurements). No twin keeps a clock of its own: the OPU twin sleeps
-its frame time (so it is in busy_s), the crossbar twin takes no time.
+measurement of a unit's optics (the actor's states and the learner's re-measurements). No twin
+keeps a clock of its own: the OPU twin sleeps its frame time (so it is in busy_s), the crossbar
+twin takes no time.
 """
 
 from __future__ import annotations

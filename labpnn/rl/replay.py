@@ -2,11 +2,11 @@
 
 Each transition holds, per unit kept (the first `len(feature_dims)`: a learner that measures
 the later units' inputs again needs only the first's), the unit's model input (its measured
-optical features, float16) for the state and for the next state, plus the scaled observation (the PIB
-term's X), the action, the rewards of the steps up to the next state (`n_step` at most:
-an n-step transition, zero-padded), their count, and whether the episode terminated. Minibatch s is drawn
-by (seed, s) alone, and the whole buffer is a dict of arrays (state()/load()), so a
-checkpoint holding it makes a resumed run continue the same trajectory.
+optical features, float16) for the state and for the next state, plus the scaled observation
+(the PIB term's X), the action, the rewards of the steps up to the next state (`n_step` at
+most: an n-step transition, zero-padded), their count, and whether the episode terminated.
+Minibatch s is drawn by (seed, s) alone, and the whole buffer is a dict of arrays
+(state()/load()), so a checkpoint holding it makes a resumed run continue the same trajectory.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class ReplayBuffer:
                     for k, v in self.arrays.items()}
 
     def batches(self, step: int, batch_size: int) -> list[Batch]:
-        """Minibatch `step` as one Batch per unit: x the scaled observations, h the unit's
+        """Minibatch `step` as one Batch per unit kept: x the scaled observations, h the unit's
         inputs, targets action, reward (batch, n_step), steps, done and h_next (the unit's inputs
         at the next state)."""
         s = {k: torch.from_numpy(v) for k, v in self.sample(step, batch_size).items()}
