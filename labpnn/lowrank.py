@@ -82,14 +82,14 @@ def _ritz_pairs(A: torch.Tensor, columns: int, seed: int,
     n = A.shape[0]
     if n <= columns:
         return torch.linalg.eigh((A + A.T) * 0.5)
-    # the range finder's products only steer the subspace: bfloat16 where it is fast
-    P = A.to(torch.bfloat16) if A.device.type == "cpu" and _fast_bfloat16() else A
     if start is None:
         Y, steps = _sketch(A, columns, seed), POWER_STEPS - 1
     else:
         Y, steps = start.to(A.dtype), START_STEPS
-    for _ in range(steps):
-        Y = (P @ _orthonormal(Y).to(P.dtype)).to(A.dtype)
+    if steps:  # the range finder's products only steer the subspace: bfloat16 where it is fast
+        P = A.to(torch.bfloat16) if A.device.type == "cpu" and _fast_bfloat16() else A
+        for _ in range(steps):
+            Y = (P @ _orthonormal(Y).to(P.dtype)).to(A.dtype)
     return _nystrom(A, _orthonormal(Y))
 
 
