@@ -14,6 +14,7 @@ statistics), runlog.recorder (events into the run file).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -172,11 +173,14 @@ class Run:
         except AbortRequested as exc:
             self.states.move(State.ABORTING, str(exc))
             self._safe_state(names)
+            self._record_costs(started, rss_start)
             self.states.move(State.IDLE, f"aborted: {exc}")
             return State.IDLE
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, LabpnnError) else f"{type(exc).__name__}: {exc}"
             self._safe_state(names)
+            with contextlib.suppress(Exception):  # the run file may be what failed: raise the failure
+                self._record_costs(started, rss_start)
             self.states.move(State.FAILED, reason)
             raise
         finally:
@@ -215,10 +219,13 @@ class Run:
             self._safe_state(names)
 
     def _record_costs(self, started: float, rss_start: float | None) -> None:
-        """This execution's bill (labpnn.costs) into the run file's site records."""
+        """This execution's bill (labpnn.costs) into the run file's site records, however it
+        ended (done, aborted or failed; nothing to record before the run file exists)."""
+        if self._log is None:
+            return
         try:
             self._log.site_record(costs.record(self.link.costs, started, rss_start))
-        except RunLogError as exc:  # a run file from before site records
+        except (RunLogError, OSError) as exc:  # a run file from before site records, or one failing
             self.emit(WarningEvent(text=f"costs not recorded: {exc}"))
 
     def _layout(self, units: list[Unit], ds: data.Dataset) -> RunLayout:

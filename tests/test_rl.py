@@ -333,6 +333,7 @@ def test_a_pipelined_step_measures_the_next_minibatch_from_the_upstream_unit_as_
     learner.remeasure = lambda i, z: (sent.append(z), remeasure(i, z))[1]
     with ThreadPoolExecutor(1) as executor:
         learner.step(executor)          # measures its own minibatch, then the next one's
+        executor.submit(lambda: None).result()  # one thread, in order: the measurements are done
         assert len(sent) == 2
         with torch.no_grad():
             nxt = learner.replay.batches(learner.steps, 16)[0]
@@ -472,11 +473,12 @@ def test_an_aborted_run_resumes_from_its_checkpoint_with_the_replay_buffer(tmp_p
     assert [e["episode"] for e in summary["episodes"]] == episodes
     assert set(summary["episodes"][0]) == {"episode", "return", "length"}
     assert any("resumed at episode 2" in e["message"] for e in summary["events"])
-    # the resumed execution's bill counts the optics' measurements: every state acted on, through
-    # both units (and the learner's re-measured minibatches through unit 1)
+    # each execution's bill, the aborted one's too, counts the optics' measurements: every state
+    # acted on, through both units (and the learner's re-measured minibatches through unit 1)
     steps = [r["env_steps"] for r in rows]  # episodes 0, 1, 2, then 2 and 3 again
-    bill = summary["costs"][-1]
-    assert bill["samples"] >= 2 * (steps[4] - steps[1]) and bill["busy_s"] > 0
+    aborted, resumed = summary["costs"]
+    assert aborted["samples"] >= 2 * steps[2] and resumed["samples"] >= 2 * (steps[4] - steps[1])
+    assert aborted["busy_s"] > 0 and resumed["busy_s"] > 0
     bench.close()
 
 
