@@ -14,15 +14,15 @@ SPLITS = ("train", "test")
 
 
 class TrainingDock(QDockWidget):
-    sections = {"training", "accuracy"}  # what of RunData it draws
+    sections = {"training", "accuracy", "episodes"}  # what of RunData it draws (episodes: an RL run)
 
     def __init__(self, parent=None):
         super().__init__("Training", parent)
         self.setObjectName("training")
-        self.loss = pg.PlotWidget(title="Loss: PIB β·I(X;Z) − I(Y;Z); two views β·ΣI(X;Z) − I(Z1;Z2)")
-        self.loss.setLabel("bottom", "PIB step")
-        self.loss.setLabel("left", "loss", units="bits")
+        self.loss = pg.PlotWidget()
         self.loss.getAxis("left").enableAutoSIPrefix(False)
+        self.rl: bool | None = None
+        self._loss_axes(rl=False)
         self.loss.showGrid(x=True, y=True, alpha=0.2)
         self.loss_legend = self.loss.addLegend(offset=(-10, 10), **LEGEND)
         self.curves: dict[tuple[int, int], pg.PlotDataItem] = {}
@@ -49,14 +49,30 @@ class TrainingDock(QDockWidget):
         splitter.addWidget(self.acc)
         self.setWidget(splitter)
 
+    def _loss_axes(self, rl: bool) -> None:
+        """The loss plot's title and axes: PIB's (bits per PIB step), or an RL run's PIB + TD."""
+        if rl == self.rl:
+            return
+        self.rl = rl
+        if rl:
+            self.loss.setTitle("Loss: PIB + λ·TD per unit (pib-td), at the learner's steps")
+            self.loss.setLabel("bottom", "learner step")
+            self.loss.setLabel("left", "loss", units="")
+        else:
+            self.loss.setTitle("Loss: PIB β·I(X;Z) − I(Y;Z); two views β·ΣI(X;Z) − I(Z1;Z2)")
+            self.loss.setLabel("bottom", "PIB step")
+            self.loss.setLabel("left", "loss", units="bits")
+
     def clear(self) -> None:
         for curve in self.curves.values():
             self.loss.removeItem(curve)
         self.loss_legend.clear()
         self.curves.clear()
         self._bars({})
+        self._loss_axes(rl=False)
 
     def render(self, data: RunData) -> None:
+        self._loss_axes(rl=bool(data.episodes))
         for key, traj in sorted(data.trajectories.items()):
             if key not in self.curves:
                 unit, revision = key

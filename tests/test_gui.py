@@ -486,6 +486,8 @@ def test_episodes_dock_shows_returns_and_their_running_average_live(qtbot, windo
     assert w.data.episodes == list(enumerate(returns))  # drawn from the live events, not the file
     assert w.tabifiedDockWidgets(w.training) == [w.episodes]
     assert not w.episodes.visibleRegion().isEmpty() and w.training.visibleRegion().isEmpty()  # in front
+    title = w.training.loss.getPlotItem().titleLabel.text
+    assert "TD" in title and w.training.loss.getAxis("bottom").labelText == "learner step"
     x, y = w.episodes.returns.getData()
     np.testing.assert_array_equal(x, [0, 1, 2, 3])
     np.testing.assert_array_equal(y, returns)
