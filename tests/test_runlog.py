@@ -540,6 +540,41 @@ def test_reader_while_writer_live_in_subprocess(tmp_path):
         proc.wait()
 
 
+
+def test_a_committed_row_whose_chunk_the_index_lacks_is_noticed(tmp_path):
+    from labpnn.runlog.reader import _chunk_missing
+
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        ds = f.create_dataset("t", shape=(10,), maxshape=(None,), chunks=(4,), dtype="i8")
+        ds[0:4] = np.arange(4)  # chunks 1 (rows 4-7) and 2 (rows 8-9) not written
+        assert not _chunk_missing(ds, 3)
+        assert _chunk_missing(ds, 5) and _chunk_missing(ds, 9)
+        ds[8] = 8
+        assert not _chunk_missing(ds, 9)
+
+
+def test_a_stale_chunk_index_is_read_afresh_from_a_reopened_file(tmp_path, monkeypatch):
+    """A live reader left without a table's newest chunk in its index (the writer added it
+    while the reader refreshed) opens the file again and reads the rows the writer flushed."""
+    from labpnn.runlog import reader as reader_module
+
+    path = tmp_path / "run.h5"
+    log = new_log(path)
+    for s in range(5):
+        log.step(0, 0, s, loss=1.0, i_xz=2.0, i_yz=0.5, state=state_bytes(s))
+    reader = RunReader(path)
+    opened = []
+    reopen = reader._open
+    monkeypatch.setattr(reader, "_open", lambda: (opened.append(1), reopen())[1])
+    stale = iter([True])
+    monkeypatch.setattr(reader_module, "_chunk_missing", lambda ds, row: next(stale, False))
+    assert list(reader.units[0].info_plane["step"]) == list(range(5))
+    assert opened == [1]                        # once, for the stale index
+    assert list(reader.units[0].info_plane["step"]) == list(range(5)) and opened == [1]
+    reader.close()
+    log.close()
+
+
 DIES_AFTER_RESIZE = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, sys.argv[2])

@@ -136,6 +136,17 @@ class UnitView:
         return [(r, p) for u, r, p in self._r.checkpoints if u == self.index]
 
 
+def _chunk_missing(ds: h5py.Dataset, row: int) -> bool:
+    """Whether the chunk holding committed `row` of a table is absent from this reader's
+    chunk index. An SWMR reader refreshing while the writer adds a chunk can be left (HDF5
+    2.0 of h5py 3.16, seen under load) without the new chunk in its index, reading the first
+    chunk's rows in its place, until the file is opened again: no refresh clears it."""
+    if ds.chunks is None or ds.ndim != 1 or row < ds.chunks[0]:
+        return False
+    origin = row // ds.chunks[0] * ds.chunks[0]
+    return ds.id.get_chunk_info_by_coord((origin,)).byte_offset is None
+
+
 class RunReader:
     """Reader (SWMR), safe while a writer is live; refresh() picks up new rows."""
 
@@ -221,7 +232,14 @@ class RunReader:
         its checksum): refresh and retry before calling the file damaged. Only the rows the
         writer committed (meta/committed): a live table's newest rows may not be on disk yet."""
         cap = self._caps.get(name)
-        return self._read(name, Ellipsis if cap is None else slice(0, cap))
+        if not cap:
+            return self._read(name, Ellipsis if cap is None else slice(0, cap))
+        rows = self._read(name, slice(0, cap))
+        if _chunk_missing(self._file()[name], cap - 1):  # a stale chunk index: start afresh
+            self.close()
+            self._open()
+            rows = self._read(name, slice(0, self._caps.get(name, cap)))
+        return rows
 
     def _read(self, name: str, sel: Any) -> np.ndarray:
         """f[name][sel], retrying a torn read of a live file, then decoding a chunk that
