@@ -8,8 +8,9 @@ import traceback
 from PySide6.QtCore import QObject, Signal
 
 from labpnn.errors import LabpnnError
-from labpnn.run_state import REQUESTS
 from labpnn.gui.bridge import EventBridge
+from labpnn.run_state import REQUESTS
+from labpnn.threads import limited
 
 
 class RunWorker(QObject):
@@ -32,7 +33,8 @@ class RunWorker(QObject):
 
     def _execute(self) -> None:
         try:
-            state, error = self.run.execute().value, ""
+            with limited(1):  # as `labpnn run` computes by default (labpnn.threads)
+                state, error = self.run.execute().value, ""
         except LabpnnError as exc:
             state, error = "failed", str(exc)
         except Exception as exc:  # a bug: reported, not lost with the thread

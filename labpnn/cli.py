@@ -31,6 +31,13 @@ from labpnn.recipes import DEFAULT_RECIPE
 
 
 def _run(args: argparse.Namespace) -> int:
+    from labpnn.threads import limited
+
+    with limited(args.threads):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from labpnn.bench import Bench
     from labpnn.engine import Run
     from labpnn.recipe import load_recipe
@@ -234,6 +241,12 @@ def _gui(args: argparse.Namespace) -> int:
     return gui_main(config=args.config, run_file=args.run)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labpnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run file to write (default runs/RECIPE-TIME.h5)")
     run.add_argument("--resume", metavar="RUN.h5", help="continue this killed, aborted or failed run")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--threads", type=_positive, default=1,
+                     help="torch and BLAS threads (default 1: on an idle 2-core machine 2 threads ran the main "
+                          "job at most 10 %% faster, beside one other job 2.6x slower; benchmarks/bench_threads.py)")
     run.add_argument("--on-fault", choices=["recover", "pause", "abort"],
                      help="override the recipe's faults.on_persistent (e.g. to resume past a fault "
                           "with 'recover'); 'pause' asks in a terminal, aborts (resumable) without one")

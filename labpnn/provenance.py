@@ -42,6 +42,8 @@ def git_commit(repo: Path = Path(__file__).resolve().parents[1]) -> str:
 def provenance(recipe, bench, names: list[str], dataset) -> dict[str, Any]:
     """Versions, host, command line, seeds, data source, whether any instrument is simulated,
     and the run file each replay instrument serves (`replay`)."""
+    import torch
+
     simulated = {name: bool(bench[name].simulated) for name in names}
     replay = {name: bench[name].replay_of for name in names if isinstance(bench[name], Replaying)}
     return {
@@ -51,6 +53,7 @@ def provenance(recipe, bench, names: list[str], dataset) -> dict[str, Any]:
         "platform": platform.platform(),
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "threads": torch.get_num_threads(),  # results round differently on another count
         "bench_file": str(bench.source),
         "seeds": {"recipe": recipe.seed, **({"dataset": recipe.dataset.seed} if recipe.dataset else {})},
         "dataset": dataset.meta,

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import torch
 from engine_helpers import TINY, TWIN_BENCH, write_yaml
+
+from labpnn.cli import main
+from labpnn.runlog import RunReader
 
 
 def labpnn(*args, cwd=None, timeout=300):
@@ -34,3 +38,17 @@ def test_errors_are_one_clear_line_without_traceback(tmp_path):
         result = labpnn(*args, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("labpnn: error: ") and "Traceback" not in result.stderr
+
+
+def test_a_run_computes_on_the_threads_it_is_given_and_records_them(tmp_path):
+    recipe = write_yaml(tmp_path / "tiny.yaml", TINY)
+    bench = write_yaml(tmp_path / "bench.yaml", TWIN_BENCH)
+    before = torch.get_num_threads()
+    for threads, name in ((None, "default.h5"), ("2", "two.h5")):
+        args = ["run", "--recipe", str(recipe), "--config", str(bench), "--out", str(tmp_path / name), "--quiet"]
+        assert main(args + (["--threads", threads] if threads else [])) == 0
+        assert torch.get_num_threads() == before  # this process's count is given back
+    with RunReader(tmp_path / "default.h5") as default, RunReader(tmp_path / "two.h5") as two:
+        assert default.provenance["threads"] == 1 and two.provenance["threads"] == 2
+    refused = labpnn("run", "--threads", "0")
+    assert refused.returncode == 2 and "--threads: '0' is not a whole number of at least 1" in refused.stderr

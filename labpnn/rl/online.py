@@ -22,14 +22,13 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from threadpoolctl import threadpool_limits
 
 from labpnn import state_image
 from labpnn.rl.agent import Agent, Learner
 from labpnn.rl.env import Environment
 from labpnn.rl.replay import ReplayBuffer
+from labpnn.threads import limited
 
 
 class OnlineOptions(BaseModel):
@@ -201,15 +200,8 @@ class OnlineRun:
         Actor and learner each compute on `threads` threads (BLAS and torch; one by default):
         their small products gain little from a pool, and two pools on 2 cores busy-wait
         against each other (docs/rl.md, fifth round)."""
-        if self.o.threads is None:
+        with limited(self.o.threads):
             return self._run()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.o.threads)
-        try:
-            with threadpool_limits(self.o.threads):
-                return self._run()
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self) -> Progress:
         self.agent.calibrate(self.calibration_observations())
