@@ -4,7 +4,7 @@ test accuracy (the run's final readout) per seed, mean and spread, and wall time
 The fast estimator (labpnn.lowrank, docs/information.md) is meant to leave accuracy where the
 exact one puts it; this prints whether it does, within the seeds' own spread.
 Run: python benchmarks/estimator_recipes.py [--quick] [--seeds 0 1 2 3 4]
-     [--recipes mnist1d-memristor opu-mnist1d]
+     [--recipes mnist1d-memristor opu-mnist1d] [--threads 1]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from labpnn.bench import Bench
 from labpnn.engine import Run
 from labpnn.recipe import load_recipe, parse_recipe
 from labpnn.runlog import RunReader
+from labpnn.threads import limited
 
 
 def accuracy(name: str, seed: int, estimator: str, out: Path) -> tuple[float, float]:
@@ -41,10 +42,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="2 seeds, mnist1d-memristor only")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--recipes", nargs="+", default=["mnist1d-memristor", "opu-mnist1d"])
+    p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (labpnn run's default: 1)")
     args = p.parse_args()
     seeds, recipes = (args.seeds[:2], args.recipes[:1]) if args.quick else (args.seeds, args.recipes)
     print(f"{'recipe':<20} {'estimator':<9} {'test accuracy per seed (%)':<40} {'mean':>6} {'std':>5} {'wall s':>7}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, limited(args.threads):
         for name in recipes:
             for estimator in ("exact", "fast"):
                 rows = [accuracy(name, s, estimator, Path(tmp)) for s in seeds]
@@ -53,7 +55,7 @@ def main() -> None:
                 print(f"{name:<20} {estimator:<9} {per_seed:<40} {acc.mean():>6.1f} "
                       f"{acc.std(ddof=1) if len(acc) > 1 else 0:>5.1f} {np.mean([w for _, w in rows]):>7.1f}",
                       flush=True)
-    print(f"seeds {seeds}; std with ddof 1; wall s: mean per run")
+    print(f"seeds {seeds}; std with ddof 1; wall s: mean per run; {args.threads} thread(s)")
 
 
 if __name__ == "__main__":
