@@ -232,10 +232,8 @@ class RunReader:
         its checksum): refresh and retry before calling the file damaged. Only the rows the
         writer committed (meta/committed): a live table's newest rows may not be on disk yet."""
         cap = self._caps.get(name)
-        if not cap:
-            return self._read(name, Ellipsis if cap is None else slice(0, cap))
-        rows = self._read(name, slice(0, cap))
-        if _chunk_missing(self._file()[name], cap - 1):  # a stale chunk index: start afresh
+        rows = self._read(name, Ellipsis if cap is None else slice(0, cap))
+        if cap and _chunk_missing(self._file()[name], cap - 1):  # a stale chunk index: start afresh
             self.close()
             self._open()
             rows = self._read(name, slice(0, self._caps.get(name, cap)))
